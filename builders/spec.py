@@ -1,0 +1,189 @@
+"""The release spec: one YAML file that says what a release contains, how it is made, checked and
+published. Validated on load; every error names the field."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import Field, field_validator, model_validator
+
+from mammosynth.builders.config_io import StrictModel, load_model
+from mammosynth.builders.schema import DENSITIES, LATERALITIES, METHODS, VIEWS, BiradsInt, Density, Laterality, View
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
+
+
+class CountRow(StrictModel):
+    """``n`` images for every combination of the listed BI-RADS, views and lateralities."""
+
+    birads: BiradsInt | list[BiradsInt]
+    view: View | list[View] = list(VIEWS)
+    laterality: Laterality | list[Laterality] = list(LATERALITIES)
+    n: int = Field(ge=0, description="images per (BI-RADS, view, laterality) cell")
+
+    def cells(self) -> list[tuple[int, str, str]]:
+        as_list = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
+        return list(itertools.product(as_list(self.birads), as_list(self.view), as_list(self.laterality)))
+
+
+class Text2ImageParams(StrictModel):
+    base_model: str = Field(description="hub id or local path of the SD3.5 pipeline")
+    lora: str | None = Field(None, description="LoRA adapter folder from `mammosynth train sd35-lora`")
+    steps: int = Field(28, ge=1)
+    guidance: float = Field(7.0, ge=0)
+    scheduler: Literal["flow-euler", "flow-dpm++"] = "flow-euler"
+    negative_prompt: str | None = None
+    resolution: int = Field(1024, ge=64)
+    densities: list[Density] = Field(default_factory=lambda: list(DENSITIES), min_length=1)
+    vendor_in_prompt: str | None = None
+    batch_size: int = Field(4, ge=1)
+
+
+class InpaintingParams(StrictModel):
+    checkpoints: dict[BiradsInt, str] = Field(description="BI-RADS class -> inpainting pipeline folder")
+    steps: int = Field(24, ge=1)
+    guidance: float = Field(7.0, ge=0)
+    resolution: int = Field(1024, ge=64)
+    background_birads: list[BiradsInt] = [1]
+    erosion_px: int = Field(5, ge=0)
+    margin_px: int = Field(24, ge=0)
+    max_tries: int = Field(200, ge=1)
+    batch_size: int = Field(4, ge=1)
+
+
+class PoissonParams(StrictModel):
+    lesion_birads: list[BiradsInt] = [5]
+    background_birads: list[BiradsInt] = [1]
+    manufacturer_policy: Literal["same", "any"] = "same"
+    fallback: Literal["any", "skip"] = "any"
+    blend: Literal["normal", "mixed"] = "normal"
+    scale: tuple[float, float] = (0.9, 1.1)
+    rotate: bool = True
+    flip: bool = True
+    max_tries: int = Field(500, ge=1)
+
+
+class MethodSpec(StrictModel):
+    counts: list[CountRow] = Field(min_length=1)
+    text2image: Text2ImageParams | None = None
+    inpainting: InpaintingParams | None = None
+    poisson: PoissonParams | None = None
+
+
+class SourceSpec(StrictModel):
+    name: str
+    prepared: Path = Field(description="prepared training set (`mammosynth ingest` output)")
+    license: str
+    redistribution_allowed: bool = Field(description="may pixels of this source be published?")
+    citation: str | None = Field(None, description="BibTeX")
+    url: str | None = None
+
+
+class OutputSpec(StrictModel):
+    bit_depth: Literal[8, 16] = 8
+    shard_size: int = Field(64, ge=1, description="rows per generation shard")
+
+
+class HubSpec(StrictModel):
+    repo_id: str | None = None
+    visibility: Literal["public", "private", "gated"] = "private"
+    gated_prompt: str | None = None
+    tags: list[str] = []
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        if v is not None and not REPO_ID.match(v):
+            raise ValueError(f"malformed repo id {v!r}; expected ORG/NAME")
+        return v
+
+
+class ReleaseSpec(StrictModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    version: str
+    pretty_name: str
+    description: str
+    authors: list[str] = Field(min_length=1)
+    contact: str | None = None
+    license: str = "cc-by-nc-4.0"
+    source: SourceSpec
+    methods: dict[Literal["text2image", "inpainting", "poisson"], MethodSpec] = Field(min_length=1)
+    output: OutputSpec = OutputSpec()
+    validation: dict[str, Any] = Field(default_factory=dict, description="threshold overrides")
+    hub: HubSpec = HubSpec()
+    output_dir: Path | None = Field(None, description="default: releases/<name>-<version> beside the spec")
+    previous_release: str | None = Field(None, description="folder or ORG/NAME@rev of the previous version")
+    changes: str | None = Field(None, description="what changed since the previous version")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not VERSION.match(v):
+            raise ValueError(f"version must look like 1.0 or 1.0.2, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _params_present(self) -> "ReleaseSpec":
+        for method, m in self.methods.items():
+            if getattr(m, method) is None and method != "poisson":
+                raise ValueError(f"methods.{method}.{method}: parameters are required")
+            if method == "poisson" and m.poisson is None:
+                m.poisson = PoissonParams()
+            for other in METHODS:
+                if other != method and getattr(m, other) is not None:
+                    raise ValueError(f"methods.{method}.{other}: parameters of another method")
+        if self.hub.visibility == "gated" and not self.hub.gated_prompt:
+            raise ValueError("hub.gated_prompt is required when visibility is gated")
+        return self
+
+    # derived ------------------------------------------------------------------------------------
+
+    def cell_counts(self, method: str) -> dict[tuple[int, str, str], int]:
+        """(birads, view, laterality) -> number of images requested for ``method``."""
+        counts: dict[tuple[int, str, str], int] = {}
+        for row in self.methods[method].counts:
+            for cell in row.cells():
+                counts[cell] = counts.get(cell, 0) + row.n
+        return counts
+
+    def total(self, method: str | None = None) -> int:
+        methods = [method] if method else list(self.methods)
+        return sum(sum(self.cell_counts(m).values()) for m in methods)
+
+    def tag(self) -> str:
+        return f"v{self.version}"
+
+
+def load_spec(path: str | Path) -> ReleaseSpec:
+    """Load a release spec; relative paths in it are resolved against the spec's folder."""
+    path = Path(path)
+    spec = load_model(ReleaseSpec, path)
+    base = path.resolve().parent
+    if not spec.source.prepared.is_absolute():
+        spec.source.prepared = base / spec.source.prepared
+    if spec.output_dir is None:
+        spec.output_dir = base / "releases" / f"{spec.name}-{spec.version}"
+    elif not spec.output_dir.is_absolute():
+        spec.output_dir = base / spec.output_dir
+    for m in spec.methods.values():
+        if m.text2image:
+            m.text2image.base_model = _resolve(base, m.text2image.base_model)
+            if m.text2image.lora:
+                m.text2image.lora = _resolve(base, m.text2image.lora)
+        if m.inpainting:
+            m.inpainting.checkpoints = {b: _resolve(base, p) for b, p in m.inpainting.checkpoints.items()}
+    return spec
+
+
+def _resolve(base: Path, ref: str) -> str:
+    """A relative reference that exists beside the spec becomes absolute; hub ids stay as they are."""
+    candidate = base / ref
+    return str(candidate) if not Path(ref).is_absolute() and candidate.exists() else ref
+
+
+__all__ = ["CountRow", "ReleaseSpec", "load_spec", "pydantic"]

@@ -1,0 +1,1 @@
+"""mammosynth.dataset_cards."""
