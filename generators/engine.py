@@ -8,6 +8,8 @@ the result does not depend on the number of processes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +62,11 @@ class Skip:
 
 
 class Sampler(Protocol):
-    """A generation method. ``generate`` returns, per task and in order, a row or a Skip."""
+    """A generation method. ``generate`` returns, per task and in order, a row or a Skip.
+
+    A sampler may also carry ``fingerprint`` (str): what its output depends on (parameters,
+    checkpoint hashes). ``run`` records it and refuses to resume a folder made with another.
+    """
 
     method: str
 
@@ -92,6 +98,21 @@ class RunResult:
     already_done: list[int]
     rows: int
     skipped: list[dict[str, str]]
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_fingerprint(tasks: list[SampleTask], sampler: Sampler, shard_size: int) -> str:
+    """Identity of a run: the plan, its cut into shards and the sampler's own fingerprint."""
+    plan_ids = hashlib.sha256("\n".join(t.image_id for t in tasks).encode()).hexdigest()
+    return json.dumps(
+        {"method": sampler.method, "plan": plan_ids, "tasks": len(tasks), "shard_size": shard_size,
+         "sampler": getattr(sampler, "fingerprint", None)},
+        sort_keys=True,
+    )
 
 
 def run(
@@ -106,6 +127,8 @@ def run(
 ) -> RunResult:
     """Make this process's shards of ``tasks`` with ``sampler`` into ``out_dir``; resumable."""
     writer = ShardWriter(out_dir)
+    writer.claim(run_fingerprint(tasks, sampler, shard_size))
+    t_start = time.perf_counter()
     slices = shard_slices(len(tasks), shard_size)
     mine = my_shards(len(slices), process_index, num_processes)
     todo = [k for k in mine if not writer.is_done(k)]
@@ -131,5 +154,7 @@ def run(
         result.rows += len(rows)
         result.skipped.extend(skipped)
         bar.update(stop - start)
+        bar.set_postfix(shard=k, img_s=f"{(stop - start) / max(time.perf_counter() - t0, 1e-9):.2f}")
     bar.close()
+    result.seconds = time.perf_counter() - t_start
     return result

@@ -21,9 +21,11 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from mammosynth.builders.errors import InputError
 from mammosynth.builders.schema import RELEASE_COLUMNS, release_features
 
 SHARD_GLOB = "shard-*.parquet"
+RUN_FILE = "run.json"
 
 
 def shard_name(index: int) -> str:
@@ -58,6 +60,23 @@ class ShardWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.features = release_features()
 
+    def claim(self, fingerprint: str) -> None:
+        """Record which run owns this folder; a folder holding shards of another run is refused
+        (resuming with a changed spec would mix two datasets)."""
+        path = self.out_dir / RUN_FILE
+        if path.exists():
+            recorded = path.read_text()
+            if recorded != fingerprint and self.shard_files():
+                raise InputError(
+                    "holds shards of a run with other parameters, checkpoints or counts; "
+                    "remove the folder or set another output_dir to start afresh",
+                    file=self.out_dir,
+                    field="output_dir",
+                )
+            if recorded == fingerprint:
+                return
+        atomic_write_bytes(path, fingerprint.encode())
+
     def is_done(self, index: int) -> bool:
         return (self.out_dir / f"{shard_name(index)}.parquet").exists()
 
@@ -75,6 +94,7 @@ class ShardWriter:
             "rows": len(rows),
             "skipped": skipped,
             "seconds": round(seconds, 3),
+            "images_per_second": round(len(rows) / seconds, 4) if seconds > 0 else None,
             "per_birads": dict(Counter(str(r["birads"]) for r in rows)),
             "per_view": dict(Counter(str(r["view"]) for r in rows)),
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

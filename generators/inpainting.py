@@ -1,0 +1,310 @@
+"""BI-RADS-specific lesion inpainting on real BI-RADS 1 backgrounds (source paper §3.3).
+
+For a task (class b, view, laterality, index i) the background is the i-th BI-RADS 1 image of that
+view and laterality in the prepared set (sorted by image_id, wrapping), resized to the output
+size. The allowed region comes from ``breast_mask.allowed_region``; a box of the class's real size
+range is placed there by rejection sampling with the image's mask seed; class b's own checkpoint
+inpaints the box (DPM-Solver++ multistep); the original pixels are pasted back outside the box, so
+only the lesion region differs from the background.
+
+Everything that can be wrong with the spec is checked in the constructor, from JSON configs and
+the prepared set's labels, before a single weight is loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from mammosynth.builders import schema
+from mammosynth.builders.errors import InputError
+from mammosynth.builders.spec import InpaintingParams, ReleaseSpec
+from mammosynth.generators.box_sampling import Box, SizeRange, box_mask, sample_box, scaled_box_size, size_range
+from mammosynth.generators.breast_mask import allowed_region
+from mammosynth.generators.engine import SampleTask, Skip
+from mammosynth.generators.pipelines import (
+    Runtime,
+    as_bit_depth,
+    check_resolution,
+    checkpoint_identity,
+    component_config,
+    generators_for,
+    pipeline_folder,
+    prepare_pipeline,
+    to_gray,
+    vae_factor,
+)
+
+FIELD = "methods.inpainting.inpainting"
+NEEDED_COLUMNS = ("image", "image_id", "view", "laterality", "birads", "density", "manufacturer", "findings", "flipped")
+
+
+@dataclass(frozen=True)
+class Background:
+    row: int
+    image_id: str
+    density: str | None
+    manufacturer: str | None
+    flipped: bool
+
+
+def load_prepared(path: Path):
+    """The prepared training set with images left encoded (decoding is per background, on demand)."""
+    import datasets
+
+    if not Path(path).is_dir():
+        raise InputError("prepared training set not found", file=path, field="source.prepared")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"not a prepared dataset: {exc}", file=path, field="source.prepared") from None
+    missing = [c for c in NEEDED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise InputError(f"prepared set lacks columns {missing}", file=path, field="source.prepared")
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def _image_size(encoded: dict[str, Any]) -> tuple[int, int]:
+    """(width, height) from the PNG header without decoding the pixels."""
+    src = io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded["path"]
+    with Image.open(src) as im:
+        return im.size
+
+
+def _decode(encoded: dict[str, Any]) -> np.ndarray:
+    src = io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded["path"]
+    with Image.open(src) as im:
+        arr = np.asarray(im)
+    if arr.ndim == 3:  # an RGB rendering of a grey image
+        arr = arr[..., 0]
+    return arr.astype(np.uint16) if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 else arr.astype(np.uint8)
+
+
+def backgrounds_by_view(ds, birads: list[int]) -> dict[tuple[str, str], list[Background]]:
+    """(view, laterality) -> backgrounds of the given BI-RADS, sorted by image_id."""
+    cols = ds.select_columns(["image_id", "view", "laterality", "birads", "density", "manufacturer", "flipped"])[:]
+    groups: dict[tuple[str, str], list[Background]] = defaultdict(list)
+    for row in range(len(ds)):
+        if cols["birads"][row] in birads:
+            groups[(cols["view"][row], cols["laterality"][row])].append(
+                Background(row, cols["image_id"][row], cols["density"][row], cols["manufacturer"][row], bool(cols["flipped"][row]))
+            )
+    return {k: sorted(v, key=lambda b: b.image_id) for k, v in groups.items()}
+
+
+def class_size_ranges(ds, classes: list[int], resolution: int) -> dict[int, SizeRange | None]:
+    """Per class, the real box-size range (IQR-trimmed) scaled to ``resolution``² output."""
+    findings = ds.select_columns(["findings"])["findings"]
+    sizes: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in classes}
+    for row, fs in enumerate(findings):
+        boxes = [(f["bbox"], f["finding_birads"]) for f in fs or [] if f.get("finding_birads") in sizes and f.get("bbox")]
+        if not boxes:
+            continue
+        image_size = _image_size(ds[row]["image"])
+        for bbox, b in boxes:
+            w, h = scaled_box_size(bbox, image_size, (resolution, resolution))
+            if w > 0 and h > 0:
+                sizes[b][0].append(w)
+                sizes[b][1].append(h)
+    return {b: size_range(*sizes[b]) for b in classes}
+
+
+@dataclass
+class Placement:
+    """A task made ready for the GPU: resized background, box, and the pipeline inputs."""
+
+    task: SampleTask
+    background: Background
+    image: np.ndarray  # output-size grey, spec bit depth
+    box: Box
+
+
+class InpaintingSampler:
+    """Sampler (engine protocol) for ``method="inpainting"``."""
+
+    method = "inpainting"
+
+    def __init__(self, spec: ReleaseSpec, runtime: Runtime | None = None, *, spec_file: str | Path | None = None) -> None:
+        self.spec = spec
+        self.spec_file = spec_file
+        self.params: InpaintingParams = spec.methods["inpainting"].inpainting  # type: ignore[assignment]
+        self.runtime = runtime or Runtime()
+        self.bit_depth = spec.output.bit_depth
+        p = self.params
+        cells = {c: n for c, n in spec.cell_counts("inpainting").items() if n > 0}
+        self.classes = sorted({b for b, _, _ in cells})
+
+        # checkpoints: one per requested class, each an SD inpainting pipeline
+        self.folders: dict[int, Path] = {}
+        for b in self.classes:
+            if b not in p.checkpoints:
+                raise InputError(
+                    f"BI-RADS {b} is requested in counts but has no checkpoint (have {sorted(p.checkpoints)})",
+                    file=spec_file,
+                    field=f"{FIELD}.checkpoints",
+                )
+            field = f"{FIELD}.checkpoints.{b}"
+            folder = pipeline_folder(p.checkpoints[b], field=field, spec_file=spec_file)
+            unet = component_config(folder, "unet", field=field, spec_file=spec_file)
+            if unet.get("in_channels") != 9:
+                raise InputError(
+                    f"{folder} is not an inpainting pipeline (UNet in_channels {unet.get('in_channels')}, expected 9)",
+                    file=spec_file,
+                    field=field,
+                )
+            check_resolution(p.resolution, vae_factor(folder, field=field), field=f"{FIELD}.resolution", spec_file=spec_file)
+            self.folders[b] = folder
+
+        # backgrounds and reference box sizes from the prepared set
+        self.dataset = load_prepared(spec.source.prepared)
+        self.backgrounds = backgrounds_by_view(self.dataset, list(p.background_birads))
+        for (b, view, lat), n in sorted(cells.items()):
+            if not self.backgrounds.get((view, lat)):
+                raise InputError(
+                    f"no BI-RADS {p.background_birads} backgrounds with view {view}, laterality {lat} in the prepared set "
+                    f"{spec.source.prepared} (asked for {n} BI-RADS {b} images)",
+                    file=spec_file,
+                    field="methods.inpainting.counts",
+                )
+        self.size_ranges = class_size_ranges(self.dataset, self.classes, p.resolution)
+        for b, r in self.size_ranges.items():
+            if r is None:
+                raise InputError(
+                    f"the prepared set has no BI-RADS {b} finding boxes to take lesion sizes from",
+                    file=spec.source.prepared,
+                    field="findings",
+                )
+        self.generator_names = {b: checkpoint_identity(f) for b, f in self.folders.items()}
+        self._pipes: dict[int, Any] = {}
+
+    # -- identity of a run (resume safety) --------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return json.dumps(
+            {
+                "params": self.params.model_dump(mode="json", exclude={"batch_size"}),
+                "generators": {str(b): g for b, g in self.generator_names.items()},
+                "prepared": str(self.spec.source.prepared),
+                "bit_depth": self.bit_depth,
+            },
+            sort_keys=True,
+        )
+
+    # -- CPU side: background, allowed region, box ------------------------------------------------
+
+    def background_for(self, task: SampleTask) -> Background:
+        group = self.backgrounds[(task.view, task.laterality)]
+        return group[task.index % len(group)]
+
+    def background_image(self, bg: Background) -> np.ndarray:
+        """Background at output size and bit depth, in its true orientation (un-mirrored)."""
+        image = _decode(self.dataset[bg.row]["image"])
+        if bg.flipped:
+            image = np.ascontiguousarray(image[:, ::-1])
+        res = self.params.resolution
+        interp = cv2.INTER_AREA if max(image.shape) > res else cv2.INTER_LINEAR
+        image = cv2.resize(image, (res, res), interpolation=interp)
+        return as_bit_depth(image, self.bit_depth)
+
+    def allowed(self, image: np.ndarray) -> np.ndarray:
+        return allowed_region(image, erosion_px=self.params.erosion_px, margin_px=self.params.margin_px)
+
+    def place(self, task: SampleTask) -> Placement | Skip:
+        bg = self.background_for(task)
+        image = self.background_image(bg)
+        region = self.allowed(image)
+        sizes = self.size_ranges[task.birads]
+        box = sample_box(region, sizes, task.mask_seed, self.params.max_tries)  # type: ignore[arg-type]
+        if box is None:
+            reason = (
+                f"no {sizes.w_min:.0f}-{sizes.w_max:.0f} x {sizes.h_min:.0f}-{sizes.h_max:.0f} px box fits the allowed "
+                f"region of background {bg.image_id} after {self.params.max_tries} tries"
+                if region.any()
+                else f"background {bg.image_id} has an empty allowed region"
+            )
+            return Skip(task.image_id, reason)
+        return Placement(task, bg, image, box)
+
+    # -- GPU side --------------------------------------------------------------------------------
+
+    def pipeline(self, birads: int):
+        if birads not in self._pipes:
+            from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+
+            rt = self.runtime.resolved()
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                str(self.folders[birads]), dtype=rt.torch_dtype, safety_checker=None, requires_safety_checker=False
+            )
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+                pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
+            )
+            self._pipes[birads] = prepare_pipeline(pipe, rt, "unet")
+        return self._pipes[birads]
+
+    def inpaint(self, birads: int, batch: list[Placement]) -> list[np.ndarray]:
+        """Run class ``birads``'s pipeline on a batch; returns output-size grey images."""
+        import torch
+
+        p = self.params
+        images = [Image.fromarray(as_bit_depth(pl.image, 8)).convert("RGB") for pl in batch]
+        masks = [Image.fromarray(box_mask(pl.image.shape, pl.box)) for pl in batch]
+        with torch.inference_mode():
+            out = self.pipeline(birads)(
+                prompt=[schema.inpainting_prompt(birads)] * len(batch),
+                image=images,
+                mask_image=masks,
+                height=p.resolution,
+                width=p.resolution,
+                num_inference_steps=p.steps,
+                guidance_scale=p.guidance,
+                generator=generators_for([pl.task.seed for pl in batch]),
+                output_type="np",
+            ).images
+        return [to_gray(o, self.bit_depth) for o in out]
+
+    def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:
+        placed = [self.place(t) for t in tasks]
+        results: list[dict[str, Any] | Skip] = list(placed)  # Skips stay; placements become rows
+        by_class: dict[int, list[int]] = defaultdict(list)
+        for i, pl in enumerate(placed):
+            if isinstance(pl, Placement):
+                by_class[pl.task.birads].append(i)
+        for b, idx in sorted(by_class.items()):
+            for s in range(0, len(idx), self.params.batch_size):
+                chunk = idx[s : s + self.params.batch_size]
+                batch = [placed[i] for i in chunk]  # type: ignore[misc]
+                for i, pl, generated in zip(chunk, batch, self.inpaint(b, batch)):
+                    results[i] = self.row(pl, generated)  # type: ignore[arg-type]
+        return results
+
+    def row(self, pl: Placement, generated: np.ndarray) -> dict[str, Any]:
+        x0, y0, x1, y1 = pl.box
+        image = pl.image.copy()
+        image[y0:y1, x0:x1] = generated[y0:y1, x0:x1]  # only the lesion region changes
+        t = pl.task
+        return {
+            "image": image,
+            "image_id": t.image_id,
+            "method": self.method,
+            "birads": schema.birads_label(t.birads),
+            "view": t.view,
+            "laterality": t.laterality,
+            "density": schema.parse_density(pl.background.density),
+            "bbox": [[float(x0), float(y0), float(x1), float(y1)]],
+            "seed": t.seed,
+            "mask_seed": t.mask_seed,
+            "prompt": schema.inpainting_prompt(t.birads),
+            "source_image": pl.background.image_id,
+            "lesion_source": None,
+            "manufacturer": pl.background.manufacturer or None,
+            "generator": self.generator_names[t.birads],
+        }

@@ -1,0 +1,168 @@
+"""What the diffusion samplers share: checking a pipeline folder before loading it, naming a
+checkpoint by content hash, choosing device/precision, speed settings, and turning pipeline output
+into the grey image a release stores.
+
+Checks here read only JSON configs, so a bad spec fails in seconds, before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammosynth.builders.errors import InputError
+
+# ITU-R BT.601 luma, the weights PIL's convert("L") uses; applied in float64 then rounded, so the
+# conversion is exact and identical on every machine.
+LUMA = np.array([0.299, 0.587, 0.114])
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def pipeline_folder(ref: str, *, field: str, spec_file: str | Path | None = None) -> Path:
+    """The local folder of a diffusers pipeline (``model_index.json`` inside), or InputError."""
+    path = Path(ref)
+    if not path.is_dir():
+        raise InputError(f"checkpoint folder {ref!r} not found (models are never downloaded)", file=spec_file, field=field)
+    if not (path / "model_index.json").is_file():
+        raise InputError(f"{ref!r} is not a diffusers pipeline folder (no model_index.json)", file=spec_file, field=field)
+    return path
+
+
+def component_config(folder: Path, component: str, *, field: str, spec_file: str | Path | None = None) -> dict[str, Any]:
+    path = folder / component / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {component} config: {exc}", file=path, field=field) from None
+
+
+def vae_factor(folder: Path, *, field: str, spec_file: str | Path | None = None) -> int:
+    """Pixel-to-latent downsampling of the pipeline's VAE (8 for SD2 and SD3)."""
+    vae = component_config(folder, "vae", field=field, spec_file=spec_file)
+    return 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+
+
+def check_resolution(resolution: int, factor: int, *, field: str, spec_file: str | Path | None = None) -> None:
+    if resolution % factor:
+        lower = resolution - resolution % factor
+        raise InputError(
+            f"resolution {resolution} is not divisible by {factor} (the VAE/patch factor); use {lower} or {lower + factor}",
+            file=spec_file,
+            field=field,
+        )
+
+
+@lru_cache(maxsize=32)
+def content_hash(path: str) -> str:
+    """sha256 over a checkpoint's files (relative names + bytes), first 12 hex digits.
+
+    The row's ``generator`` column carries it so a release names exactly the weights it came from.
+    """
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(str(p.relative_to(root) if p != root else p.name).encode())
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def checkpoint_identity(ref: str | Path) -> str:
+    """``<folder name>@<content hash>``, e.g. ``inpaint-birads4@3f2a9c01d4e7``."""
+    path = Path(ref)
+    return f"{path.name}@{content_hash(str(path.resolve()))}"
+
+
+# --- runtime -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """Where and how pipelines run. None fields are chosen from the hardware: on CUDA bf16 +
+    channels-last (+ optional torch.compile); on CPU float32 and no compilation."""
+
+    device: str | None = None
+    dtype: str | None = None  # "float32" | "bfloat16" | "float16"
+    compile: bool = False
+    channels_last: bool | None = None
+    vae_tiling: bool = False
+
+    def resolved(self) -> "Runtime":
+        import torch
+
+        device = self.device
+        if device is None:
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            else:
+                device = "cpu"
+        on_gpu = device.startswith("cuda")
+        return Runtime(
+            device=device,
+            dtype=self.dtype or ("bfloat16" if on_gpu else "float32"),
+            compile=self.compile,
+            channels_last=on_gpu if self.channels_last is None else self.channels_last,
+            vae_tiling=self.vae_tiling,
+        )
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype or "float32")
+
+
+def prepare_pipeline(pipe, runtime: Runtime, denoiser: str):
+    """Move to the device and apply the speed settings; ``denoiser`` is "unet" or "transformer"."""
+    import torch
+
+    pipe = pipe.to(runtime.device)
+    pipe.set_progress_bar_config(disable=True)
+    model = getattr(pipe, denoiser)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if runtime.vae_tiling:
+        pipe.vae.enable_tiling()
+    if runtime.compile:
+        setattr(pipe, denoiser, torch.compile(model, mode="max-autotune-no-cudagraphs", fullgraph=False))
+        pipe.vae.decode = torch.compile(pipe.vae.decode, mode="max-autotune-no-cudagraphs")
+    return pipe
+
+
+def generators_for(seeds: list[int]):
+    """One CPU generator per image: latents depend on the image's seed only, not on the batch it
+    lands in, the device, or the number of processes."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def to_gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float RGB in [0, 1] (H, W, 3) -> uint8/uint16 grey by BT.601 luma, rounded."""
+    luma = np.clip(np.asarray(rgb, np.float64) @ LUMA, 0.0, 1.0)
+    if bit_depth == 16:
+        return np.round(luma * 65535).astype(np.uint16)
+    return np.round(luma * 255).astype(np.uint8)
+
+
+def as_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Convert an 8- or 16-bit grey array to ``bit_depth`` (exact scaling by 257)."""
+    image = np.asarray(image)
+    if bit_depth == 16:
+        return image.astype(np.uint16) if image.dtype == np.uint16 else image.astype(np.uint16) * 257
+    if image.dtype == np.uint16:
+        return np.round(image.astype(np.float64) / 257).astype(np.uint8)
+    return image.astype(np.uint8)

@@ -1,0 +1,252 @@
+"""Text-to-image with Stable Diffusion 3.5 and the mammography LoRA adapter (source paper §3.1).
+
+The caption is the shared structured prompt (laterality, view, density, BI-RADS, optional vendor)
+that training used; each image has its own sampling seed; the RGB output is converted to grey by a
+fixed luma formula. The adapter is merged into the transformer once at load time (no per-step LoRA
+overhead), after checking, from the safetensors header and the base transformer's config alone,
+that it was trained on this base architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mammosynth.builders import schema
+from mammosynth.builders.errors import InputError
+from mammosynth.builders.spec import ReleaseSpec, Text2ImageParams
+from mammosynth.generators.engine import SampleTask, Skip
+from mammosynth.generators.pipelines import (
+    Runtime,
+    check_resolution,
+    checkpoint_identity,
+    component_config,
+    generators_for,
+    pipeline_folder,
+    prepare_pipeline,
+    to_gray,
+    vae_factor,
+)
+
+FIELD = "methods.text2image.text2image"
+LORA_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors")
+_PREFIXES = ("base_model.model.", "transformer.")
+
+
+def density_for(task: SampleTask, densities: list[str]) -> str:
+    """Densities cycle over the index within a cell, so every cell gets a balanced, fixed mix."""
+    return densities[task.index % len(densities)]
+
+
+def prompt_for(task: SampleTask, params: Text2ImageParams) -> str:
+    return schema.text2image_prompt(
+        task.laterality, task.view, density_for(task, params.densities), task.birads, params.vendor_in_prompt
+    )
+
+
+# --- LoRA adapter ---------------------------------------------------------------------------------
+
+
+def adapter_weights(folder: Path, *, spec_file: str | Path | None = None) -> Path:
+    if not folder.is_dir():
+        raise InputError(f"LoRA adapter folder {str(folder)!r} not found", file=spec_file, field=f"{FIELD}.lora")
+    for name in LORA_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p.name for p in folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return folder / found[0]
+    raise InputError(
+        f"no LoRA weights in {folder} (expected one of {list(LORA_FILES)}, found {found})", file=spec_file, field=f"{FIELD}.lora"
+    )
+
+
+def _lora_modules(weights: Path) -> dict[str, tuple[int, int]]:
+    """module name in the transformer -> (in_features, out_features) the adapter was trained for."""
+    from safetensors import safe_open
+
+    shapes: dict[str, dict[str, list[int]]] = {}
+    with safe_open(str(weights), "pt") as fh:
+        for key in fh.keys():
+            for part in ("lora_A", "lora_B"):
+                marker = f".{part}."
+                if marker in key:
+                    name = key.split(marker)[0]
+                    for prefix in _PREFIXES:
+                        if name.startswith(prefix):
+                            name = name[len(prefix) :]
+                    shapes.setdefault(name, {})[part] = list(fh.get_slice(key).get_shape())
+    return {n: (s["lora_A"][1], s["lora_B"][0]) for n, s in shapes.items() if "lora_A" in s and "lora_B" in s}
+
+
+def _recorded_base(folder: Path) -> dict[str, Any] | None:
+    """The base-model identity the trainer recorded beside the adapter, if any: a transformer
+    config (dict) under a known key of a JSON file in the folder."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(meta, dict):
+            continue
+        for key in ("base_transformer_config", "transformer_config", "base_config"):
+            if isinstance(meta.get(key), dict):
+                return meta[key]
+    return None
+
+
+# architecture keys: an adapter trained on a base differing in any of these cannot be applied
+ARCH_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim", "in_channels", "patch_size", "pooled_projection_dim", "caption_projection_dim")
+
+
+def check_adapter(lora: Path, base: Path, *, spec_file: str | Path | None = None) -> None:
+    """InputError unless every adapted layer exists in the base transformer with the same shape
+    (and the recorded base config, if any, matches). Builds the transformer on the meta device:
+    no weights are read."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    field = f"{FIELD}.lora"
+    config = component_config(base, "transformer", field=f"{FIELD}.base_model", spec_file=spec_file)
+    recorded = _recorded_base(lora)
+    if recorded is not None:
+        diff = {k: (recorded.get(k), config.get(k)) for k in ARCH_KEYS if k in recorded and recorded.get(k) != config.get(k)}
+        if diff:
+            raise InputError(
+                f"adapter {lora} was trained on another base model: {', '.join(f'{k} {a} != {b}' for k, (a, b) in diff.items())}",
+                file=spec_file,
+                field=field,
+            )
+    modules = _lora_modules(adapter_weights(lora, spec_file=spec_file))
+    if not modules:
+        raise InputError(f"{lora} holds no LoRA weights (no lora_A/lora_B tensors)", file=spec_file, field=field)
+    with torch.device("meta"):
+        model = SD3Transformer2DModel.from_config(config)
+    linear = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for name, (fan_in, fan_out) in sorted(modules.items()):
+        if name not in linear:
+            raise InputError(
+                f"adapter {lora} was trained on another base model: layer {name!r} does not exist in {base}",
+                file=spec_file,
+                field=field,
+            )
+        if linear[name] != (fan_in, fan_out):
+            raise InputError(
+                f"adapter {lora} was trained on another base model: layer {name!r} is {fan_in}->{fan_out} in the "
+                f"adapter but {linear[name][0]}->{linear[name][1]} in {base}",
+                file=spec_file,
+                field=field,
+            )
+
+
+def apply_adapter(pipe, lora: Path) -> None:
+    """Merge the adapter into the transformer (PEFT folder or diffusers LoRA file)."""
+    if (lora / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        pipe.transformer = PeftModel.from_pretrained(pipe.transformer, str(lora)).merge_and_unload()
+    else:
+        pipe.load_lora_weights(str(lora), weight_name=adapter_weights(lora).name)
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+
+
+def make_scheduler(name: str, config):
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+    if name == "flow-dpm++":
+        return DPMSolverMultistepScheduler(
+            algorithm_type="dpmsolver++",
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=config.get("shift", 3.0),
+            solver_order=2,
+        )
+    return FlowMatchEulerDiscreteScheduler.from_config(config)
+
+
+# --- sampler ----------------------------------------------------------------------------------------
+
+
+class Text2ImageSampler:
+    """Sampler (engine protocol) for ``method="text2image"``."""
+
+    method = "text2image"
+
+    def __init__(self, spec: ReleaseSpec, runtime: Runtime | None = None, *, spec_file: str | Path | None = None) -> None:
+        self.spec = spec
+        self.params: Text2ImageParams = spec.methods["text2image"].text2image  # type: ignore[assignment]
+        self.runtime = runtime or Runtime()
+        self.bit_depth = spec.output.bit_depth
+        p = self.params
+        self.base = pipeline_folder(p.base_model, field=f"{FIELD}.base_model", spec_file=spec_file)
+        transformer = component_config(self.base, "transformer", field=f"{FIELD}.base_model", spec_file=spec_file)
+        factor = vae_factor(self.base, field=f"{FIELD}.base_model") * int(transformer.get("patch_size", 2))
+        check_resolution(p.resolution, factor, field=f"{FIELD}.resolution", spec_file=spec_file)
+        self.lora = Path(p.lora) if p.lora else None
+        if self.lora is not None:
+            check_adapter(self.lora, self.base, spec_file=spec_file)
+        names = [checkpoint_identity(self.base)] + ([checkpoint_identity(self.lora)] if self.lora else [])
+        self.generator_name = "+".join(names)
+        self._pipe = None
+
+    @property
+    def fingerprint(self) -> str:
+        return json.dumps(
+            {"params": self.params.model_dump(mode="json", exclude={"batch_size"}), "generator": self.generator_name, "bit_depth": self.bit_depth},
+            sort_keys=True,
+        )
+
+    def pipeline(self):
+        if self._pipe is None:
+            from diffusers import StableDiffusion3Pipeline
+
+            rt = self.runtime.resolved()
+            pipe = StableDiffusion3Pipeline.from_pretrained(str(self.base), dtype=rt.torch_dtype)
+            if self.lora is not None:
+                apply_adapter(pipe, self.lora)
+            pipe.scheduler = make_scheduler(self.params.scheduler, dict(pipe.scheduler.config))
+            self._pipe = prepare_pipeline(pipe, rt, "transformer")
+        return self._pipe
+
+    def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:
+        import torch
+
+        p = self.params
+        rows: list[dict[str, Any] | Skip] = []
+        for s in range(0, len(tasks), p.batch_size):
+            batch = tasks[s : s + p.batch_size]
+            prompts = [prompt_for(t, p) for t in batch]
+            with torch.inference_mode():
+                images = self.pipeline()(
+                    prompt=prompts,
+                    negative_prompt=[p.negative_prompt] * len(batch) if p.negative_prompt else None,
+                    height=p.resolution,
+                    width=p.resolution,
+                    num_inference_steps=p.steps,
+                    guidance_scale=p.guidance,
+                    generator=generators_for([t.seed for t in batch]),
+                    output_type="np",
+                ).images
+            rows.extend(self.row(t, prompt, img) for t, prompt, img in zip(batch, prompts, images))
+        return rows
+
+    def row(self, task: SampleTask, prompt: str, rgb) -> dict[str, Any]:
+        return {
+            "image": to_gray(rgb, self.bit_depth),
+            "image_id": task.image_id,
+            "method": self.method,
+            "birads": schema.birads_label(task.birads),
+            "view": task.view,
+            "laterality": task.laterality,
+            "density": density_for(task, self.params.densities),
+            "bbox": [],
+            "seed": task.seed,
+            "mask_seed": task.mask_seed,
+            "prompt": prompt,
+            "source_image": None,
+            "lesion_source": None,
+            "manufacturer": self.params.vendor_in_prompt,
+            "generator": self.generator_name,
+        }
