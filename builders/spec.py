@@ -70,6 +70,7 @@ class PoissonParams(StrictModel):
 
 class MethodSpec(StrictModel):
     counts: list[CountRow] = Field(min_length=1)
+    total: int | None = Field(None, ge=0, description="optional check: the counts must add up to this")
     text2image: Text2ImageParams | None = None
     inpainting: InpaintingParams | None = None
     poisson: PoissonParams | None = None
@@ -87,6 +88,7 @@ class SourceSpec(StrictModel):
 class OutputSpec(StrictModel):
     bit_depth: Literal[8, 16] = 8
     shard_size: int = Field(64, ge=1, description="rows per generation shard")
+    max_shard_mb: float = Field(500, gt=0, le=500, description="upper bound of a released parquet shard")
 
 
 class HubSpec(StrictModel):
@@ -94,6 +96,7 @@ class HubSpec(StrictModel):
     visibility: Literal["public", "private", "gated"] = "private"
     gated_prompt: str | None = None
     tags: list[str] = []
+    task_categories: list[str] = ["image-classification", "object-detection", "text-to-image"]
 
     @field_validator("repo_id")
     @classmethod
@@ -119,6 +122,7 @@ class ReleaseSpec(StrictModel):
     output_dir: Path | None = Field(None, description="default: releases/<name>-<version> beside the spec")
     previous_release: str | None = Field(None, description="folder or ORG/NAME@rev of the previous version")
     changes: str | None = Field(None, description="what changed since the previous version")
+    citations: list[str] = Field(default_factory=list, description="extra BibTeX entries for the card")
 
     @field_validator("version")
     @classmethod
@@ -137,6 +141,23 @@ class ReleaseSpec(StrictModel):
             for other in METHODS:
                 if other != method and getattr(m, other) is not None:
                     raise ValueError(f"methods.{method}.{other}: parameters of another method")
+        for method, m in self.methods.items():
+            total = sum(row.n * len(row.cells()) for row in m.counts)
+            if m.total is not None and m.total != total:
+                raise ValueError(f"methods.{method}.total: counts add up to {total}, not {m.total}")
+            if method == "inpainting" and m.inpainting is not None:
+                wanted = sorted({b for row in m.counts if row.n for b, _, _ in row.cells()})
+                missing = [b for b in wanted if b not in m.inpainting.checkpoints]
+                if missing:
+                    raise ValueError(
+                        f"methods.inpainting.inpainting.checkpoints: no checkpoint for BI-RADS {missing}"
+                    )
+            if method == "poisson" and m.poisson is not None:
+                bad = sorted({b for row in m.counts if row.n for b, _, _ in row.cells()} - set(m.poisson.lesion_birads))
+                if bad:
+                    raise ValueError(
+                        f"methods.poisson.counts: BI-RADS {bad} not in poisson.lesion_birads {m.poisson.lesion_birads}"
+                    )
         if self.hub.visibility == "gated" and not self.hub.gated_prompt:
             raise ValueError("hub.gated_prompt is required when visibility is gated")
         return self
@@ -158,6 +179,19 @@ class ReleaseSpec(StrictModel):
     def tag(self) -> str:
         return f"v{self.version}"
 
+    def local_checkpoints(self) -> dict[str, str]:
+        """Checkpoint references that name local folders (field -> path); hub ids are not included."""
+        refs: dict[str, str] = {}
+        for method, m in self.methods.items():
+            if m.text2image:
+                refs[f"methods.{method}.text2image.base_model"] = m.text2image.base_model
+                if m.text2image.lora:
+                    refs[f"methods.{method}.text2image.lora"] = m.text2image.lora
+            if m.inpainting:
+                for b, p in m.inpainting.checkpoints.items():
+                    refs[f"methods.{method}.inpainting.checkpoints.{b}"] = p
+        return {k: v for k, v in refs.items() if _looks_local(v)}
+
 
 def load_spec(path: str | Path) -> ReleaseSpec:
     """Load a release spec; relative paths in it are resolved against the spec's folder."""
@@ -178,6 +212,11 @@ def load_spec(path: str | Path) -> ReleaseSpec:
         if m.inpainting:
             m.inpainting.checkpoints = {b: _resolve(base, p) for b, p in m.inpainting.checkpoints.items()}
     return spec
+
+
+def _looks_local(ref: str) -> bool:
+    """Absolute, ./ or ../ paths, or anything that is not ORG/NAME, is a local folder."""
+    return ref.startswith((".", "/", "~")) or not REPO_ID.match(ref)
 
 
 def _resolve(base: Path, ref: str) -> str:

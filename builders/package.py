@@ -1,0 +1,219 @@
+"""Package a release: a Hub-layout folder that is its own git repository.
+
+Layout (design.md §3): ``data/<method>/train-NNNNN-of-NNNNN.parquet`` (embedded PNG bytes, declared
+features, shards <= ``output.max_shard_mb``), ``README.md`` (card) and ``croissant.json``,
+``validation/`` (the report), ``spec.yaml``, ``checksums.sha256``. The `all` config lists the three
+method folders in the card instead of storing the rows twice. The folder is built under a
+temporary name, loaded back with ``load_dataset`` (fresh cache) and only then renamed into place,
+so a failed round trip never leaves a half-made release behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from tqdm.auto import tqdm
+
+from mammosynth.builders.errors import GateFailed, InputError
+from mammosynth.builders.release_data import ReleaseData, strip_local_paths
+from mammosynth.builders.schema import release_features
+from mammosynth.builders.spec import ReleaseSpec
+
+ROW_GROUP_ROWS = 100  # datasets' row-group size for image data: keeps the viewer's reads small
+CHECKSUMS = "checksums.sha256"
+
+
+def shard_bounds(image_sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
+    """Greedy contiguous [start, stop) slices whose image bytes stay under ``max_bytes``."""
+    bounds, start, acc = [], 0, 0
+    for i, size in enumerate(image_sizes):
+        if acc and acc + size > max_bytes:
+            bounds.append((start, i))
+            start, acc = i, 0
+        acc += size
+    if start < len(image_sizes) or not bounds:
+        bounds.append((start, len(image_sizes)))
+    return bounds
+
+
+def hf_schema(schema: pa.Schema) -> pa.Schema:
+    """Attach datasets' feature metadata, so plain pyarrow readers keep the ClassLabel names too."""
+    meta = {"huggingface": json.dumps({"info": {"features": release_features().to_dict()}})}
+    return schema.with_metadata(meta)
+
+
+def write_parquet_shards(
+    table: pa.Table, out_dir: Path, max_bytes: int, *, compression: str | dict[str, str] = "snappy"
+) -> list[Path]:
+    """Write ``table`` as ``train-NNNNN-of-NNNNN.parquet`` files; PNG bytes go in as they are."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = pa.compute.binary_length(table.column("image").combine_chunks().field("bytes")).to_pylist()
+    bounds = shard_bounds(sizes, max_bytes)
+    paths = []
+    schema = hf_schema(table.schema)
+    for k, (start, stop) in enumerate(bounds):
+        path = out_dir / f"train-{k:05d}-of-{len(bounds):05d}.parquet"
+        with pq.ParquetWriter(path, schema, compression=compression) as writer:
+            writer.write_table(table.slice(start, stop - start).cast(schema), row_group_size=ROW_GROUP_ROWS)
+        paths.append(path)
+    return paths
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def release_files(folder: Path) -> list[Path]:
+    """Files that belong to the release (no git internals, no manifest itself), sorted."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(folder).parts and p.name != CHECKSUMS
+    )
+
+
+def write_checksums(folder: Path) -> Path:
+    """`sha256sum -c` compatible manifest of every file in the release."""
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in release_files(folder)]
+    path = folder / CHECKSUMS
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def verify_checksums(folder: Path) -> None:
+    manifest = folder / CHECKSUMS
+    if not manifest.is_file():
+        raise InputError("release has no checksum manifest", file=manifest)
+    listed = {}
+    for line in manifest.read_text().splitlines():
+        digest, _, rel = line.partition("  ")
+        listed[rel] = digest
+    actual = {p.relative_to(folder).as_posix(): p for p in release_files(folder)}
+    if set(listed) != set(actual):
+        raise InputError(f"files differ from the manifest: {sorted(set(listed) ^ set(actual))[:5]}", file=manifest)
+    for rel, digest in listed.items():
+        if sha256_file(actual[rel]) != digest:
+            raise InputError("checksum mismatch (file changed after packaging)", file=folder / rel)
+
+
+def git(folder: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "mammosynth", "GIT_AUTHOR_EMAIL": "release@mammosynth.invalid",
+           "GIT_COMMITTER_NAME": "mammosynth", "GIT_COMMITTER_EMAIL": "release@mammosynth.invalid"}
+    out = subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, text=True, env=env)
+    return out.stdout.strip()
+
+
+def git_commit_release(folder: Path, tag: str, message: str) -> str:
+    """One commit holding the whole release and an annotated ``tag`` on it; returns the commit id."""
+    if not (folder / ".git").exists():
+        git(folder, "-c", "init.defaultBranch=main", "init", "-q")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", message)
+    git(folder, "tag", "-a", "-f", tag, "-m", message)
+    return git(folder, "rev-parse", "HEAD")
+
+
+def verify_release(folder: Path, data: ReleaseData, *, sample: int = 8, seed: int = 0) -> dict[str, int]:
+    """Load every config with ``load_dataset`` from a fresh cache and compare with ``data``.
+
+    Checks row counts (the card's split sizes are checked by datasets itself), features and label
+    names, and the SHA-256 of a random sample of images per method. Raises GateFailed on mismatch.
+    """
+    expected = release_features()
+    rng = random.Random(seed)
+    counts = {}
+    with tempfile.TemporaryDirectory(prefix="mammosynth-roundtrip-") as cache:
+        for cfg in data.configs:
+            try:
+                ds = datasets.load_dataset(str(folder), cfg, split="train", cache_dir=cache)
+            except Exception as exc:  # any loader error means consumers cannot load it either
+                raise GateFailed(f"round trip: load_dataset({folder.name!r}, {cfg!r}) failed: {exc}") from exc
+            if len(ds) != data.num_examples(cfg):
+                raise GateFailed(f"round trip: config {cfg} has {len(ds)} rows, expected {data.num_examples(cfg)}")
+            if ds.features != expected:
+                raise GateFailed(f"round trip: config {cfg} features differ: {ds.features}")
+            for col in ("method", "birads", "view", "laterality", "density"):
+                if ds.features[col].names != expected[col].names:
+                    raise GateFailed(f"round trip: config {cfg} lost label names of {col}")
+            raw = ds.cast_column("image", datasets.Image(decode=False))
+            index = {iid: i for i, iid in enumerate(raw["image_id"])}
+            for m in data.methods if cfg == "all" else [cfg]:
+                hashes = data.image_hashes(m)
+                for iid in rng.sample(sorted(hashes), min(sample, len(hashes))):
+                    if iid not in index:
+                        raise GateFailed(f"round trip: config {cfg} lacks row {iid}")
+                    got = hashlib.sha256(raw[index[iid]]["image"]["bytes"]).hexdigest()
+                    if got != hashes[iid]:
+                        raise GateFailed(f"round trip: config {cfg} row {iid} image bytes differ")
+            counts[cfg] = len(ds)
+    return counts
+
+
+def spec_yaml(spec: ReleaseSpec) -> str:
+    """The spec as released: local folders reduced to their names (no machine paths in a release)."""
+    data = spec.model_dump(mode="json", exclude={"output_dir"})
+    data["source"]["prepared"] = Path(data["source"]["prepared"]).name
+    return yaml.safe_dump(strip_local_paths(data), sort_keys=False, allow_unicode=True)
+
+
+def package(
+    spec: ReleaseSpec,
+    data: ReleaseData,
+    *,
+    card_dir: Path,
+    report_dir: Path | None,
+    out: Path | None = None,
+    verify: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Build the release folder ``out`` (default ``<output_dir>/release``) and return it."""
+    out = Path(out) if out else Path(spec.output_dir) / "release"  # type: ignore[arg-type]
+    for name in ("README.md", "croissant.json"):
+        if not (card_dir / name).is_file():
+            raise InputError("card not rendered; run `mammosynth card` first", file=card_dir / name)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        max_bytes = int(spec.output.max_shard_mb * 1_000_000)
+        for m in tqdm(data.methods, desc="package", unit="config", disable=not progress):
+            write_parquet_shards(data.tables[m], tmp / "data" / m, max_bytes)
+        for name in ("README.md", "croissant.json"):
+            shutil.copy2(card_dir / name, tmp / name)
+        if report_dir is not None and (report_dir / "report.json").is_file():
+            shutil.copytree(report_dir, tmp / "validation", ignore=shutil.ignore_patterns(".*", "*.tmp*"))
+        (tmp / "spec.yaml").write_text(spec_yaml(spec), encoding="utf-8")
+        (tmp / ".gitattributes").write_text("*.parquet binary\n*.png binary\n")
+        write_checksums(tmp)
+        if verify:
+            verify_release(tmp, data)
+        git_commit_release(tmp, spec.tag(), f"Release {spec.tag()}: {spec.pretty_name}")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+__all__ = ["package", "verify_release", "write_checksums", "verify_checksums", "shard_bounds", "git"]

@@ -1,0 +1,312 @@
+"""Render, lint and amend the release's dataset card (README.md with Hub YAML metadata).
+
+The YAML `dataset_info` is produced by `datasets`' own serializer from `schema.release_features()`
+and the exact split sizes of the rows being released, so loading the release checks the card.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import jinja2
+import yaml
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
+
+from mammosynth.builders.errors import InputError
+from mammosynth.builders.release_data import ReleaseData, strip_local_paths
+from mammosynth.builders.schema import BIRADS_NAMES, LATERALITIES, METHODS, VIEWS, release_features
+from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.dataset_cards.citations import SOURCE_PAPERS
+
+TEMPLATES = Path(__file__).parent / "templates"
+OVERRIDES_RE = re.compile(r"(<!-- mammosynth:overrides -->\n)(.*?)(\n<!-- /mammosynth:overrides -->)", re.S)
+NO_OVERRIDES = "None: the release passed its validation gates and respects the source licence."
+
+METHOD_WORDS = {
+    "text2image": "Text-to-image: Stable Diffusion 3.5 with a LoRA adapter, prompted with laterality, view, "
+    "density and BI-RADS",
+    "inpainting": "Lesion inpainting: a BI-RADS-specific Stable Diffusion 2 inpainting model paints a lesion "
+    "into a box placed inside the breast of a real BI-RADS 1 background",
+    "poisson": "Poisson blending: a real BI-RADS 5 lesion crop is seamlessly cloned into a real BI-RADS 1 "
+    "background of a matching vendor",
+}
+COLUMN_MEANINGS = {
+    "image": "the synthetic mammogram (PNG)",
+    "image_id": "stable id, unique in the release",
+    "method": "generation method",
+    "birads": "assessment category the image was generated for",
+    "view": "CC / MLO",
+    "laterality": "L / R",
+    "density": "prompt density or the background's (A–D; -1 when unknown)",
+    "bbox": "inserted lesions as [xmin, ymin, xmax, ymax] in output pixels; empty when none is known",
+    "seed": "sampling seed",
+    "mask_seed": "placement seed",
+    "prompt": "text condition used (null when none)",
+    "source_image": "pseudonymous id of the real background (inpainting, poisson)",
+    "lesion_source": "pseudonymous id of the donor lesion (poisson)",
+    "manufacturer": "vendor of the background, or the one named in the prompt",
+    "generator": "checkpoint name and content hash / revision",
+}
+# Anything that looks like an unfilled template slot or a stock "fill me" phrase.
+PLACEHOLDER_RE = re.compile(
+    r"\{\{.*?\}\}|\{%.*?%\}|\[More Information Needed\]|\bTODO\b|\bTBD\b|\bFIXME\b|<FILL[^>]*>|\bXXX\b|"
+    r"\bPLACEHOLDER\b",
+)
+
+
+@dataclass
+class Override:
+    kind: str  # "validation" or "licence"
+    reason: str
+
+    def line(self) -> str:
+        what = {
+            "validation": "Published although the validation report was missing or failed",
+            "licence": "Published publicly although rows embed pixels of a source whose licence forbids "
+            "redistribution",
+        }[self.kind]
+        return f"- **{what}.** Maintainer's reason: {self.reason}"
+
+
+def size_category(n: int) -> str:
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < bound:
+            return name
+    return "1M<n<10M"
+
+
+def _feature_type(feature: Any) -> str:
+    if isinstance(feature, datasets.ClassLabel):
+        return "ClassLabel(" + ", ".join(feature.names) + ")"
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    if isinstance(feature, datasets.Image):
+        return "Image"
+    return "list of [4 × float32]"
+
+
+def card_metadata(spec: ReleaseSpec, data: ReleaseData) -> dict[str, Any]:
+    """The YAML header: Hub fields, `configs` and `dataset_info` with exact split sizes."""
+    features = release_features()
+    card_data = DatasetCardData(
+        license=spec.license,
+        pretty_name=spec.pretty_name,
+        language=["en"],
+        tags=sorted({"medical", "mammography", "synthetic", "breast-cancer", *spec.hub.tags}),
+        task_categories=spec.hub.task_categories,
+        size_categories=[size_category(data.num_examples("all"))],
+        source_datasets=[spec.source.name],
+    )
+    infos = DatasetInfosDict()
+    for cfg in data.configs:
+        split = datasets.SplitInfo(name="train", num_bytes=data.num_bytes(cfg), num_examples=data.num_examples(cfg))
+        infos[cfg] = datasets.DatasetInfo(
+            features=features,
+            splits=datasets.SplitDict({"train": split}),
+            dataset_size=data.num_bytes(cfg),
+        )
+    infos.to_dataset_card_data(card_data)
+    meta = card_data.to_dict()
+    meta["configs"] = [
+        {
+            "config_name": cfg,
+            "data_files": [
+                {"split": "train", "path": [f"data/{m}/train-*" for m in (data.methods if cfg == "all" else [cfg])]}
+            ],
+            **({"default": True} if cfg == "all" else {}),
+        }
+        for cfg in data.configs
+    ]
+    if spec.hub.visibility == "gated":
+        meta["extra_gated_prompt"] = spec.hub.gated_prompt
+        meta["extra_gated_fields"] = {"Affiliation": "text", "I will not use this dataset for clinical diagnosis": "checkbox"}
+    return meta
+
+
+def _validation_summary(report: dict[str, Any] | None) -> tuple[str, str]:
+    if report is None:
+        return ("No validation report was produced for this release.",
+                "No memorization check was run; treat every image as possibly memorized.")
+    lines = [f"Overall: **{'passed' if report.get('passed') else 'FAILED'}**.", "", "| gate | status |", "|---|---|"]
+    for name, gate in sorted((report.get("gates") or {}).items()):
+        status = gate.get("status", "?") if isinstance(gate, dict) else str(gate)
+        lines.append(f"| {name} | {status} |")
+    flagged = report.get("flagged") or []
+    by_check = Counter(f.get("check", "?") for f in flagged)
+    if flagged:
+        lines += ["", "Flagged rows per check: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_check.items())) + "."]
+    memo_checks = [f for f in flagged if "dup" in f.get("check", "") or "memor" in f.get("check", "")
+                   or "nearest" in f.get("check", "")]
+    memo_gates = {k: v for k, v in (report.get("gates") or {}).items()
+                  if any(w in k for w in ("dup", "memor", "nearest"))}
+    if memo_gates or memo_checks or report.get("passed") is not None:
+        memo = (
+            f"Every image was compared with every training image of the prepared source set (exact pixel hash, "
+            f"perceptual hash and nearest-neighbour distance inside the breast, thresholds calibrated on real "
+            f"held-out images). {len(memo_checks)} row(s) were flagged as possible copies"
+            + (" and removed." if memo_checks else ".")
+            + " For inpainting and Poisson rows the background is, by construction, a real training image."
+        )
+    else:
+        memo = "The report holds no memorization figures."
+    return "\n".join(lines), memo
+
+
+def _count_table(data: ReleaseData) -> dict[str, dict[str, dict[str, int]]]:
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for m in data.methods:
+        c = data.counts(m)
+        out[m] = {}
+        for b in BIRADS_NAMES:
+            row = {f"{v} {lat}": c.get((b, v, lat), 0) for v in VIEWS for lat in LATERALITIES}
+            row["total"] = sum(row.values())
+            out[m][b] = row
+    return out
+
+
+def _params(spec: ReleaseSpec, method: str) -> dict[str, Any]:
+    m = spec.methods[method]
+    p = getattr(m, method)
+    # Local paths say nothing to a reader; the generator column carries the content hash.
+    return strip_local_paths(p.model_dump(mode="json")) if p is not None else {}
+
+
+def changes_text(spec: ReleaseSpec, data: ReleaseData, previous: dict[str, Any] | None) -> str:
+    if previous is None and not spec.changes:
+        return "First version."
+    parts = [spec.changes.strip()] if spec.changes else []
+    if previous is not None:
+        parts.append(f"Rows per config, version {previous.get('version', 'previous')} → {spec.version}:")
+        parts.append("")
+        parts += ["| config | before | after |", "|---|---|---|"]
+        prev_counts = previous.get("num_examples", {})
+        for cfg in sorted(set(prev_counts) | set(data.configs), key=lambda c: (c == "all", c)):
+            after = data.num_examples(cfg) if cfg in data.configs else 0
+            parts.append(f"| {cfg} | {prev_counts.get(cfg, 0)} | {after} |")
+    return "\n".join(parts)
+
+
+def previous_release_info(ref: str | Path | None) -> dict[str, Any] | None:
+    """Version and rows per config of a previous release folder (its card's YAML)."""
+    if ref is None:
+        return None
+    readme = Path(ref) / "README.md"
+    if not readme.is_file():
+        raise InputError("previous release has no README.md", file=readme, field="previous_release")
+    meta = parse_card(readme.read_text(encoding="utf-8"))[0]
+    infos = meta.get("dataset_info") or []
+    infos = [infos] if isinstance(infos, dict) else infos
+    counts = {i.get("config_name", "default"): sum(s["num_examples"] for s in i.get("splits", [])) for i in infos}
+    version = None
+    spec_file = Path(ref) / "spec.yaml"
+    if spec_file.is_file():
+        version = (yaml.safe_load(spec_file.read_text()) or {}).get("version")
+    return {"version": version, "num_examples": counts}
+
+
+def render_card(
+    spec: ReleaseSpec,
+    data: ReleaseData,
+    report: dict[str, Any] | None,
+    *,
+    overrides: list[Override] = (),  # type: ignore[assignment]
+    previous: dict[str, Any] | None = None,
+) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+    )
+    meta = card_metadata(spec, data)
+    summary, memorization = _validation_summary(report)
+    density = data.density_shares()
+    total = data.num_examples("all")
+    density_text = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in density.items()) or "not recorded"
+    features = release_features()
+    citations = [SOURCE_PAPERS["methods"], SOURCE_PAPERS["mam-e"]]
+    if spec.source.citation:
+        citations.append(spec.source.citation.strip())
+    citations += [c.strip() for c in spec.citations]
+    text = env.get_template("README.md.j2").render(
+        yaml_metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
+        spec=spec,
+        data=data,
+        repo_id=spec.hub.repo_id or f"<org>/{spec.name}",
+        total_rows=total,
+        method_words=METHOD_WORDS,
+        params={m: _params(spec, m) for m in data.methods},
+        requested={m: spec.total(m) for m in data.methods},
+        schema_rows=[(k, _feature_type(f), COLUMN_MEANINGS[k]) for k, f in features.items()],
+        views=VIEWS,
+        lateralities=LATERALITIES,
+        birads_names=BIRADS_NAMES,
+        count_table=_count_table(data),
+        validation_summary=summary,
+        memorization=memorization,
+        dropped_total=sum(len(v) for v in data.dropped.values()),
+        density_text=density_text,
+        real_pixel_methods=[m for m in data.methods if m in ("inpainting", "poisson")],
+        overrides_text="\n".join(o.line() for o in overrides) or NO_OVERRIDES,
+        changes_text=changes_text(spec, data, previous),
+        citations=citations,
+    )
+    if not spec.hub.repo_id:
+        text = text.replace(f'"<org>/{spec.name}"', f'"path/to/{spec.name}"')
+    return text
+
+
+def parse_card(text: str) -> tuple[dict[str, Any], str]:
+    """(YAML metadata, Markdown body)."""
+    m = re.match(r"^---\n(.*?)\n---\n(.*)$", text, re.S)
+    if not m:
+        raise InputError("card has no YAML metadata block")
+    return yaml.safe_load(m.group(1)) or {}, m.group(2)
+
+
+def lint_card(text: str, *, source: str | Path | None = None) -> None:
+    """Fail on unfilled placeholders, a missing metadata field or an empty section."""
+    problems: list[str] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        for hit in PLACEHOLDER_RE.finditer(line):
+            problems.append(f"line {i}: unfilled placeholder {hit.group(0)!r}")
+    meta, body = parse_card(text)
+    for key in ("license", "pretty_name", "tags", "task_categories", "size_categories", "configs", "dataset_info"):
+        if not meta.get(key):
+            problems.append(f"metadata field {key!r} is missing")
+    for tag in ("medical", "mammography", "synthetic"):
+        if tag not in (meta.get("tags") or []):
+            problems.append(f"tag {tag!r} is missing")
+    headers = [(len(h), t) for h, t in re.findall(r"^(#{2,4}) (.*)$", body, flags=re.M)]
+    contents = re.split(r"^#{2,4} .*$", body, flags=re.M)[1:]
+    for k, ((level, title), content) in enumerate(zip(headers, contents)):
+        opens_subsection = k + 1 < len(headers) and headers[k + 1][0] > level
+        if not content.strip() and not opens_subsection:
+            problems.append(f"section {title!r} is empty")
+    if problems:
+        raise InputError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""),
+                         file=source, field="README.md")
+
+
+def record_override(readme: Path, override: Override) -> str:
+    """Add ``override`` to the card's overrides block (idempotent); returns the new text."""
+    text = readme.read_text(encoding="utf-8")
+    m = OVERRIDES_RE.search(text)
+    if m is None:
+        raise InputError("card has no overrides block", file=readme)
+    lines = [] if m.group(2).strip() == NO_OVERRIDES else m.group(2).strip().splitlines()
+    if override.line() not in lines:
+        lines.append(override.line())
+    text = text[: m.start(2)] + "\n".join(lines) + text[m.end(2):]
+    readme.write_text(text, encoding="utf-8")
+    return text
+
+
+__all__ = [
+    "Override", "card_metadata", "render_card", "lint_card", "parse_card", "record_override",
+    "previous_release_info", "size_category", "json", "METHODS",
+]
