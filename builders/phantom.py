@@ -266,12 +266,14 @@ def write_phantom(
     birads_weights: tuple[float, ...] = PHANTOM_BIRADS_WEIGHTS,
     density_weights: tuple[float, ...] = PHANTOM_DENSITY_WEIGHTS,
     test_fraction: float = 0.2,
+    vendors: tuple[str, ...] | None = None,
     progress: bool = False,
 ) -> Path:
     """Write `studies` four-view studies in VinDr-Mammo layout to `out_dir` (created atomically).
 
     `size_scale` shrinks every vendor's image size (1.0 = real sizes, 0.125 for tests).
-    The same seed always gives the same ids, labels, boxes and pixels.
+    `vendors` restricts the manufacturers drawn (e.g. ``("Planmed",)``); the default mixes them
+    in roughly VinDr's proportions. The same seed always gives the same ids, labels, boxes, pixels.
     """
     out_dir = Path(out_dir)
     if studies < 1:
@@ -284,7 +286,11 @@ def write_phantom(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    vendor_p = np.array([v.weight for v in VENDORS])
+    unknown = set(vendors or ()) - {v.manufacturer for v in VENDORS}
+    if unknown:
+        raise InputError(f"unknown vendor(s) {sorted(unknown)}; known: "
+                         f"{[v.manufacturer for v in VENDORS]}", field="vendors")
+    vendor_p = np.array([v.weight if not vendors or v.manufacturer in vendors else 0.0 for v in VENDORS])
     breast_rows: list[dict] = []
     finding_rows: list[dict] = []
     meta_rows: list[dict] = []
