@@ -1,0 +1,156 @@
+"""Anatomically guided lesion placement for Poisson blending (source paper §3.2.1).
+
+Per background: the Poisson breast mask, its intensity window (10th-98th percentile inside the
+mask), and the pectoral muscle on MLO views. Per lesion: a candidate map of centres where the
+lesion lies fully inside the breast and ``margin_px`` away from the skin line, off the pectoral
+muscle, where the surrounding ring's mean intensity lies inside the window and its local texture is
+close to the lesion's original surroundings. The maps are computed once on a reduced grid (box
+filters, a distance transform), so each rejection-sampling draw — seeded by the task's mask seed —
+is a lookup; the accepted position is re-checked against the full-resolution mask. When no
+position qualifies the caller gets a reason, never a forced placement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from mammosynth.builders.config_io import StrictModel
+from mammosynth.generators.breast_mask import chest_wall_side, distance_to_edge, poisson_mask
+from mammosynth.generators.lesion_bank import intensity_window, local_std
+
+WORK_SIZE = 512
+
+
+class PlacementConfig(StrictModel):
+    window_percentiles: tuple[float, float] = (10.0, 98.0)
+    margin_px: float = 24.0  # at 1024-px images; scaled with the image's long side
+    texture_ratio: float = 2.0  # accepted ratio between background and lesion ring textures
+    max_tries: int = 500
+
+
+@dataclass
+class BackgroundInfo:
+    """Everything placement needs about one background, computed once."""
+
+    mask: np.ndarray  # full resolution, bool
+    window: tuple[float, float]
+    side: str
+    pectoral: np.ndarray  # work resolution, bool (all False on CC)
+    factor: float  # full px per work px
+    work: np.ndarray  # float32 work-resolution image
+    dist: np.ndarray  # work resolution: distance to the skin line in *full* pixels
+
+
+@dataclass
+class Placement:
+    x: int  # top-left of the lesion crop in the background
+    y: int
+    tries: int
+
+
+def pectoral_region(work: np.ndarray, mask: np.ndarray, side: str) -> np.ndarray:
+    """Pectoral muscle on an MLO view: the bright region in the top chest-wall corner, grown to its
+    convex hull; a triangle (40% of the breast width along the top, 45% of the height down the
+    chest wall) when the intensity cue finds nothing."""
+    h, w = work.shape
+    vals = work[mask]
+    out = np.zeros((h, w), bool)
+    if vals.size == 0:
+        return out
+    smooth = cv2.GaussianBlur(work, (0, 0), 2)
+    bright = (smooth > np.percentile(vals, 85)) & mask
+    n, labels = cv2.connectedComponents(bright.astype(np.uint8))
+    corner_x = 0 if side == "L" else w - 1
+    cols = np.nonzero(mask.any(0))[0]
+    breast_w = int(np.ptp(cols)) + 1 if cols.size else w
+    for k in range(1, n):
+        comp = labels == k
+        ys, xs = np.nonzero(comp)
+        touches_top = ys.min() <= h * 0.02
+        near_wall = np.abs(xs - corner_x).min() <= w * 0.03
+        if touches_top and near_wall and comp.sum() > 0.01 * mask.sum():
+            hull = cv2.convexHull(np.stack([xs, ys], 1).astype(np.int32))
+            cv2.fillConvexPoly(out.view(np.uint8), hull, 1)
+    if not out.any():
+        dx = int(0.4 * breast_w)
+        tri = np.array([[corner_x, 0], [corner_x + (dx if side == "L" else -dx), 0], [corner_x, int(0.45 * h)]], np.int32)
+        cv2.fillConvexPoly(out.view(np.uint8), tri, 1)
+    return out & mask
+
+
+def analyse_background(image: np.ndarray, view: str, cfg: PlacementConfig, mask: np.ndarray | None = None) -> BackgroundInfo:
+    mask = poisson_mask(image) if mask is None else mask
+    h, w = image.shape
+    factor = max(1.0, max(h, w) / WORK_SIZE)
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    work = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA) if factor > 1 else image.astype(np.float32)
+    wmask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 if factor > 1 else mask
+    side = chest_wall_side(mask) if mask.any() else "L"
+    pect = pectoral_region(work, wmask, side) if view == "MLO" else np.zeros(wmask.shape, bool)
+    dist = distance_to_edge(wmask) * factor
+    window = intensity_window(image, mask, *cfg.window_percentiles)
+    return BackgroundInfo(mask, window, side, pect, factor, work, dist)
+
+
+def candidate_map(info: BackgroundInfo, lesion_mask: np.ndarray, context_std: float, cfg: PlacementConfig) -> tuple[np.ndarray, dict[str, int]]:
+    """Work-resolution map of acceptable lesion *centres*, and how many survive each constraint."""
+    lh, lw = lesion_mask.shape
+    ys, xs = np.nonzero(lesion_mask)
+    cy, cx = (lh - 1) / 2, (lw - 1) / 2
+    radius = float(np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max()) + 1 if ys.size else max(lh, lw) / 2
+    margin = cfg.margin_px * max(info.mask.shape) / 1024
+    counts = {"breast": int(info.mask.sum())}
+    ok = info.dist >= radius + margin
+    counts["inside_with_margin"] = int(ok.sum())
+    if info.pectoral.any():
+        # keep the whole lesion off the muscle: grow the muscle by the lesion radius
+        r = max(1, int(np.ceil(radius / info.factor)))
+        grown = cv2.dilate(info.pectoral.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
+        ok &= ~grown
+    counts["off_pectoral"] = int(ok.sum())
+    # ring statistics: box of twice the lesion size minus the lesion box (integral images)
+    k_in = max(1, int(round(2 * radius / info.factor)))
+    k_out = 2 * k_in + 1
+    f = info.work
+    s_out, s_in = cv2.boxFilter(f, -1, (k_out, k_out), normalize=False), cv2.boxFilter(f, -1, (k_in, k_in), normalize=False)
+    ring_mean = (s_out - s_in) / max(1, k_out * k_out - k_in * k_in)
+    lo, hi = info.window
+    ok &= (ring_mean >= lo) & (ring_mean <= hi)
+    counts["intensity_window"] = int(ok.sum())
+    if context_std > 0 and cfg.texture_ratio > 0:
+        tex = local_std(f, max(3, k_in // 2)) / max(hi - lo, 1e-6)
+        ratio = np.maximum(tex, 1e-9) / context_std
+        ok &= (ratio <= cfg.texture_ratio) & (ratio >= 1 / cfg.texture_ratio)
+    counts["texture"] = int(ok.sum())
+    return ok, counts
+
+
+def place(
+    info: BackgroundInfo, lesion_mask: np.ndarray, context_std: float, rng: np.random.Generator, cfg: PlacementConfig
+) -> Placement | str:
+    """Rejection-sample a position; a string (the reason) when none qualifies."""
+    lh, lw = lesion_mask.shape
+    H, W = info.mask.shape
+    if lh >= H or lw >= W:
+        return f"lesion {lw}x{lh} px larger than the background {W}x{H}"
+    ok, counts = candidate_map(info, lesion_mask, context_std, cfg)
+    if not ok.any():
+        lost = next((k for k, v in counts.items() if v == 0), "texture")
+        return f"no position qualifies (constraint '{lost}' left none; survivors {counts})"
+    ys, xs = np.nonzero(info.mask.any(1))[0], np.nonzero(info.mask.any(0))[0]
+    y_lo, y_hi, x_lo, x_hi = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1  # the breast's bounding box
+    for t in range(1, cfg.max_tries + 1):
+        cy, cx = rng.uniform(y_lo, y_hi), rng.uniform(x_lo, x_hi)
+        wy, wx = min(int(cy / info.factor), ok.shape[0] - 1), min(int(cx / info.factor), ok.shape[1] - 1)
+        if not ok[wy, wx]:
+            continue
+        y, x = int(round(cy - (lh - 1) / 2)), int(round(cx - (lw - 1) / 2))
+        if y < 0 or x < 0 or y + lh > H or x + lw > W:
+            continue
+        if not info.mask[y : y + lh, x : x + lw][lesion_mask].all():  # exact full-resolution check
+            continue
+        return Placement(x, y, t)
+    return f"no accepted position in {cfg.max_tries} draws ({counts['texture']} candidate cells)"
