@@ -486,13 +486,12 @@ def _assemble(kind: str, src: Path, out: Path, work: Path, records: list[Record]
     cache = work / "records"
     all_skips = list(skips)
 
-    def rows():
-        for r in records:
-            with open(cache / _cache_name(r.key), "rb") as fh:
+    def rows(cache_dir: str, keys: list[str]):
+        for k in keys:
+            with open(Path(cache_dir) / _cache_name(k), "rb") as fh:
                 result = pickle.load(fh)
-            if isinstance(result, Skip):
-                continue
-            yield {k: result[k] for k in PREPARED_COLUMNS}
+            if not isinstance(result, Skip):
+                yield {c: result[c] for c in PREPARED_COLUMNS}
 
     for r in records:
         with open(cache / _cache_name(r.key), "rb") as fh:
@@ -505,7 +504,10 @@ def _assemble(kind: str, src: Path, out: Path, work: Path, records: list[Record]
                          f"{all_skips[0].reason if all_skips else 'none'})", file=src)
     staged = work / "dataset"
     shutil.rmtree(staged, ignore_errors=True)
-    ds = datasets.Dataset.from_list(list(rows()), features=prepared_features())
+    # Streamed to Arrow (a full VinDr ingest does not fit in memory), cached inside the work dir.
+    ds = datasets.Dataset.from_generator(
+        rows, features=prepared_features(), cache_dir=str(work / "arrow"),
+        gen_kwargs={"cache_dir": str(cache), "keys": [r.key for r in records]})
     ds.save_to_disk(str(staged))
     with open(staged / "skipped.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

@@ -309,3 +309,46 @@ def test_killed_process_resumes(source, tmp_path):
     ing.run_ingest("vindr", source, out, records, skips, SMALL, progress=False, worker=counting)
     assert len(redo) == 12 - cached
     assert len(datasets.load_from_disk(str(out))) == 12
+
+
+def test_cli_phantom_then_ingest(tmp_path):
+    """`mammosynth phantom P --studies 20 && mammosynth ingest vindr P PREP` (small scale)."""
+    src, prep = tmp_path / "p", tmp_path / "prep"
+    res = _cli("phantom", str(src), "--studies", "20", "--scale", "0.05", "--seed", "2")
+    assert res.returncode == 0, res.stderr
+    res = _cli("ingest", "vindr", str(src), str(prep), "--size", "96", "--bit-depth", "8", "--num-proc", "2")
+    assert res.returncode == 0, res.stderr
+    ds = datasets.load_from_disk(str(prep))
+    breast = {pseudonymize(r["image_id"]): r for r in csv.DictReader(open(src / "breast-level_annotations.csv"))}
+    assert len(ds) == len(breast) == 80
+    boxes = _findings_by_image(src)
+    for row in ds:
+        b = breast[row["image_id"]]
+        assert (row["laterality"], row["view"], row["birads"], row["density"], row["split"]) == (
+            b["laterality"], b["view_position"], int(b["breast_birads"][-1]), b["breast_density"][-1], b["split"])
+        assert len(row["findings"]) == len(boxes.get(row["image_id"], []))
+    assert sum(len(f) for f in ds["findings"]) == sum(len(v) for v in boxes.values()) > 0
+    assert json.loads((prep / "ingest.json").read_text())["counts"]["images"] == 80
+
+
+def test_ingest_dicom_folder_bad_files(tmp_path):
+    import shutil
+
+    from mammosynth.builders.ingest import ingest_dicom
+
+    src = tmp_path / "dicoms"
+    src.mkdir()
+    cases = sorted(sample_dicom_dir().rglob("*.dcm"))
+    shutil.copy(cases[0], src / "a.dcm")
+    shutil.copy(cases[0], src / "a_copy.dcm")  # duplicate SOPInstanceUID
+    shutil.copy(cases[1], src / "b.dcm")
+    (src / "readme.txt").write_text("not an image")
+    out = ingest_dicom(src, tmp_path / "out", IngestOptions(size=64, bit_depth=8, birads=2), progress=False)
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 1 and ds[0]["birads"] == 2 and ds[0]["density"] is None
+    reasons = {r["record"]: (r["field"], r["reason"]) for r in _skipped(out)}
+    assert reasons["readme.txt"][0] == "file"
+    assert reasons["a.dcm"][0] == reasons["a_copy.dcm"][0] == "SOPInstanceUID"
+    with pytest.raises(InputError, match="no files"):
+        (tmp_path / "empty").mkdir()
+        ingest_dicom(tmp_path / "empty", tmp_path / "out2", progress=False)
