@@ -1,0 +1,212 @@
+"""`mammosynth build`: generate -> validate -> card -> package (-> publish), resumable per stage.
+
+Each stage records a stamp in ``<output_dir>/stages/<stage>.json`` holding the fingerprint of its
+inputs; a rerun skips a stage whose output exists and whose stamp matches, so a killed build
+resumes where it stopped and an edited spec or changed rows redo exactly the stages they affect.
+Generation and validation are called through their public APIs; tests and notebooks may pass
+their own callables with the same signatures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mammosynth.builders.errors import GateFailed, InputError
+from mammosynth.builders.package import package, spec_yaml
+from mammosynth.builders.release_data import (
+    ReleaseData, failed_ids_from_report, generated_dir, load_release_data,
+)
+from mammosynth.builders.spec import REPO_ID, ReleaseSpec, load_spec
+from mammosynth.generators.engine import shard_slices
+from mammosynth.generators.shard_writer import ShardWriter
+
+GenerateFn = Callable[[ReleaseSpec], Any]
+ValidateFn = Callable[[ReleaseSpec, Path], Any]  # (spec, report_dir) -> anything; writes report.json
+
+
+@dataclass
+class BuildResult:
+    release: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    dropped: int = 0
+    published: Any = None
+
+
+def _stamp_path(spec: ReleaseSpec, stage: str) -> Path:
+    return Path(spec.output_dir) / "stages" / f"{stage}.json"  # type: ignore[arg-type]
+
+
+def _up_to_date(spec: ReleaseSpec, stage: str, key: str, output: Path) -> bool:
+    path = _stamp_path(spec, stage)
+    return output.exists() and path.is_file() and json.loads(path.read_text()).get("key") == key
+
+
+def _stamp(spec: ReleaseSpec, stage: str, key: str) -> None:
+    path = _stamp_path(spec, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"key": key}))
+    os.replace(tmp, path)
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _files_key(folder: Path, pattern: str = "**/*") -> list[tuple[str, int, int]]:
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in folder.glob(pattern) if p.is_file())
+
+
+def preflight(spec: ReleaseSpec, *, push: bool, repo: str | None, token: str | None) -> None:
+    """Refuse bad input before any work: missing checkpoints, no repo or token for a push."""
+    for field_name, ref in spec.local_checkpoints().items():
+        if not Path(ref).exists():
+            raise InputError(f"checkpoint not found: {ref}", field=field_name)
+    if not Path(spec.source.prepared).exists():
+        raise InputError(f"prepared source set not found: {spec.source.prepared}", field="source.prepared")
+    if push:
+        repo_id = repo or spec.hub.repo_id
+        if not repo_id or not REPO_ID.match(repo_id):
+            raise InputError(f"malformed or missing repo id {repo_id!r}; set hub.repo_id (ORG/NAME)", field="hub.repo_id")
+        from mammosynth.builders.publish import resolve_token
+
+        if not resolve_token(token):
+            raise InputError("no Hugging Face token for --push: set HF_TOKEN or log in", field="token")
+
+
+def generation_complete(spec: ReleaseSpec) -> bool:
+    from mammosynth.generators.engine import plan
+
+    for method in spec.methods:
+        writer = ShardWriter(generated_dir(spec, method))
+        n = len(shard_slices(len(plan(spec, method)), spec.output.shard_size))
+        if not all(writer.is_done(k) for k in range(n)):
+            return False
+    return True
+
+
+def _default_generate(spec: ReleaseSpec) -> Any:
+    from mammosynth.generators.api import generate
+
+    return generate(spec)
+
+
+def _default_validate(spec: ReleaseSpec, report_dir: Path) -> Any:
+    from mammosynth.validation.gate import validate_release
+
+    return validate_release(Path(spec.output_dir) / "generated", spec.source.prepared, spec=spec,  # type: ignore[arg-type]
+                            report_dir=report_dir)
+
+
+def build(
+    spec: ReleaseSpec | str | Path,
+    *,
+    push: bool = False,
+    drop_failed: bool = False,
+    force: bool = False,
+    reason: str | None = None,
+    repo: str | None = None,
+    token: str | None = None,
+    generate_fn: GenerateFn | None = None,
+    validate_fn: ValidateFn | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> BuildResult:
+    """Run the release chain for ``spec``; returns where the release is and which stages ran."""
+    from mammosynth.dataset_cards.card import Override, lint_card, previous_release_info, render_card
+    from mammosynth.dataset_cards.croissant import write_croissant
+
+    if not isinstance(spec, ReleaseSpec):
+        spec = load_spec(spec)
+    if force and not (reason and reason.strip()):
+        raise InputError("--force needs --reason \"...\" (it is recorded in the card)", field="--reason")
+    preflight(spec, push=push, repo=repo, token=token)
+    out = Path(spec.output_dir)  # type: ignore[arg-type]
+    result = BuildResult(release=out / "release")
+
+    # 1. generate (the generator itself skips finished shards; this skips loading models at all)
+    if generation_complete(spec):
+        result.skipped.append("generate")
+    else:
+        echo("generate ...")
+        (generate_fn or _default_generate)(spec)
+        if not generation_complete(spec):
+            raise RuntimeError("generation finished without writing every shard")
+        result.ran.append("generate")
+
+    # 2. validate
+    report_dir = out / "validation"
+    gen_key = _hash(spec_yaml(spec), [_files_key(generated_dir(spec, m), "shard-*") for m in spec.methods])
+    if _up_to_date(spec, "validate", gen_key, report_dir / "report.json"):
+        result.skipped.append("validate")
+    else:
+        echo("validate ...")
+        (validate_fn or _default_validate)(spec, report_dir)
+        if not (report_dir / "report.json").is_file():
+            raise RuntimeError(f"validation wrote no report.json in {report_dir}")
+        _stamp(spec, "validate", gen_key)
+        result.ran.append("validate")
+    report = json.loads((report_dir / "report.json").read_text())
+    overrides: list[Override] = []
+    if not report.get("passed"):
+        if not (drop_failed or force):
+            raise GateFailed(f"validation failed (see {report_dir / 'report.md'}); use --drop-failed to package "
+                             "only the rows that passed, or --force --reason")
+        if force:
+            overrides.append(Override("validation", reason or ""))
+
+    # 3. card
+    drop = failed_ids_from_report(report) if drop_failed else set()
+    data: ReleaseData = load_release_data(spec, drop)
+    result.dropped = sum(len(v) for v in data.dropped.values())
+    if result.dropped:
+        echo(f"dropping {result.dropped} row(s) that failed validation")
+    card_dir = out / "card"
+    previous = previous_release_info(spec.previous_release) if spec.previous_release else None
+    card_key = _hash(gen_key, data.fingerprint(), report, [o.__dict__ for o in overrides], previous)
+    if _up_to_date(spec, "card", card_key, card_dir / "README.md"):
+        result.skipped.append("card")
+    else:
+        echo("card ...")
+        tmp = card_dir.with_name(".card.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        text = render_card(spec, data, report, overrides=overrides, previous=previous)
+        lint_card(text, source=tmp / "README.md")
+        (tmp / "README.md").write_text(text, encoding="utf-8")
+        write_croissant(spec, data, tmp / "croissant.json")
+        shutil.rmtree(card_dir, ignore_errors=True)
+        os.replace(tmp, card_dir)
+        _stamp(spec, "card", card_key)
+        result.ran.append("card")
+
+    # 4. package (+ load_dataset round trip; a failure raises and leaves the previous release intact)
+    pkg_key = _hash(card_key, _files_key(card_dir), _files_key(report_dir))
+    if _up_to_date(spec, "package", pkg_key, result.release / "checksums.sha256"):
+        result.skipped.append("package")
+    else:
+        echo("package ...")
+        package(spec, data, card_dir=card_dir, report_dir=report_dir, out=result.release, progress=progress)
+        _stamp(spec, "package", pkg_key)
+        result.ran.append("package")
+    echo(f"release ready: {result.release}")
+
+    # 5. publish
+    if push:
+        from mammosynth.builders.publish import publish
+
+        result.published = publish(result.release, repo or spec.hub.repo_id or "", force=force, reason=reason,
+                                   token=token, echo=echo)
+        result.ran.append("publish")
+    return result
+
+
+__all__ = ["build", "BuildResult", "preflight", "generation_complete"]

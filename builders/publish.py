@@ -1,0 +1,228 @@
+"""Publish a packaged release to the Hugging Face Hub: create_repo -> upload_folder -> create_tag.
+
+Everything that can refuse is checked before the first write, so a refusal leaves nothing
+half-published: malformed repo id, tampered release (checksum manifest), missing or failed
+validation report (unless forced with a reason), a public push of source pixels whose licence
+forbids redistribution (unless overridden with a reason), no token, and a version tag that already
+exists on the Hub with different content. Overrides are written into the card before upload.
+The token is passed to the client and never printed or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from mammosynth.builders.config_io import validate_model
+from mammosynth.builders.errors import InputError
+from mammosynth.builders.package import (
+    CHECKSUMS, git, git_commit_release, release_files, verify_checksums, write_checksums,
+)
+from mammosynth.builders.spec import REPO_ID, ReleaseSpec
+
+# Folders whose files a new version replaces wholesale (stale shards of the previous one must go).
+REPLACED = ["data/**", "validation/**"]
+
+
+@dataclass
+class PublishPlan:
+    repo_id: str
+    tag: str
+    visibility: str  # public / private / gated
+    files: list[str]
+    size_bytes: int
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        mb = self.size_bytes / 1e6
+        out = [
+            f"create_repo {self.repo_id} (dataset, {self.visibility}, exist_ok)",
+            *(["update_repo_settings gated=auto"] if self.visibility == "gated" else []),
+            f"upload_folder {len(self.files)} files, {mb:.1f} MB (replacing {', '.join(REPLACED)})",
+            f"create_tag {self.tag} at the uploaded commit",
+        ]
+        out += [f"record override in card: {kind}: {reason}" for kind, reason in self.overrides]
+        return out
+
+
+@dataclass
+class PublishResult:
+    url: str
+    commit: str | None
+    tag: str
+    load_line: str
+    already_published: bool = False
+
+
+def read_release_spec(release: Path) -> ReleaseSpec:
+    path = release / "spec.yaml"
+    if not path.is_file():
+        raise InputError("not a release folder (no spec.yaml); run `mammosynth build` first", file=path)
+    return validate_model(ReleaseSpec, yaml.safe_load(path.read_text()) or {}, source=path)
+
+
+def read_report(release: Path) -> dict | None:
+    path = release / "validation" / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"cannot parse: {exc}", file=path) from None
+
+
+def released_methods(release: Path) -> list[str]:
+    return sorted(p.name for p in (release / "data").iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+
+
+def resolve_token(token: str | None) -> str | None:
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def plan_publish(
+    release: Path,
+    repo_id: str,
+    *,
+    tag: str | None = None,
+    private: bool | None = None,
+    force: bool = False,
+    reason: str | None = None,
+    allow_restricted: bool = False,
+) -> tuple[PublishPlan, ReleaseSpec]:
+    """All refusal checks; returns what would be done. Writes nothing."""
+    release = Path(release)
+    if not REPO_ID.match(repo_id or ""):
+        raise InputError(f"malformed repo id {repo_id!r}; expected ORG/NAME", field="--repo")
+    if (force or allow_restricted) and not (reason and reason.strip()):
+        raise InputError("an override needs --reason \"...\" (it is recorded in the card)", field="--reason")
+    spec = read_release_spec(release)
+    verify_checksums(release)
+    tag = tag or spec.tag()
+    visibility = "private" if private else spec.hub.visibility if private is None else "public"
+    if private is False and spec.hub.visibility == "gated":
+        visibility = "gated"
+    overrides: list[tuple[str, str]] = []
+    report = read_report(release)
+    if report is None or not report.get("passed"):
+        what = "missing" if report is None else "failed"
+        if not force:
+            raise InputError(
+                f"validation report is {what}; fix the release or pass --force --reason \"...\"",
+                file=release / "validation" / "report.json",
+            )
+        overrides.append(("validation", reason or ""))
+    pixels = [m for m in released_methods(release) if m in ("inpainting", "poisson")]
+    if visibility != "private" and pixels and not spec.source.redistribution_allowed:
+        if not allow_restricted:
+            raise InputError(
+                f"{', '.join(pixels)} rows embed pixels of {spec.source.name} (licence {spec.source.license}), "
+                f"which forbids redistribution; a {visibility} push is refused (publish --private, or override "
+                "with --allow-restricted-source --reason \"...\")",
+                field="source.redistribution_allowed",
+            )
+        overrides.append(("licence", reason or ""))
+    files = [p.relative_to(release).as_posix() for p in release_files(release)] + [CHECKSUMS]
+    size = sum((release / f).stat().st_size for f in files)
+    return PublishPlan(repo_id, tag, visibility, files, size, overrides), spec
+
+
+def apply_overrides(release: Path, plan: PublishPlan) -> None:
+    """Record overrides in the card, refresh the manifest and amend the release's one commit."""
+    if not plan.overrides:
+        return
+    from mammosynth.dataset_cards.card import Override, record_override
+
+    for kind, reason in plan.overrides:
+        record_override(release / "README.md", Override(kind, reason))
+    write_checksums(release)
+    if (release / ".git").exists():
+        git(release, "add", "-A")
+        git(release, "commit", "-q", "--amend", "--no-edit")
+        git(release, "tag", "-a", "-f", plan.tag, "-m", f"Release {plan.tag}")
+    else:
+        git_commit_release(release, plan.tag, f"Release {plan.tag}")
+
+
+def publish(
+    release: str | Path,
+    repo_id: str,
+    *,
+    tag: str | None = None,
+    private: bool | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    reason: str | None = None,
+    allow_restricted: bool = False,
+    token: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> PublishResult | PublishPlan:
+    release = Path(release)
+    plan, spec = plan_publish(release, repo_id, tag=tag, private=private, force=force, reason=reason,
+                              allow_restricted=allow_restricted)
+    if dry_run:
+        for line in plan.lines():
+            echo(f"[dry-run] {line}")
+        return plan
+    token = resolve_token(token)
+    if not token:
+        raise InputError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`", field="token")
+
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    api = HfApi(token=token)
+    load_line = f'load_dataset("{repo_id}", "all", revision="{plan.tag}")'
+    url = f"{api.endpoint}/datasets/{repo_id}"
+    # A tag is immutable: same content -> nothing to do; different content -> refuse.
+    try:
+        tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type="dataset").tags}
+    except RepositoryNotFoundError:
+        tags = {}
+    if plan.tag in tags:
+        with tempfile.TemporaryDirectory() as cache:
+            try:
+                remote = Path(hf_hub_download(repo_id, CHECKSUMS, repo_type="dataset", revision=plan.tag,
+                                              cache_dir=cache, token=token)).read_text()
+            except EntryNotFoundError:
+                remote = None
+        apply_local = plan.overrides and remote is not None
+        if remote is not None and remote == (release / CHECKSUMS).read_text() and not apply_local:
+            echo(f"{repo_id}@{plan.tag} is already published with the same content: {url}")
+            echo(load_line)
+            return PublishResult(url, tags[plan.tag], plan.tag, load_line, already_published=True)
+        raise InputError(
+            f"{repo_id} already has tag {plan.tag} with different content; bump the version in the spec",
+            field="version",
+        )
+    apply_overrides(release, plan)
+    for line in plan.lines():
+        echo(line)
+    api.create_repo(repo_id, repo_type="dataset", private=plan.visibility == "private", exist_ok=True)
+    if plan.visibility == "gated":
+        api.update_repo_settings(repo_id, repo_type="dataset", gated="auto")
+    commit = api.upload_folder(
+        folder_path=str(release),
+        repo_id=repo_id,
+        repo_type="dataset",
+        commit_message=f"Release {plan.tag}: {spec.pretty_name}",
+        delete_patterns=REPLACED,
+        ignore_patterns=[".git/**", ".gitattributes"],
+    )
+    api.create_tag(repo_id, tag=plan.tag, revision=commit.oid, repo_type="dataset",
+                   tag_message=f"Release {plan.tag}")
+    echo(f"published {url} at {plan.tag} ({commit.oid})")
+    echo(load_line)
+    return PublishResult(url, commit.oid, plan.tag, load_line)
+
+
+__all__ = ["publish", "plan_publish", "PublishPlan", "PublishResult", "os"]
