@@ -152,7 +152,7 @@ class InpaintingSampler:
                     field=f"{FIELD}.checkpoints",
                 )
             field = f"{FIELD}.checkpoints.{b}"
-            folder = pipeline_folder(p.checkpoints[b], field=field, spec_file=spec_file)
+            folder = pipeline_folder(p.checkpoints[b], field=field, needs="unet", kind="an inpainting pipeline", spec_file=spec_file)
             unet = component_config(folder, "unet", field=field, spec_file=spec_file)
             if unet.get("in_channels") != 9:
                 raise InputError(

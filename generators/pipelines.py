@@ -25,13 +25,22 @@ LUMA = np.array([0.299, 0.587, 0.114])
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def pipeline_folder(ref: str, *, field: str, spec_file: str | Path | None = None) -> Path:
-    """The local folder of a diffusers pipeline (``model_index.json`` inside), or InputError."""
+def pipeline_folder(
+    ref: str, *, field: str, needs: str, kind: str, spec_file: str | Path | None = None
+) -> Path:
+    """The local folder of a diffusers pipeline (``model_index.json`` inside) having component
+    ``needs`` (e.g. "unet", "transformer"), or InputError naming what it is instead."""
     path = Path(ref)
     if not path.is_dir():
         raise InputError(f"checkpoint folder {ref!r} not found (models are never downloaded)", file=spec_file, field=field)
-    if not (path / "model_index.json").is_file():
-        raise InputError(f"{ref!r} is not a diffusers pipeline folder (no model_index.json)", file=spec_file, field=field)
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"{ref!r} is not a diffusers pipeline folder (no readable model_index.json)", file=spec_file, field=field) from None
+    if needs not in index:
+        raise InputError(
+            f"{ref!r} is not {kind} ({index.get('_class_name', 'unknown pipeline')} has no {needs})", file=spec_file, field=field
+        )
     return path
 
 

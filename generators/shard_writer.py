@@ -100,10 +100,8 @@ class ShardWriter:
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_bytes(base.with_suffix(".json"), json.dumps(stats, indent=1).encode())
-        table = datasets.Dataset.from_list(
-            [{k: r[k] for k in RELEASE_COLUMNS} for r in rows] if rows else [],
-            features=self.features,
-        )
+        # from_dict keeps the schema when every row of a shard was skipped
+        table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in RELEASE_COLUMNS}, features=self.features)
         tmp = base.with_name(f".{base.name}.parquet.tmp-{os.getpid()}")
         table.to_parquet(str(tmp))
         os.replace(tmp, base.with_suffix(".parquet"))
@@ -123,7 +121,7 @@ class ShardWriter:
         """All finished shards as one Dataset, in plan order."""
         files = [str(p) for p in self.shard_files()]
         if not files:
-            return datasets.Dataset.from_list([], features=self.features)
+            return datasets.Dataset.from_dict({k: [] for k in RELEASE_COLUMNS}, features=self.features)
         return datasets.concatenate_datasets(
             [datasets.Dataset.from_parquet(f, features=self.features, keep_in_memory=True) for f in files]
         )

@@ -180,7 +180,9 @@ class Text2ImageSampler:
         self.runtime = runtime or Runtime()
         self.bit_depth = spec.output.bit_depth
         p = self.params
-        self.base = pipeline_folder(p.base_model, field=f"{FIELD}.base_model", spec_file=spec_file)
+        self.base = pipeline_folder(
+            p.base_model, field=f"{FIELD}.base_model", needs="transformer", kind="a Stable Diffusion 3 pipeline", spec_file=spec_file
+        )
         transformer = component_config(self.base, "transformer", field=f"{FIELD}.base_model", spec_file=spec_file)
         factor = vae_factor(self.base, field=f"{FIELD}.base_model") * int(transformer.get("patch_size", 2))
         check_resolution(p.resolution, factor, field=f"{FIELD}.resolution", spec_file=spec_file)
