@@ -474,7 +474,16 @@ def run_ingest(kind: str, src: str | Path, out: str | Path, records: list[Record
             worker(job)
             bar.update(1)
     bar.close()
-    return _assemble(kind, src, out, work, records, skips, options, fingerprint)
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        return _assemble(kind, src, out, work, records, skips, options, fingerprint)
+    finally:
+        if not progress and not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _assemble(kind: str, src: Path, out: Path, work: Path, records: list[Record], skips: list[Skip],
