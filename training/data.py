@@ -1,0 +1,322 @@
+"""The one data module of the trainers: read the prepared set, select rows, augment, shard.
+
+Augmentations keep boxes and laterality true: a horizontal flip mirrors the boxes and swaps the
+laterality the caption states; resizing scales the boxes. Randomness is drawn from
+``(seed, epoch, row)`` so a resumed run sees exactly the samples an uninterrupted run would, in
+any DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import datasets
+import numpy as np
+import torch
+
+from mammosynth.builders import schema
+from mammosynth.builders.errors import InputError
+
+META_COLUMNS = ("image_id", "laterality", "view", "birads", "density", "manufacturer", "split", "findings", "flipped")
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def load_prepared(path: str | Path, split: str | None = "training") -> tuple[datasets.Dataset, list[dict]]:
+    """Open the prepared set; return it with the metadata rows (no image decoded) of ``split``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("prepared set not found", file=path)
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"not a prepared set saved with save_to_disk ({exc})".splitlines()[0], file=path) from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise InputError("expected one Dataset, found a DatasetDict", file=path)
+    missing = [c for c in schema.PREPARED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise InputError(f"missing column(s) {missing}", file=path, field=missing[0])
+    meta = ds.select_columns(list(META_COLUMNS)).to_list()
+    for i, row in enumerate(meta):
+        row["_index"] = i
+    if split is not None:
+        meta = [r for r in meta if r["split"] == split]
+    if not meta:
+        raise InputError(f"no rows in split {split!r}", file=path, field="split")
+    return ds, meta
+
+
+def rows_with_birads(meta: list[dict], birads: int, *, file: str | Path | None = None) -> list[dict]:
+    """Rows with at least one box of lesion class ``birads`` (inpainting trains on these only)."""
+    rows = [r for r in meta if any(f["finding_birads"] == birads and f["bbox"] for f in r["findings"] or [])]
+    if not rows:
+        raise InputError(
+            f"no image with a BI-RADS {birads} lesion box (findings[].finding_birads)", file=file, field="findings"
+        )
+    return rows
+
+
+def class_boxes(row: dict, birads: int | None) -> np.ndarray:
+    """Boxes [xmin, ymin, xmax, ymax] (prepared-image pixels) of one class, or all boxes."""
+    boxes = [f["bbox"] for f in row["findings"] or [] if f["bbox"] and (birads is None or f["finding_birads"] == birads)]
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def data_hash(ds: datasets.Dataset, rows: list[dict]) -> str:
+    """Identity of the training data: the saved set's fingerprint plus the selected image ids."""
+    h = hashlib.sha256(str(getattr(ds, "_fingerprint", "")).encode())
+    h.update(json.dumps([r["image_id"] for r in rows]).encode())
+    return h.hexdigest()
+
+
+def image_sizes(ds: datasets.Dataset, indices: list[int]) -> list[tuple[int, int]]:
+    """(width, height) of prepared images from their PNG headers, without decoding pixels."""
+    import io
+
+    from PIL import Image
+
+    raw = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False)).select(indices)
+    out = []
+    for item in raw["image"]:
+        src = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+        with Image.open(src) as im:
+            out.append(im.size)
+    return out
+
+
+def caption(row: dict, laterality: str, *, vendor: bool = False) -> str:
+    """The shared text-to-image prompt for a row (generation builds prompts the same way)."""
+    return schema.text2image_prompt(
+        laterality, row["view"], row["density"] or None, int(row["birads"]),
+        row["manufacturer"] if vendor else None,
+    )
+
+
+# --- pixels ------------------------------------------------------------------------------------------
+
+def to_unit_float(image) -> np.ndarray:
+    """PIL image (8-bit L/RGB or 16-bit I;16) -> float32 HxW in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(axis=2)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype in (np.uint16, np.int32, np.int64) or image.mode.startswith("I"):
+        return np.clip(arr.astype(np.float32) / 65535.0, 0.0, 1.0)
+    return np.clip(arr.astype(np.float32), 0.0, 1.0)
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = image.shape[1]
+    out = boxes.copy()
+    out[:, 0], out[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
+    return image[:, ::-1].copy(), out
+
+
+def resize_square(image: np.ndarray, boxes: np.ndarray, size: int, mode: str, chest_wall_right: bool):
+    """Resize to size x size. ``pad`` keeps the aspect and the chest wall against its edge."""
+    h, w = image.shape
+    interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
+    if mode == "stretch":
+        out = cv2.resize(image, (size, size), interpolation=interp)
+        scale = np.array([size / w, size / h, size / w, size / h], dtype=np.float32)
+        return out, boxes * scale
+    s = size / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = cv2.resize(image, (nw, nh), interpolation=interp)
+    out = np.zeros((size, size), dtype=np.float32)
+    x0 = size - nw if chest_wall_right else 0
+    y0 = (size - nh) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = small
+    return out, boxes * s + np.array([x0, y0, x0, y0], dtype=np.float32)
+
+
+def jitter(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    if amount <= 0:
+        return image
+    contrast = rng.uniform(1 - amount, 1 + amount)
+    brightness = rng.uniform(-amount, amount)
+    return np.clip((image - 0.5) * contrast + 0.5 + brightness, 0.0, 1.0)
+
+
+def to_model_rgb(image: np.ndarray) -> torch.Tensor:
+    """HxW in [0, 1] -> 3xHxW in [-1, 1] (the VAE's input range)."""
+    t = torch.from_numpy(np.ascontiguousarray(image) * 2.0 - 1.0)
+    return t.unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
+def box_mask(boxes: np.ndarray, size: int, margin: int = 0) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=np.float32)
+    for x0, y0, x1, y1 in boxes:
+        xa, ya = max(0, int(np.floor(x0)) - margin), max(0, int(np.floor(y0)) - margin)
+        xb, yb = min(size, int(np.ceil(x1)) + margin), min(size, int(np.ceil(y1)) + margin)
+        if xb > xa and yb > ya:
+            mask[ya:yb, xa:xb] = 1.0
+    return mask
+
+
+@dataclass
+class Augment:
+    resolution: int
+    resize_mode: str = "stretch"
+    hflip_prob: float = 0.0
+    intensity_jitter: float = 0.0
+    unflip: bool = False
+
+    def __call__(self, image, row: dict, boxes: np.ndarray, rng: np.random.Generator):
+        """-> (pixels HxW [0,1] at resolution, boxes at resolution, laterality shown by the pixels)."""
+        arr = to_unit_float(image)
+        laterality = row["laterality"]
+        mirrored = bool(row.get("flipped"))
+        if mirrored and self.unflip:
+            arr, boxes = hflip(arr, boxes)
+            mirrored = False
+        # the caption's laterality names the breast; the chest wall of an unmirrored R is on the right
+        if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
+            arr, boxes = hflip(arr, boxes)
+            laterality = "L" if laterality == "R" else "R"
+        chest_wall_right = (laterality == "R") != mirrored
+        arr, boxes = resize_square(arr, boxes, self.resolution, self.resize_mode, chest_wall_right)
+        boxes = np.clip(boxes, 0, self.resolution)
+        return jitter(arr, self.intensity_jitter, rng), boxes, laterality
+
+
+# --- sharding ------------------------------------------------------------------------------------------
+
+def batches_per_epoch(num_samples: int, batch_size: int, num_processes: int) -> int:
+    return -(-num_samples // (batch_size * num_processes))
+
+
+def shard_batches(
+    num_samples: int,
+    batch_size: int,
+    *,
+    process_index: int = 0,
+    num_processes: int = 1,
+    seed: int = 0,
+    start_batch: int = 0,
+) -> Iterator[list[tuple[int, int]]]:
+    """Endless micro-batches of ``(epoch, row)`` for one process.
+
+    Each epoch is a seeded permutation, wrapped to a multiple of ``batch_size * num_processes`` so
+    every process gets the same number of full batches; process p takes every p-th element, so
+    the processes' samples of an epoch are disjoint (except the wrapped tail) and cover the set.
+    ``start_batch`` skips already-trained micro-batches arithmetically (for resume).
+    """
+    if num_samples < 1:
+        raise ValueError("no samples")
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} not in [0, {num_processes})")
+    per_epoch = batches_per_epoch(num_samples, batch_size, num_processes)
+    epoch, offset = divmod(start_batch, per_epoch)
+    while True:
+        perm = np.random.default_rng([seed, epoch]).permutation(num_samples)
+        total = per_epoch * batch_size * num_processes
+        perm = np.resize(perm, total)  # wraps around
+        mine = perm[process_index::num_processes]
+        for b in range(offset, per_epoch):
+            yield [(epoch, int(i)) for i in mine[b * batch_size:(b + 1) * batch_size]]
+        epoch, offset = epoch + 1, 0
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index, 0x5EED])
+
+
+# --- torch datasets --------------------------------------------------------------------------------------
+
+class Text2ImageData(torch.utils.data.Dataset):
+    """(epoch, i) -> pixels in [-1, 1] and the index of its caption in ``prompts``."""
+
+    def __init__(self, ds: datasets.Dataset, rows: list[dict], augment: Augment, *, seed: int, vendor: bool):
+        self.ds, self.rows, self.augment, self.seed, self.vendor = ds, rows, augment, seed, vendor
+        lateralities = ("L", "R") if augment.hflip_prob > 0 else (None,)
+        prompts: dict[str, None] = {}
+        for r in rows:
+            for lat in lateralities:
+                prompts.setdefault(caption(r, lat or r["laterality"], vendor=vendor), None)
+        self.prompts = list(prompts)
+        self.prompt_index = {p: i for i, p in enumerate(self.prompts)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        row = self.rows[i]
+        image = self.ds[row["_index"]]["image"]
+        arr, _, laterality = self.augment(image, row, class_boxes(row, None), sample_rng(self.seed, epoch, i))
+        text = caption(row, laterality, vendor=self.vendor)
+        return {"pixel_values": to_model_rgb(arr), "prompt_index": self.prompt_index[text], "row": i}
+
+
+class InpaintData(torch.utils.data.Dataset):
+    """(epoch, i) -> pixels, the binary mask of the class's boxes, and the masked image."""
+
+    def __init__(
+        self,
+        ds: datasets.Dataset,
+        rows: list[dict],
+        augment: Augment,
+        *,
+        birads: int,
+        seed: int,
+        box_margin: int = 0,
+        full_mask_fraction: float = 0.0,
+        random_box_fraction: float = 0.0,
+    ):
+        self.ds, self.rows, self.augment, self.birads, self.seed = ds, rows, augment, birads, seed
+        self.box_margin, self.full, self.random = box_margin, full_mask_fraction, random_box_fraction
+        # relative box sizes of the class, the pool for random boxes
+        sizes = []
+        shapes = image_sizes(ds, [r["_index"] for r in rows])
+        for r, (img_w, img_h) in zip(rows, shapes):
+            for x0, y0, x1, y1 in class_boxes(r, birads):
+                sizes.append(((x1 - x0) / img_w, (y1 - y0) / img_h))
+        self.rel_sizes = np.asarray(sizes or [(0.1, 0.1)], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        row = self.rows[i]
+        rng = sample_rng(self.seed, epoch, i)
+        image = self.ds[row["_index"]]["image"]
+        arr, boxes, _ = self.augment(image, row, class_boxes(row, self.birads), rng)
+        size = self.augment.resolution
+        u = rng.random()
+        if u < self.full:
+            mask = np.ones((size, size), dtype=np.float32)
+        elif u < self.full + self.random:
+            rw, rh = self.rel_sizes[rng.integers(len(self.rel_sizes))] * size
+            x0, y0 = rng.uniform(0, max(1e-6, size - rw)), rng.uniform(0, max(1e-6, size - rh))
+            mask = box_mask(np.array([[x0, y0, x0 + rw, y0 + rh]]), size)
+        else:
+            mask = box_mask(boxes, size, self.box_margin)
+        pixels = to_model_rgb(arr)
+        mask_t = torch.from_numpy(mask).unsqueeze(0)
+        # what the inpainting pipeline feeds: the image with the region to fill set to 0 (mid-grey)
+        masked = pixels * (mask_t < 0.5)
+        return {"pixel_values": pixels, "mask": mask_t, "masked_pixel_values": masked, "row": i}
+
+
+def collate(batch: list[dict]) -> dict:
+    out = {}
+    for key in batch[0]:
+        values = [b[key] for b in batch]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return out
+
+
+def make_loader(dataset, batches: Iterator[list], num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over our own (resumable, sharded) batch stream."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
+        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+    )
