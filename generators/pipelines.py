@@ -7,7 +7,6 @@ Checks here read only JSON configs, so a bad spec fails in seconds, before any w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -69,26 +68,23 @@ def check_resolution(resolution: int, factor: int, *, field: str, spec_file: str
 
 
 @lru_cache(maxsize=32)
-def content_hash(path: str) -> str:
-    """sha256 over a checkpoint's files (relative names + bytes), first 12 hex digits.
+def tree_hash(path: str) -> str:
+    """Full sha256 of a checkpoint folder, the same identity training records for its base model
+    (``training.runtime.hash_tree``); cached because real checkpoints take seconds to hash."""
+    from mammosynth.training.runtime import hash_tree
 
-    The row's ``generator`` column carries it so a release names exactly the weights it came from.
-    """
-    root = Path(path)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    digest = hashlib.sha256()
-    for p in files:
-        digest.update(str(p.relative_to(root) if p != root else p.name).encode())
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()[:12]
+    return hash_tree(Path(path))
+
+
+def content_hash(path: str) -> str:
+    """First 12 hex digits of ``tree_hash``: the row's ``generator`` column names the exact weights."""
+    return tree_hash(str(Path(path).resolve()))[:12]
 
 
 def checkpoint_identity(ref: str | Path) -> str:
     """``<folder name>@<content hash>``, e.g. ``inpaint-birads4@3f2a9c01d4e7``."""
     path = Path(ref)
-    return f"{path.name}@{content_hash(str(path.resolve()))}"
+    return f"{path.name}@{content_hash(str(path))}"
 
 
 # --- runtime -----------------------------------------------------------------------------------

@@ -26,11 +26,14 @@ from mammosynth.generators.pipelines import (
     pipeline_folder,
     prepare_pipeline,
     to_gray,
+    tree_hash,
     vae_factor,
 )
 
 FIELD = "methods.text2image.text2image"
-LORA_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors")
+# diffusers-format LoRA first (what load_lora_weights reads), then a bare PEFT state dict
+LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+METADATA_FILE = "training_metadata.json"  # written by mammosynth.training beside the adapter
 _PREFIXES = ("base_model.model.", "transformer.")
 
 
@@ -80,44 +83,36 @@ def _lora_modules(weights: Path) -> dict[str, tuple[int, int]]:
     return {n: (s["lora_A"][1], s["lora_B"][0]) for n, s in shapes.items() if "lora_A" in s and "lora_B" in s}
 
 
-def _recorded_base(folder: Path) -> dict[str, Any] | None:
-    """The base-model identity the trainer recorded beside the adapter, if any: a transformer
-    config (dict) under a known key of a JSON file in the folder."""
-    for path in sorted(folder.glob("*.json")):
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(meta, dict):
-            continue
-        for key in ("base_transformer_config", "transformer_config", "base_config"):
-            if isinstance(meta.get(key), dict):
-                return meta[key]
-    return None
-
-
-# architecture keys: an adapter trained on a base differing in any of these cannot be applied
-ARCH_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "joint_attention_dim", "in_channels", "patch_size", "pooled_projection_dim", "caption_projection_dim")
+def _metadata(folder: Path) -> dict[str, Any]:
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def check_adapter(lora: Path, base: Path, *, spec_file: str | Path | None = None) -> None:
-    """InputError unless every adapted layer exists in the base transformer with the same shape
-    (and the recorded base config, if any, matches). Builds the transformer on the meta device:
-    no weights are read."""
+    """InputError unless the base hash recorded by training (if any) matches ``base`` and every
+    adapted layer exists in the base transformer with the same shape. The transformer is built on
+    the meta device: no weights are read."""
     import torch
     from diffusers import SD3Transformer2DModel
 
     field = f"{FIELD}.lora"
     config = component_config(base, "transformer", field=f"{FIELD}.base_model", spec_file=spec_file)
-    recorded = _recorded_base(lora)
-    if recorded is not None:
-        diff = {k: (recorded.get(k), config.get(k)) for k in ARCH_KEYS if k in recorded and recorded.get(k) != config.get(k)}
-        if diff:
-            raise InputError(
-                f"adapter {lora} was trained on another base model: {', '.join(f'{k} {a} != {b}' for k, (a, b) in diff.items())}",
-                file=spec_file,
-                field=field,
-            )
+    meta = _metadata(lora)
+    # the trainer records the base folder's content hash: same architecture, other weights (another
+    # fine-tune, another release) is still another base model
+    if meta.get("base_sha256") and meta["base_sha256"] != tree_hash(str(base.resolve())):
+        raise InputError(
+            f"adapter {lora} was trained on another base model: {meta.get('base_model')} "
+            f"(sha256 {meta['base_sha256'][:12]}), not {base} (sha256 {tree_hash(str(base.resolve()))[:12]})",
+            file=spec_file,
+            field=field,
+        )
     modules = _lora_modules(adapter_weights(lora, spec_file=spec_file))
     if not modules:
         raise InputError(f"{lora} holds no LoRA weights (no lora_A/lora_B tensors)", file=spec_file, field=field)
