@@ -167,6 +167,9 @@ def spec_yaml(spec: ReleaseSpec) -> str:
     """The spec as released: local folders reduced to their names (no machine paths in a release)."""
     data = spec.model_dump(mode="json", exclude={"output_dir"})
     data["source"]["prepared"] = Path(data["source"]["prepared"]).name
+    for m in data["methods"].values():  # JSON mode turned the BI-RADS keys into strings
+        if m.get("inpainting"):
+            m["inpainting"]["checkpoints"] = {int(k): v for k, v in m["inpainting"]["checkpoints"].items()}
     return yaml.safe_dump(strip_local_paths(data), sort_keys=False, allow_unicode=True)
 
 

@@ -119,8 +119,10 @@ class Handler(BaseHTTPRequestHandler):
         repo_id = f"{payload['organization']}/{payload['name']}"
         if payload.get("type") != "dataset":
             return self._error(400, "BadRequest", "the stand-in only hosts datasets")
-        if repo_id in self.state.repos:
-            return self._error(409, "RepoExists", "You already created this dataset repo")
+        url = f"http://{self.headers['Host']}/datasets/{repo_id}"
+        if repo_id in self.state.repos:  # the Hub's 409 body still carries the url (create_repo reads it)
+            return self._send(409, {"error": "You already created this dataset repo", "url": url},
+                              {"X-Error-Code": "RepoExists"})
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         repo = Repo(repo_id, private)
         files = {".gitattributes": b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"}
@@ -128,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
         repo.commits.append({"oid": oid, "files": files, "lfs": set(), "summary": "initial commit"})
         repo.branches["main"] = oid
         self.state.repos[repo_id] = repo
-        self._send(200, {"url": f"http://{self.headers['Host']}/datasets/{repo_id}", "name": repo_id})
+        self._send(200, {"url": url, "name": repo_id})
 
     def validate_yaml(self, query) -> None:
         content = json.loads(self._body())["content"]
