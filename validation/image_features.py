@@ -1,0 +1,183 @@
+"""Everything the gate needs from one image, computed in a single pass over its pixels.
+
+Release and reference images go through the same function, so thresholds calibrated on the
+reference apply unchanged to the release. Work happens on a copy whose longest side is at most
+``ANALYSIS_SIDE``: area fractions, sides and box coverage are scale-free, and the embeddings are
+far smaller than that anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy.fft import dctn
+
+from mammosynth.generators import breast_mask as bm
+
+ANALYSIS_SIDE = 512
+PHASH_BITS = 256  # 16 x 16 low-frequency DCT coefficients
+PHASH_BYTES = PHASH_BITS // 8
+
+
+class UnreadableImage(ValueError):
+    """The stored bytes do not decode to an image."""
+
+
+@dataclass
+class ImageFeatures:
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    area_fraction: float
+    side: str | None  # chest-wall side of the breast mask, "L"/"R"; None when no breast
+    std: float  # whole image, 0..1 units
+    saturated_fraction: float  # pixels at the dtype maximum
+    pixel_hash: str
+    phash: np.ndarray  # (PHASH_BYTES,) uint8, packed bits
+    embedding: np.ndarray  # (embed_size**2,) float32, unit norm (zeros when no breast)
+    hist: np.ndarray  # in-breast intensity histogram, counts, 0..1 range
+    box_inside: list[float] = field(default_factory=list)  # share of each box inside the breast
+    thumb: np.ndarray | None = None  # (thumb_side, thumb_side) uint8, for MS-SSIM diversity
+
+
+def decode(image: dict | bytes | np.ndarray) -> np.ndarray:
+    """PNG/JPEG/TIFF bytes (a datasets ``{"bytes", "path"}`` dict, raw bytes or an array) -> array.
+
+    OpenCV keeps 16-bit PNGs as uint16 and is several times faster than PIL on large images.
+    """
+    if isinstance(image, np.ndarray):
+        return image
+    data = image
+    if isinstance(image, dict):
+        data = image.get("bytes")
+        if data is None and image.get("path"):
+            with open(image["path"], "rb") as fh:
+                data = fh.read()
+    if not data:
+        raise UnreadableImage("no image bytes")
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        # OpenCV lacks a few PIL-only encodings (e.g. some TIFF modes); try PIL before giving up.
+        import io
+
+        from PIL import Image
+
+        try:
+            arr = np.asarray(Image.open(io.BytesIO(data)))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing here
+            raise UnreadableImage(f"cannot decode image bytes: {exc}") from None
+    return arr
+
+
+def to_gray(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[..., :3]
+        arr = arr[..., 0] if arr.shape[2] == 1 else cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
+    return arr
+
+
+def dtype_max(arr: np.ndarray) -> float:
+    return float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
+
+
+def pixel_hash(arr: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.shape}{arr.dtype}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def phash256(crop: np.ndarray) -> np.ndarray:
+    """256-bit perceptual hash: sign of the 16x16 lowest DCT frequencies against their median."""
+    small = cv2.resize(crop.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA)
+    coeffs = dctn(small, norm="ortho")[:16, :16]
+    return np.packbits((coeffs > np.median(coeffs)).ravel())
+
+
+def breast_embedding(crop: np.ndarray, crop_mask: np.ndarray, size: int) -> np.ndarray:
+    """Breast crop at ``size`` x ``size``, standardized with the breast's mean/std, unit norm.
+
+    Standardizing removes brightness/contrast changes; cropping to the breast removes shifts and
+    padding; the small size averages out noise and re-encoding artefacts. The background is kept
+    (not zeroed) so that a skin-line pixel flipping in or out of the mask barely moves the vector.
+    """
+    small = cv2.resize(crop.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    m = cv2.resize(crop_mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) > 0.5
+    if m.sum() < 4:
+        return np.zeros(size * size, np.float32)
+    vals = small[m]
+    z = ((small - vals.mean()) / (vals.std() + 1e-6)).astype(np.float32).ravel()
+    return z / (np.linalg.norm(z) + 1e-12)
+
+
+def analyse(
+    image: dict | bytes | np.ndarray,
+    *,
+    boxes: list[list[float]] | None = None,
+    embed_size: int = 32,
+    bins: int = 64,
+    thumb_side: int = 0,
+) -> ImageFeatures:
+    """All per-image figures. ``boxes`` are [xmin, ymin, xmax, ymax] in full-image pixels."""
+    raw = decode(image)
+    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    gray = to_gray(raw)
+    h, w = gray.shape
+    top = dtype_max(gray)
+    bit_depth = 16 if gray.dtype == np.uint16 else 8 if gray.dtype == np.uint8 else int(gray.dtype.itemsize * 8)
+    scale = min(1.0, ANALYSIS_SIDE / max(h, w))
+    small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    unit = small.astype(np.float32) / top
+
+    mask = np.asarray(bm.breast_mask(small), dtype=bool)
+    area = float(bm.area_fraction(mask))
+    has_breast = bool(mask.any())
+    side = bm.chest_wall_side(mask) if has_breast else None
+
+    hist = np.zeros(bins, np.float64)
+    if has_breast:
+        hist = np.histogram(unit[mask], bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        crop, crop_mask = unit[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+        if side == "R":  # canonical orientation: mirrored copies must match their originals
+            crop, crop_mask = crop[:, ::-1], crop_mask[:, ::-1]
+        emb = breast_embedding(crop, crop_mask, embed_size)
+        ph = phash256(crop)
+    else:
+        emb = np.zeros(embed_size * embed_size, np.float32)
+        ph = phash256(unit)
+
+    inside = []
+    for box in boxes or []:
+        x0b, y0b, x1b, y1b = (float(v) * scale for v in box)
+        xa, xb = int(np.clip(np.floor(x0b), 0, mask.shape[1])), int(np.clip(np.ceil(x1b), 0, mask.shape[1]))
+        ya, yb = int(np.clip(np.floor(y0b), 0, mask.shape[0])), int(np.clip(np.ceil(y1b), 0, mask.shape[0]))
+        full = max((x1b - x0b) * (y1b - y0b), 1e-6)
+        inside.append(float(mask[ya:yb, xa:xb].sum()) / max(full, 1.0) if xb > xa and yb > ya else 0.0)
+
+    th = None
+    if thumb_side:
+        th = cv2.resize(unit, (thumb_side, thumb_side), interpolation=cv2.INTER_AREA)
+        th = np.clip(th * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return ImageFeatures(
+        height=h,
+        width=w,
+        channels=channels,
+        bit_depth=bit_depth,
+        area_fraction=area,
+        side=side,
+        std=float(unit.std()),
+        saturated_fraction=float((gray >= top).mean()) if top > 1 else 0.0,
+        pixel_hash=pixel_hash(raw),
+        phash=ph,
+        embedding=emb,
+        hist=hist,
+        box_inside=inside,
+        thumb=th,
+    )

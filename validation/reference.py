@@ -1,0 +1,316 @@
+"""The reference (prepared training set) as the gate sees it: per-image features, the search
+indexes' vectors, and the calibration of "how close is too close" from real images of other
+patients. Built once and cached beside the reference, keyed by a content hash of its files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from mammosynth.builders.errors import InputError
+from mammosynth.builders.schema import PREPARED_COLUMNS, prepared_features
+from mammosynth.validation.image_features import PHASH_BYTES, UnreadableImage, analyse, decode
+
+INDEX_VERSION = 1
+CACHE_DIR_NAME = ".validation-cache"
+_K = 64  # neighbours fetched when looking for the nearest image of another patient
+
+
+@dataclass
+class ReferenceIndex:
+    """Column arrays, one entry per reference image (``n``)."""
+
+    image_ids: np.ndarray
+    study_ids: np.ndarray
+    views: np.ndarray
+    lateralities: np.ndarray
+    birads: np.ndarray
+    density: np.ndarray
+    manufacturer: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    area: np.ndarray
+    side: np.ndarray  # "L" / "R" / "" (no breast)
+    pixel_hashes: np.ndarray
+    phash: np.ndarray  # (n, 32) uint8
+    emb: np.ndarray  # (n, d) float32
+    hist: np.ndarray  # (n, bins) float64
+    box_birads: np.ndarray  # one entry per reference box
+    box_w: np.ndarray  # relative to the image width
+    box_h: np.ndarray
+    nn_other: np.ndarray  # per image: embedding distance to the nearest image of another patient
+    phash_other: np.ndarray  # per image: Hamming distance to the nearest image of another patient
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.image_ids)
+
+    def row_of(self) -> dict[str, int]:
+        return {str(i): k for k, i in enumerate(self.image_ids)}
+
+    # ---- derived figures --------------------------------------------------------------------
+
+    def area_range(self, view: str, lo_pct: float, hi_pct: float) -> tuple[float, float]:
+        ok = self.side != ""
+        sel = ok & (self.views == view)
+        vals = self.area[sel] if sel.any() else self.area[ok]
+        if not len(vals):
+            return (0.0, 1.0)
+        return float(np.percentile(vals, lo_pct)), float(np.percentile(vals, hi_pct))
+
+    def expected_side(self) -> dict[str, str]:
+        """Laterality -> chest-wall side, learnt from the reference (ingest may have mirrored R)."""
+        out = {}
+        for lat, default in (("L", "L"), ("R", "R")):
+            sides = self.side[(self.lateralities == lat) & (self.side != "")]
+            out[lat] = max(("L", "R"), key=lambda s: int((sides == s).sum())) if len(sides) else default
+        return out
+
+    def calibrated_nn(self, quantile: float, factor: float, ceiling: float) -> float:
+        vals = self.nn_other[np.isfinite(self.nn_other)]
+        if not len(vals):
+            return ceiling
+        return float(min(ceiling, factor * np.quantile(vals, quantile)))
+
+    def calibrated_radius(self, quantile: float, factor: float, ceiling: int) -> int:
+        vals = self.phash_other[self.phash_other >= 0]
+        if not len(vals):
+            return ceiling
+        return int(min(ceiling, np.floor(factor * np.quantile(vals, quantile))))
+
+
+# ---- loading the reference ---------------------------------------------------------------------
+
+
+def load_reference_dataset(path: str | Path) -> datasets.Dataset:
+    """The prepared set, images undecoded; missing or not the prepared schema -> InputError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("reference (prepared training set) not found", file=path)
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"not a saved dataset: {exc}".splitlines()[0], file=path) from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = datasets.concatenate_datasets(list(ds.values()))
+    missing = [c for c in PREPARED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise InputError(f"not a prepared training set: missing columns {missing}", file=path)
+    want = prepared_features()
+    for name in ("image_id", "study_id", "view", "laterality", "birads"):
+        if repr(ds.features[name]) != repr(want[name]):
+            raise InputError(f"feature {ds.features[name]!r} is not the prepared schema's {want[name]!r}", file=path, field=name)
+    if not isinstance(ds.features["image"], datasets.Image):
+        raise InputError("expected an Image feature", file=path, field="image")
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def content_hash(ds: datasets.Dataset, memo_file: Path | None) -> str:
+    """blake2b over the dataset's arrow files. Per-file digests are memoized by (size, mtime) so
+    an unchanged multi-GB reference is not re-read on every run."""
+    memo: dict[str, Any] = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except json.JSONDecodeError:
+            memo = {}
+    files = sorted({f["filename"] for f in ds.cache_files})
+    total = hashlib.blake2b(digest_size=16)
+    total.update(f"rows={ds.num_rows}".encode())
+    changed = False
+    for fn in files:
+        st = os.stat(fn)
+        key = f"{st.st_size}:{st.st_mtime_ns}"
+        entry = memo.get(fn)
+        if not entry or entry.get("key") != key:
+            h = hashlib.blake2b(digest_size=16)
+            with open(fn, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+            entry = {"key": key, "digest": h.hexdigest()}
+            memo[fn] = entry
+            changed = True
+        total.update(entry["digest"].encode())
+    if not files:  # an in-memory dataset: hash the table itself
+        for batch in ds.data.to_batches():
+            for col in batch.columns:
+                for buf in col.buffers():
+                    if buf is not None:
+                        total.update(memoryview(buf))
+    if changed and memo_file is not None:
+        _atomic_write(memo_file, json.dumps(memo).encode())
+    return total.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def cache_dir_for(reference: Path) -> Path:
+    """Beside the reference when writable, else the user cache (reference folders may be read-only)."""
+    here = reference / CACHE_DIR_NAME
+    try:
+        here.mkdir(exist_ok=True)
+        probe = here / ".probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return here
+    except OSError:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        digest = hashlib.blake2b(str(reference.resolve()).encode(), digest_size=8).hexdigest()
+        d = base / "mammosynth" / "validation" / digest
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+_ARRAYS = [
+    "image_ids", "study_ids", "views", "lateralities", "birads", "density", "manufacturer", "heights",
+    "widths", "area", "side", "pixel_hashes", "phash", "emb", "hist", "box_birads", "box_w", "box_h",
+    "nn_other", "phash_other",
+]  # fmt: skip
+
+
+def save_index(index: ReferenceIndex, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    np.savez(tmp, meta=np.array(json.dumps(index.meta)), **{k: getattr(index, k) for k in _ARRAYS})
+    os.replace(tmp, path)
+
+
+def load_index(path: Path) -> ReferenceIndex:
+    with np.load(path, allow_pickle=False) as z:
+        return ReferenceIndex(**{k: z[k] for k in _ARRAYS}, meta=json.loads(str(z["meta"])))
+
+
+def reference_index(
+    reference: str | Path,
+    *,
+    embed_size: int = 32,
+    bins: int = 64,
+    progress: bool = True,
+    rebuild: bool = False,
+) -> tuple[ReferenceIndex, datasets.Dataset]:
+    """The cached index of ``reference`` (built when absent or when the reference changed)."""
+    reference = Path(reference)
+    ds = load_reference_dataset(reference)
+    cache = cache_dir_for(reference)
+    digest = content_hash(ds, cache / "file-digests.json")
+    key = hashlib.blake2b(f"{digest}:v{INDEX_VERSION}:e{embed_size}:b{bins}".encode(), digest_size=12).hexdigest()
+    path = cache / f"index-{key}.npz"
+    if path.is_file() and not rebuild:
+        try:
+            return load_index(path), ds
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt, never trusted
+    index = build_index(ds, embed_size=embed_size, bins=bins, progress=progress)
+    index.meta.update({"content_hash": digest, "key": key, "reference": str(reference)})
+    for old in cache.glob("index-*.npz"):  # invalidated: the reference changed
+        old.unlink(missing_ok=True)
+    save_index(index, path)
+    return index, ds
+
+
+def build_index(ds: datasets.Dataset, *, embed_size: int = 32, bins: int = 64, progress: bool = True) -> ReferenceIndex:
+    n = ds.num_rows
+    d = embed_size * embed_size
+    cols: dict[str, list] = {k: [] for k in ("image_ids", "study_ids", "views", "lateralities", "birads", "density", "manufacturer")}
+    heights, widths, area = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.float32)
+    side, hashes = np.empty(n, dtype="<U1"), np.empty(n, dtype="<U32")
+    phash = np.zeros((n, PHASH_BYTES), np.uint8)
+    emb = np.zeros((n, d), np.float32)
+    hist = np.zeros((n, bins), np.float64)
+    box_b, box_w, box_h = [], [], []
+    meta_cols = ["image_id", "study_id", "view", "laterality", "birads", "density", "manufacturer", "findings"]
+    unreadable = []
+    k = 0
+    bar = tqdm(total=n, desc="reference index", unit="img", disable=not progress)
+    for batch in ds.iter(batch_size=32):
+        for j in range(len(batch["image_id"])):
+            row = {c: batch[c][j] for c in meta_cols}
+            for c, src in zip(cols, ("image_id", "study_id", "view", "laterality", "birads", "density", "manufacturer")):
+                cols[c].append("" if row[src] is None else str(row[src]) if src != "birads" else int(row[src]))
+            try:
+                f = analyse(batch["image"][j], embed_size=embed_size, bins=bins)
+            except UnreadableImage:
+                unreadable.append(row["image_id"])
+                side[k], hashes[k] = "", ""
+                k += 1
+                bar.update(1)
+                continue
+            heights[k], widths[k], area[k] = f.height, f.width, f.area_fraction
+            side[k], hashes[k], phash[k], emb[k], hist[k] = f.side or "", f.pixel_hash, f.phash, f.embedding, f.hist
+            for finding in row["findings"] or []:
+                x0, y0, x1, y1 = finding["bbox"]
+                b = finding.get("finding_birads") or row["birads"]
+                box_b.append(int(b))
+                box_w.append((x1 - x0) / f.width)
+                box_h.append((y1 - y0) / f.height)
+            k += 1
+            bar.update(1)
+    bar.close()
+    index = ReferenceIndex(
+        **{c: np.array(v, dtype=np.int16 if c == "birads" else str) for c, v in cols.items()},
+        heights=heights, widths=widths, area=area, side=side, pixel_hashes=hashes, phash=phash, emb=emb, hist=hist,
+        box_birads=np.array(box_b, np.int16), box_w=np.array(box_w, np.float32), box_h=np.array(box_h, np.float32),
+        nn_other=np.zeros(0, np.float32), phash_other=np.zeros(0, np.int32),
+        meta={"n": n, "embed_size": embed_size, "bins": bins, "unreadable": unreadable, "index_version": INDEX_VERSION},
+    )  # fmt: skip
+    index.nn_other, index.phash_other = calibrate(index)
+    return index
+
+
+def calibrate(index: ReferenceIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Per reference image: distance to the nearest image of *another patient* (study_id), in the
+    embedding space and in pHash bits. Their low quantiles say how close two different real
+    people can look, which is what a synthetic image must not undercut."""
+    n = index.n
+    nn = np.full(n, np.inf, np.float32)
+    ham = np.full(n, -1, np.int32)
+    valid = np.nonzero(index.side != "")[0]
+    if len(valid) < 2:
+        return nn, ham
+    studies = index.study_ids[valid]
+    k = min(len(valid), _K)
+    flat = faiss.IndexFlatL2(index.emb.shape[1])
+    flat.add(np.ascontiguousarray(index.emb[valid]))
+    dist, idx = flat.search(np.ascontiguousarray(index.emb[valid]), k)
+    binary = faiss.IndexBinaryFlat(index.phash.shape[1] * 8)
+    binary.add(np.ascontiguousarray(index.phash[valid]))
+    hd, hidx = binary.search(np.ascontiguousarray(index.phash[valid]), k)
+    for r in range(len(valid)):
+        other = studies[idx[r]] != studies[r]
+        if other.any():
+            nn[valid[r]] = np.sqrt(max(float(dist[r][other.argmax()]), 0.0))
+        else:  # all k neighbours from the same patient: exact scan over the others
+            sel = studies != studies[r]
+            if sel.any():
+                diff = index.emb[valid[sel]] - index.emb[valid[r]]
+                nn[valid[r]] = float(np.sqrt((diff * diff).sum(1).min()))
+        other_h = studies[hidx[r]] != studies[r]
+        if other_h.any():
+            ham[valid[r]] = int(hd[r][other_h.argmax()])
+        else:
+            sel = studies != studies[r]
+            if sel.any():
+                x = np.unpackbits(index.phash[valid[sel]] ^ index.phash[valid[r]], axis=1).sum(1)
+                ham[valid[r]] = int(x.min())
+    return nn, ham
+
+
+def reference_image(ds: datasets.Dataset, row: int) -> np.ndarray:
+    return decode(ds[int(row)]["image"])

@@ -1,0 +1,188 @@
+"""Distribution statistics: effect sizes with p-values beside them, each judged above a bootstrap
+noise floor, so a small release is not failed for sampling noise.
+
+The floor is the 95th percentile of the same statistic between two independent resamples of the
+reference, one of the release's size and one of the reference's: the reference is itself a sample,
+so comparing a resample with the very values it was drawn from would understate the noise."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+import numpy as np
+from scipy import stats as sst
+from scipy.spatial.distance import jensenshannon
+
+from mammosynth.validation.thresholds import EffectLimits
+
+STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def worst(statuses: Iterable[str]) -> str:
+    return max(statuses, key=lambda s: STATUS_ORDER.get(s, 0), default="pass")
+
+
+def _shares(values: Iterable[Any]) -> dict[str, float]:
+    c = Counter("null" if v is None or v == "" else str(v) for v in values)
+    n = sum(c.values())
+    return {k: v / n for k, v in sorted(c.items())} if n else {}
+
+
+def total_variation(a: dict[str, float], b: dict[str, float]) -> float:
+    return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+
+
+def _floor(samples: list[float]) -> float:
+    return float(np.percentile(samples, 95)) if samples else 0.0
+
+
+def categorical(values: list[Any], ref_values: list[Any], limits: EffectLimits, boot: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Total variation distance of category shares, against the reference's own resampling noise."""
+    ref = np.array(["null" if v is None or v == "" else str(v) for v in ref_values])
+    a, b = _shares(values), _shares(ref)
+    tv = total_variation(a, b)
+    n = len(values)
+    floor = _floor([total_variation(_shares(rng.choice(ref, n)), _shares(rng.choice(ref, len(ref)))) for _ in range(boot)]) if n and len(ref) else 0.0
+    excess = max(0.0, tv - floor)
+    return {
+        "effect": "total_variation",
+        "value": round(tv, 4),
+        "noise_floor": round(floor, 4),
+        "excess": round(excess, 4),
+        "status": limits.status(excess),
+        "release_shares": {k: round(v, 4) for k, v in a.items()},
+        "reference_shares": {k: round(v, 4) for k, v in b.items()},
+        "n": n,
+    }
+
+
+def _w_over_std(x: np.ndarray, ref: np.ndarray, sd: float) -> float:
+    return float(sst.wasserstein_distance(x, ref) / sd)
+
+
+def continuous(x: np.ndarray, ref: np.ndarray, limits: EffectLimits, boot: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Wasserstein distance in units of the reference's std (effect), KS statistic and p-value."""
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    if len(x) < 2 or len(ref) < 2:
+        return {"status": "pass", "note": f"too few values to compare (release {len(x)}, reference {len(ref)})", "n": len(x)}
+    sd = float(ref.std()) or 1e-9
+    eff = _w_over_std(x, ref, sd)
+    ks = sst.ks_2samp(x, ref)
+    floor = _floor([_w_over_std(rng.choice(ref, len(x)), rng.choice(ref, len(ref)), sd) for _ in range(boot)])
+    excess = max(0.0, eff - floor)
+    return {
+        "effect": "wasserstein/std",
+        "value": round(eff, 4),
+        "noise_floor": round(floor, 4),
+        "excess": round(excess, 4),
+        "status": limits.status(excess),
+        "ks": round(float(ks.statistic), 4),
+        "p_value": float(f"{ks.pvalue:.4g}"),
+        "release_mean": round(float(x.mean()), 4),
+        "reference_mean": round(float(ref.mean()), 4),
+        "n": len(x),
+        "n_reference": len(ref),
+    }
+
+
+def _js(h: np.ndarray, ref: np.ndarray) -> float:
+    if h.sum() == 0 or ref.sum() == 0:
+        return 1.0
+    return float(jensenshannon(h / h.sum(), ref / ref.sum(), base=2))
+
+
+def histograms(hists: np.ndarray, ref_hists: np.ndarray, limits: EffectLimits, boot: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Jensen-Shannon distance between pooled in-breast intensity histograms."""
+    if len(hists) == 0 or len(ref_hists) == 0:
+        return {"status": "pass", "note": "no images to compare", "n": len(hists)}
+    ref_total = ref_hists.sum(0)
+    js = _js(hists.sum(0), ref_total)
+    n = len(hists)
+    m = len(ref_hists)
+    floor = _floor([_js(ref_hists[rng.integers(0, m, n)].sum(0), ref_hists[rng.integers(0, m, m)].sum(0)) for _ in range(boot)])
+    excess = max(0.0, js - floor)
+    return {
+        "effect": "jensen_shannon",
+        "value": round(js, 4),
+        "noise_floor": round(floor, 4),
+        "excess": round(excess, 4),
+        "status": limits.status(excess),
+        "n": n,
+    }
+
+
+def count_gate(
+    observed: Counter,
+    expected: dict[tuple[str, int, str, str], int] | None,
+    skipped: list[dict[str, str]],
+) -> dict[str, Any]:
+    """Rows per (method, BI-RADS, view, laterality) against the spec, exactly. A shortfall is
+    explained only by generator skips with a recorded reason (warn); anything else fails."""
+    if expected is None:
+        return {"status": "warn", "note": "no release spec: counts not checked", "observed_total": sum(observed.values())}
+    explained = Counter()
+    reasons: dict[tuple, list[str]] = {}
+    for s in skipped:
+        cell = parse_task_id(s.get("image_id", ""))
+        if cell and s.get("reason"):
+            explained[cell] += 1
+            reasons.setdefault(cell, []).append(f"{s['image_id']}: {s['reason']}")
+    cells = []
+    status = "pass"
+    for cell in sorted(set(expected) | set(observed), key=str):
+        want, got, why = expected.get(cell, 0), observed.get(cell, 0), explained.get(cell, 0)
+        if got == want:
+            continue
+        if got < want and got + why >= want:
+            st = "warn"
+        else:
+            st = "fail"
+        status = worst([status, st])
+        cells.append({
+            "method": cell[0], "birads": cell[1], "view": cell[2], "laterality": cell[3],
+            "expected": want, "observed": got, "skipped_with_reason": why,
+            "status": st, "skips": reasons.get(cell, [])[:20],
+        })  # fmt: skip
+    return {
+        "status": status,
+        "expected_total": sum(expected.values()),
+        "observed_total": sum(observed.values()),
+        "skipped_total": len(skipped),
+        "mismatched_cells": cells,
+    }
+
+
+def parse_task_id(image_id: str) -> tuple[str, int, str, str] | None:
+    """``inpainting-b3-cc-l-00012`` (engine.SampleTask.image_id) -> (method, 3, "CC", "L")."""
+    parts = image_id.split("-")
+    if len(parts) != 5 or not parts[1].startswith("b"):
+        return None
+    try:
+        return parts[0], int(parts[1][1:]), parts[2].upper(), parts[3].upper()
+    except ValueError:
+        return None
+
+
+def diversity(thumbs: dict[str, np.ndarray], groups: dict[str, list[tuple[str, str | None]]], max_pairs: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Mean MS-SSIM between images of the same prompt (pairs sharing a background are skipped:
+    they are meant to look alike). Uses pytorch-msssim, pinned and named in the report."""
+    import torch
+    from pytorch_msssim import ms_ssim
+
+    per_group = {}
+    for prompt, members in groups.items():
+        pairs = [(a, b) for i, (a, sa) in enumerate(members) for (b, sb) in members[i + 1 :] if not (sa and sa == sb)]
+        if not pairs:
+            continue
+        if len(pairs) > max_pairs:
+            pairs = [pairs[i] for i in rng.choice(len(pairs), max_pairs, replace=False)]
+        x = torch.from_numpy(np.stack([thumbs[a] for a, _ in pairs])[:, None].astype(np.float32))
+        y = torch.from_numpy(np.stack([thumbs[b] for _, b in pairs])[:, None].astype(np.float32))
+        with torch.no_grad():
+            vals = ms_ssim(x, y, data_range=255.0, size_average=False)
+        per_group[prompt] = {"mean_msssim": round(float(vals.mean()), 4), "pairs": len(pairs)}
+    if not per_group:
+        return {"status": "pass", "note": "no prompt group with two or more images", "groups": {}}
+    mean = float(np.mean([g["mean_msssim"] for g in per_group.values()]))
+    return {"mean_msssim": round(mean, 4), "groups": per_group}

@@ -1,0 +1,126 @@
+"""Validation thresholds: one pydantic model, loaded from YAML/JSON (``--config``) or from the
+release spec's ``validation:`` mapping. Unknown keys and bad values are field-level errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from mammosynth.builders.config_io import StrictModel, load_model, validate_model
+
+
+class EffectLimits(StrictModel):
+    """Warn/fail limits on an effect size measured *above* the reference's bootstrap noise floor."""
+
+    warn: float = Field(0.05, ge=0)
+    fail: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "EffectLimits":
+        if self.fail < self.warn:
+            raise ValueError(f"fail ({self.fail}) must be >= warn ({self.warn})")
+        return self
+
+    def status(self, excess: float) -> str:
+        if excess > self.fail:
+            return "fail"
+        if excess > self.warn:
+            return "warn"
+        return "pass"
+
+
+class SanityThresholds(StrictModel):
+    min_area_fraction: float = Field(0.02, ge=0, le=1, description="below this no breast is present")
+    area_percentiles: tuple[float, float] = Field(
+        (1.0, 99.0), description="reference percentiles bounding the breast-area fraction per view"
+    )
+    area_tolerance: float = Field(
+        0.02, ge=0, le=1, description="absolute slack added to the reference's percentile range"
+    )
+    blank_std: float = Field(0.01, ge=0, description="image std (0..1 units) below this is blank")
+    saturated_fraction: float = Field(
+        0.5, ge=0, le=1, description="fraction of pixels at the maximum value above which the image is saturated"
+    )
+    bbox_min_inside_mask: float = Field(0.5, ge=0, le=1, description="share of each box that must lie in the breast")
+    bbox_edge_tolerance_px: float = Field(1.0, ge=0, description="boxes may exceed the image by this much")
+
+
+class DedupThresholds(StrictModel):
+    phash_radius: int | None = Field(
+        None, ge=0, le=256, description="Hamming radius of the 256-bit pHash; None = calibrated from the reference"
+    )
+    phash_radius_default: int = Field(
+        24, ge=0, le=256, description="upper bound on the calibrated radius"
+    )
+    nn_distance: float | None = Field(
+        None, ge=0, description="embedding L2 distance below which two images match; None = calibrated"
+    )
+    calibration_quantile: float = Field(
+        0.01, gt=0, lt=1, description="quantile of real other-patient nearest-neighbour distances"
+    )
+    calibration_factor: float = Field(
+        0.5, gt=0, le=1, description="match when closer than factor x that quantile"
+    )
+    nn_distance_max: float = Field(0.35, gt=0, description="ceiling on the calibrated embedding distance")
+    embed_size: int = Field(64, ge=8, le=256, description="side of the normalized breast crop embedding")
+    background_max_mad: float = Field(
+        0.02, ge=0, description="mean |difference| (0..1) allowed outside the lesion boxes vs source_image"
+    )
+    background_box_margin: float = Field(
+        0.1, ge=0, description="box margin (fraction of box size) excluded from the background comparison"
+    )
+    within_release: bool = True
+
+
+class StatsThresholds(StrictModel):
+    categorical: EffectLimits = EffectLimits()
+    categorical_gated: list[str] = Field(
+        default_factory=lambda: ["density"],
+        description="columns whose shares vs the reference gate the release (the spec fixes the others)",
+    )
+    box_size: EffectLimits = EffectLimits()
+    intensity: EffectLimits = EffectLimits()
+    area: EffectLimits = EffectLimits()
+    drift: EffectLimits = EffectLimits()
+    diversity_msssim: EffectLimits = Field(
+        default_factory=lambda: EffectLimits(warn=0.8, fail=0.95),
+        description="mean MS-SSIM within prompt groups (higher = less diverse)",
+    )
+    bootstrap: int = Field(50, ge=2, description="bootstrap repeats for the reference noise floor")
+    histogram_bins: int = Field(64, ge=8, le=1024)
+    msssim_size: int = Field(192, ge=161, description="side images are resized to for MS-SSIM")
+    msssim_max_pairs: int = Field(32, ge=1, description="pairs sampled per prompt group")
+
+
+class Thresholds(StrictModel):
+    """Every number the validation gate uses. Defaults follow design.md §7."""
+
+    sanity: SanityThresholds = SanityThresholds()
+    dedup: DedupThresholds = DedupThresholds()
+    stats: StatsThresholds = StatsThresholds()
+    max_flagged_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of rows that may be flagged before the per-image gates fail"
+    )
+    seed: int = 0
+
+
+def load_thresholds(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Thresholds:
+    """Defaults, then the file (``--config``), then spec overrides on top (deep-merged)."""
+    base = load_model(Thresholds, path).model_dump() if path is not None else {}
+    if overrides:
+        base = _deep_merge(base, overrides)
+    return validate_model(Thresholds, base, source=path)
+
+
+def validate_overrides(overrides: dict[str, Any], *, source: str | Path | None = None) -> Thresholds:
+    """Validate a release spec's ``validation:`` mapping (for the spec loader and the build step)."""
+    return validate_model(Thresholds, overrides or {}, source=source)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
