@@ -238,11 +238,13 @@ class PoissonSampler:
         bg_dtype = self._decode(self.ds[first.row]["image"]).dtype
         if dtype != bg_dtype:
             raise InputError(f"lesion bank holds {dtype} crops but the backgrounds are {bg_dtype}", file=prepared, field="lesion_bank")
-        self.generator = f"poisson-blend/{_version()}+{self.fingerprint()}"
+        self.generator = f"poisson-blend/{_version()}+{self.fingerprint}"
         self._cache: _Cached | None = None
 
+    @property
     def fingerprint(self) -> str:
-        blob = json.dumps([self.params.model_dump(mode="json"), self.placement.model_dump(mode="json"), self.bank.fingerprint, BAND_FRAC])
+        """What the output depends on (params, placement, lesion bank); the engine keys runs on it."""
+        blob = json.dumps([self.params.model_dump(mode="json"), self.placement.model_dump(mode="json"), self.bank.fingerprint, BAND_FRAC, self.bit_depth])
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def background_for(self, task: SampleTask):

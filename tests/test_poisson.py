@@ -1,0 +1,182 @@
+"""Poisson blending and the PoissonSampler, on phantom and real CBIS-DDSM backgrounds."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from mammosynth.builders.errors import InputError
+from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.generators import engine
+from mammosynth.generators.breast_mask import poisson_mask
+from mammosynth.generators.inpainting import _decode, load_prepared
+from mammosynth.generators.lesion_bank import build_lesion_bank
+from mammosynth.generators.placement import PlacementConfig, analyse_background, place
+from mammosynth.generators.poisson import PoissonSampler, band_width, blend, poisson_correction
+
+
+def _spec(prepared, out, counts=None, **poisson) -> ReleaseSpec:
+    return ReleaseSpec.model_validate(dict(
+        name="t", version="1.0", pretty_name="t", description="d", authors=["a"],
+        source=dict(name="phantom", prepared=str(prepared), license="x", redistribution_allowed=False),
+        methods={"poisson": {"counts": counts or [{"birads": 5, "n": 2}], "poisson": poisson}},
+        output_dir=str(out)))
+
+
+def _textured(h=200, w=160, seed=0, dtype=np.uint8):
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.normal(0, 1, (h, w)), (0, 0), 4)
+    img = 120 + 25 * base / base.std()
+    top = 255 if dtype == np.uint8 else 65535
+    return np.clip(img * (top / 255), 0, top).astype(dtype)
+
+
+def _lesion(dtype=np.uint8, r=12):
+    crop = _textured(2 * r + 9, 2 * r + 9, seed=3, dtype=dtype)
+    mask = np.zeros(crop.shape, bool)
+    cv2.circle(mask.view(np.uint8), (r + 4, r + 4), r, 1, -1)
+    crop = crop.astype(np.float64)
+    crop[mask] += 30 * (np.iinfo(dtype).max / 255)
+    return np.clip(crop, 0, np.iinfo(dtype).max).astype(dtype), mask
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("mode", ["normal", "mixed"])
+def test_change_confined_to_band_and_seam_smooth(dtype, mode):
+    bg = _textured(dtype=dtype)
+    crop, mask = _lesion(dtype)
+    out, bbox = blend(bg, crop, mask, 60, 80, mode=mode)
+    assert out.dtype == dtype and out.shape == bg.shape
+    full = np.zeros(bg.shape, np.uint8)
+    full[80 : 80 + crop.shape[0], 60 : 60 + crop.shape[1]] = mask
+    d = cv2.distanceTransform(1 - full, cv2.DIST_L2, 5)
+    band = band_width(crop.shape)
+    diff = out.astype(np.int64) != bg
+    assert diff.any() and not diff[d > band].any()
+    assert bbox == [64.0, 84.0, 64.0 + 25, 84.0 + 25]
+    # seam: gradient energy on the mask boundary ring comparable to the background's there
+    ring = (d > 0) & (d <= 2)
+    gy, gx = np.gradient(out.astype(np.float64))
+    by, bx = np.gradient(bg.astype(np.float64))
+    e_out, e_bg = np.mean(gx[ring] ** 2 + gy[ring] ** 2), np.mean(bx[ring] ** 2 + by[ring] ** 2)
+    assert e_out < 3 * e_bg
+    if mode == "normal":  # a plain paste would leave a step of ~50 grey levels on that ring
+        pasted = bg.astype(np.float64)
+        pasted[full > 0] = crop[mask]
+        py, px = np.gradient(pasted)
+        assert np.mean(px[ring] ** 2 + py[ring] ** 2) > 3 * e_out
+
+
+def test_dst_solver_matches_opencv_on_8bit():
+    bg = _textured()
+    crop, mask = _lesion()
+    a, _ = blend(bg, crop, mask, 50, 70, engine="opencv")
+    b, _ = blend(bg, crop, mask, 50, 70, engine="dst")
+    err = np.abs(a.astype(int) - b.astype(int))
+    # same equation, two discretisations of the region border: agree to well under a grey level on average
+    assert err.mean() < 1.0 and np.median(err) == 0 and (err > 0).any()
+
+
+def test_correction_zero_for_identical_images():
+    img = _textured().astype(np.float64)
+    m = np.zeros(img.shape, bool)
+    m[50:80, 40:90] = True
+    assert np.abs(poisson_correction(img, img, m)).max() < 1e-8
+
+
+def test_blend_bad_input():
+    crop, mask = _lesion(np.uint16)
+    with pytest.raises(InputError, match="uint16 but the background is uint8"):
+        blend(_textured(), crop, mask, 10, 10)
+    crop8, mask8 = _lesion()
+    with pytest.raises(InputError, match="leaves"):
+        blend(_textured(), crop8, mask8, 150, 10)
+    with pytest.raises(InputError, match="blend mode"):
+        blend(_textured(), crop8, mask8, 10, 10, mode="median")
+
+
+def _rows(out_dir):
+    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in out_dir.glob("shard-*.parquet")), split="train")
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def test_sampler_deterministic_bbox_in_breast_vendor_policy(prepared_set, tmp_path):
+    spec = _spec(prepared_set, tmp_path / "a")
+    sampler = PoissonSampler(spec)
+    assert sampler.method == "poisson" and sampler.generator.startswith("poisson-blend/")
+    tasks = engine.plan(spec, "poisson")
+    r1 = engine.run(tasks, sampler, tmp_path / "run1", shard_size=3, progress=False)
+    r2 = engine.run(tasks, PoissonSampler(_spec(prepared_set, tmp_path / "b")), tmp_path / "run2", shard_size=5, progress=False)
+    assert r1.rows + len(r1.skipped) == len(tasks) and r1.rows >= len(tasks) - 2
+    a, b = _rows(tmp_path / "run1"), _rows(tmp_path / "run2")
+    assert [x["bytes"] for x in a["image"]] == [x["bytes"] for x in b["image"]]
+    bank = {les.lesion_id: les for les in sampler.bank.lesions}
+    vendors = {les.manufacturer for les in sampler.bank.lesions}
+    for row in a:
+        img = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
+        x0, y0, x1, y1 = (int(v) for v in row["bbox"][0])
+        assert poisson_mask(img)[y0:y1, x0:x1].mean() > 0.95
+        assert row["method"] == 2 and row["birads"] == 4  # ClassLabel indices: poisson, BI-RADS 5
+        les = bank[row["lesion_source"]]
+        if row["manufacturer"] in vendors:
+            assert les.manufacturer == row["manufacturer"]
+        # the difference from the background stays near the lesion box
+        src = load_prepared(prepared_set)
+        idx = src["image_id"].index(row["source_image"])
+        bg = _decode(src[idx]["image"])
+        diff = np.argwhere(img != bg)
+        pad = 0.6 * max(x1 - x0, y1 - y0) + 4
+        assert diff[:, 1].min() >= x0 - pad and diff[:, 1].max() <= x1 + pad
+        assert diff[:, 0].min() >= y0 - pad and diff[:, 0].max() <= y1 + pad
+
+
+def test_sampler_skips_with_reason(prepared_set, tmp_path):
+    spec = _spec(prepared_set, tmp_path, fallback="skip")
+    sampler = PoissonSampler(spec)
+    sampler.pools[5] = [l for l in sampler.pools[5] if l.manufacturer == "SIEMENS"]
+    out = sampler.generate(engine.plan(spec, "poisson"))
+    skips = [o for o in out if isinstance(o, engine.Skip)]
+    rows = [o for o in out if not isinstance(o, engine.Skip)]
+    assert all(r["manufacturer"] == "SIEMENS" for r in rows)
+    for s in skips:
+        assert "no lesion from manufacturer" in s.reason or "no position" in s.reason
+    # a lesion far larger than any breast is skipped, never placed anyway
+    big = PoissonSampler(_spec(prepared_set, tmp_path / "big", scale=(6.0, 6.0), rotate=False))
+    out = big.generate(engine.plan(spec, "poisson")[:2])
+    assert all(isinstance(o, engine.Skip) and ("inside_with_margin" in o.reason or "larger" in o.reason) for o in out)
+
+
+def test_sampler_bad_input(prepared_set, tmp_path):
+    with pytest.raises(InputError, match="lesion bank is empty"):
+        PoissonSampler(_spec(prepared_set, tmp_path, counts=[{"birads": 2, "n": 1}], lesion_birads=[2]))
+    with pytest.raises(InputError, match="no background of view"):
+        PoissonSampler(_spec(prepared_set, tmp_path, background_birads=[3], counts=[{"birads": 5, "laterality": "R", "n": 1}]))
+
+
+@pytest.mark.slow
+def test_real_cbis_backgrounds(cbis_prepared, prepared_set):
+    """Phantom lesions placed and blended into the 8 real CBIS-DDSM images."""
+    bank = build_lesion_bank(prepared_set, [5])
+    ds = load_prepared(cbis_prepared)
+    cfg = PlacementConfig()
+    done = 0
+    for i in range(len(ds)):
+        img = _decode(ds[i]["image"])
+        info = analyse_background(img, ds[i]["view"], cfg)
+        les = bank.lesions[i % len(bank)]
+        pl = place(info, les.mask, les.context_std, np.random.default_rng(700 + i), cfg)
+        if isinstance(pl, str):
+            assert "no position" in pl or "no accepted" in pl
+            continue
+        out, (x0, y0, x1, y1) = blend(img, les.crop, les.mask, pl.x, pl.y)
+        assert info.mask[int(y0):int(y1), int(x0):int(x1)].mean() > 0.95
+        diff = np.argwhere(out != img)
+        band = band_width(les.crop.shape)
+        assert diff[:, 1].min() >= pl.x - band - 1 and diff[:, 1].max() <= pl.x + les.crop.shape[1] + band
+        done += 1
+    assert done >= 5
