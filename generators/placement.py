@@ -91,7 +91,7 @@ def analyse_background(image: np.ndarray, view: str, cfg: PlacementConfig, mask:
     side = chest_wall_side(mask) if mask.any() else "L"
     pect = pectoral_region(work, wmask, side) if view == "MLO" else np.zeros(wmask.shape, bool)
     dist = distance_to_edge(wmask) * factor
-    window = intensity_window(image, mask, *cfg.window_percentiles)
+    window = intensity_window(work, wmask, *cfg.window_percentiles)  # work copy: same profile, 1/factor² the cost
     return BackgroundInfo(mask, window, side, pect, factor, work, dist)
 
 
