@@ -1,0 +1,102 @@
+"""Dataset card: YAML metadata that matches the data, sections filled, lint catches placeholders."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+from datasets.info import DatasetInfo
+
+from mammosynth.builders.errors import InputError
+from mammosynth.builders.release_data import load_release_data
+from mammosynth.builders.schema import release_features
+from mammosynth.dataset_cards.card import Override, lint_card, parse_card, record_override, render_card
+from mammosynth.dataset_cards.commands import write_card
+from mammosynth.dataset_cards.croissant import validate_croissant
+
+sys.path.insert(0, str(Path(__file__).parent))
+from release_helpers import make_release_inputs, write_report  # noqa: E402
+
+
+@pytest.fixture
+def release_inputs(tmp_path: Path):
+    spec = make_release_inputs(tmp_path)
+    return spec, tmp_path / "spec.yaml"
+
+
+def test_card_yaml_matches_the_data(release_inputs) -> None:
+    spec, spec_path = release_inputs
+    readme = write_card(spec_path)
+    meta, body = parse_card(readme.read_text())
+    assert {"medical", "mammography", "synthetic"} <= set(meta["tags"])
+    assert meta["license"] == "cc-by-nc-4.0" and meta["source_datasets"] == ["CBIS-DDSM"]
+    assert meta["size_categories"] == ["n<1K"]
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert set(configs) == {"text2image", "inpainting", "poisson", "all"}
+    assert configs["all"]["default"] is True and "default" not in configs["poisson"]
+    data = load_release_data(spec)
+    infos = {i["config_name"]: i for i in meta["dataset_info"]}
+    for cfg in configs:
+        info = DatasetInfo._from_yaml_dict(infos[cfg])
+        assert info.features == release_features()
+        assert info.splits["train"].num_examples == data.num_examples(cfg)
+        assert info.splits["train"].num_bytes == data.num_bytes(cfg) > 0
+    assert infos["all"]["splits"][0]["num_examples"] == 8 + 8 + 4
+    # sections filled from the spec and the report
+    assert "| BI-RADS 5 | 0 | 0 | 2 | 2 | 4 |" in body  # poisson: MLO only, both lateralities
+    assert "poisson-tiny@sha256:abababababababab" in body
+    assert "`steps` | `2`" in body and "Not for clinical diagnosis" in body
+    assert "Memorization statement" in body and "| memorization | pass |" in body
+    assert "Real patient pixels" in body and "First version." in body
+    assert "@inproceedings{alshihri2026synthetic" in body
+    assert "/tmp/" not in readme.read_text()  # no machine paths
+    validate_croissant(readme.with_name("croissant.json"))
+    croissant = json.loads(readme.with_name("croissant.json").read_text())
+    assert {rs["name"] for rs in croissant["recordSet"]} == set(configs)
+
+
+def test_dropped_rows_and_overrides_are_recorded(release_inputs) -> None:
+    spec, spec_path = release_inputs
+    report_path = write_report(Path(spec.output_dir) / "validation", passed=False,
+                               failed=["poisson-b5-mlo-l-00000", "inpainting-b3-cc-l-00001"])
+    report = json.loads(report_path.read_text())
+    data = load_release_data(spec, set(report["failed_image_ids"]))
+    assert data.num_examples("poisson") == 3 and data.num_examples("all") == 18
+    text = render_card(spec, data, report, overrides=[Override("validation", "pilot study")])
+    lint_card(text)
+    assert "2 rows that failed a validation check were removed" in text
+    assert "Overall: **FAILED**" in text and "pilot study" in text
+    meta, _ = parse_card(text)
+    assert {i["config_name"]: i["splits"][0]["num_examples"] for i in meta["dataset_info"]}["poisson"] == 3
+
+
+def test_lint_catches_placeholders_and_empty_sections(release_inputs, tmp_path: Path) -> None:
+    spec, spec_path = release_inputs
+    good = write_card(spec_path).read_text()
+    lint_card(good)
+    for bad in (good.replace("## Uses\n", "## Uses\n[More Information Needed]\n"),
+                good.replace("First version.", "{{ changes }}"),
+                good.replace("First version.", "TODO"),
+                good.replace("First version.", "")):
+        with pytest.raises(InputError):
+            lint_card(bad)
+    with pytest.raises(InputError, match="tag 'synthetic' is missing"):
+        lint_card(good.replace("- synthetic\n", ""))
+    readme = tmp_path / "README.md"
+    readme.write_text(good)
+    record_override(readme, Override("licence", "written permission"))
+    record_override(readme, Override("licence", "written permission"))  # idempotent
+    assert readme.read_text().count("written permission") == 1
+    lint_card(readme.read_text())
+
+
+def test_card_cli_needs_generated_rows(tmp_path: Path) -> None:
+    from release_helpers import spec_dict, write_spec
+
+    path = write_spec(tmp_path, spec_dict(tmp_path))
+    with pytest.raises(InputError, match="no generated shards"):
+        write_card(path)
+    assert datasets.__version__
