@@ -134,7 +134,10 @@ def analyse(
     small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else gray
     unit = small.astype(np.float32) / top
 
-    mask = np.asarray(bm.breast_mask(small), dtype=bool)
+    # The square root lifts fatty tissue away from the air before the shared Otsu mask runs: on
+    # linear intensities Otsu often splits dense from fatty tissue and loses most of the breast.
+    # It is monotonic, so an inverted image still puts its "breast" on the air side.
+    mask = np.asarray(bm.breast_mask(np.sqrt(unit)), dtype=bool)
     area = float(bm.area_fraction(mask))
     has_breast = bool(mask.any())
     side = bm.chest_wall_side(mask) if has_breast else None

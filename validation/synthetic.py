@@ -122,15 +122,23 @@ def write_generated(out: str | Path, rows_by_method: dict[str, list[dict[str, An
 # --- planted perturbations ---------------------------------------------------------------------
 
 
-def shift(img: np.ndarray, dx: int = 6, dy: int = 4) -> np.ndarray:
+def shift(img: np.ndarray, dx: int = 4, dy: int = 8) -> np.ndarray:
+    """Translate by (dx away from the chest wall, dy down). A shift into the chest wall cuts tissue
+    off and is a crop, which ``crop`` plants."""
+    from mammosynth.generators.breast_mask import breast_mask, chest_wall_side
+
+    if chest_wall_side(breast_mask(np.sqrt(img / float(np.iinfo(img.dtype).max)))) == "R":
+        dx = -dx
     m = np.float32([[1, 0, dx], [0, 1, dy]])
     return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_CONSTANT, borderValue=int(img.min()))
 
 
 def crop(img: np.ndarray, frac: float = 0.05) -> np.ndarray:
     """Cut ``frac`` off every border except the chest wall, resized back to the original size."""
+    from mammosynth.generators.breast_mask import breast_mask, chest_wall_side
+
     h, w = img.shape
-    left_wall = img[:, : w // 10].mean() > img[:, -w // 10 :].mean()
+    left_wall = chest_wall_side(breast_mask(np.sqrt(img / 255.0))) == "L"
     dy, dx = int(h * frac), int(w * frac)
     c = img[dy : h - dy, : w - dx] if left_wall else img[dy : h - dy, dx:]
     return cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -36,8 +36,8 @@ class SanityThresholds(StrictModel):
     area_percentiles: tuple[float, float] = Field(
         (1.0, 99.0), description="reference percentiles bounding the breast-area fraction per view"
     )
-    area_tolerance: float = Field(
-        0.02, ge=0, le=1, description="absolute slack added to the reference's percentile range"
+    area_margin: float = Field(
+        0.25, ge=0, description="the percentile range is widened by this share of its width on each side"
     )
     blank_std: float = Field(0.01, ge=0, description="image std (0..1 units) below this is blank")
     saturated_fraction: float = Field(
