@@ -137,6 +137,14 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
     accelerator.register_load_state_pre_hook(load_hook)
 
     extra = {"birads": birads}
+    # the loader iterator draws a seed from the global RNG: create it before load_state restores the RNG
+    start_step = resume_point[1] if resume_point is not None else 0
+    batches = tdata.shard_batches(
+        len(dataset), config.train_batch_size, process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes, seed=config.seed,
+        start_batch=start_step * config.gradient_accumulation_steps,
+    )
+    loader = iter(tdata.make_loader(dataset, batches, config.dataloader_num_workers))
     global_step = 0
     if resume_point is not None:
         accelerator.load_state(str(resume_point[0]))
@@ -145,12 +153,6 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
     if main and accelerator.log_with:
         accelerator.init_trackers(f"inpaint_birads{birads}")
 
-    batches = tdata.shard_batches(
-        len(dataset), config.train_batch_size, process_index=accelerator.process_index,
-        num_processes=accelerator.num_processes, seed=config.seed,
-        start_batch=global_step * config.gradient_accumulation_steps,
-    )
-    loader = iter(tdata.make_loader(dataset, batches, config.dataloader_num_workers))
     probe_batch = tdata.collate([dataset[(0, i)] for i in range(min(config.train_batch_size, len(dataset)))])
 
     def probe() -> float:
@@ -201,8 +203,9 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
     result.global_step = global_step
     if global_step < config.max_train_steps:
         return result
-    result.probe_losses.append((global_step, probe()))
-    log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
+    if result.probe_losses[-1][0] != global_step:
+        result.probe_losses.append((global_step, probe()))
+        log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
     runtime.save_checkpoint(accelerator, config, global_step, extra=extra)
     if main:
         trained = accelerator.unwrap_model(unet)
