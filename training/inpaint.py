@@ -224,10 +224,14 @@ def _plain_unet(unet, use_lora: bool):
     if use_lora:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
+        from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
         for module in unet.modules():
             if isinstance(module, BaseTunerLayer):
                 module.merge()
-        unet.delete_adapters("default")
+        recurse_remove_peft_layers(unet)  # wrappers -> their (merged) base layers: plain key names
+        unet._hf_peft_config_loaded = False
+        unet.peft_config = {}
     return unet.to("cpu", torch.float32)
 
 
