@@ -154,7 +154,7 @@ def _sanity(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, spe
             flag("no_breast", f"breast-area fraction {f.area_fraction:.3f} < {s.min_area_fraction}")
         else:
             lo, hi = ranges.get(rows.view[k], (0.0, 1.0))
-            pad = s.area_margin * (hi - lo)
+            pad = max(s.area_margin * (hi - lo), s.area_min_pad)
             if not (lo - pad <= f.area_fraction <= hi + pad):
                 flag("area_fraction", f"breast-area fraction {f.area_fraction:.3f} outside the reference's {rows.view[k]} range [{lo:.3f}, {hi:.3f}]")
             want = sides.get(rows.laterality[k])

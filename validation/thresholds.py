@@ -39,6 +39,9 @@ class SanityThresholds(StrictModel):
     area_margin: float = Field(
         0.25, ge=0, description="the percentile range is widened by this share of its width on each side"
     )
+    area_min_pad: float = Field(
+        0.05, ge=0, le=1, description="... and by at least this much (small references give narrow ranges)"
+    )
     blank_std: float = Field(0.01, ge=0, description="image std (0..1 units) below this is blank")
     saturated_fraction: float = Field(
         0.5, ge=0, le=1, description="fraction of pixels at the maximum value above which the image is saturated"
