@@ -601,7 +601,7 @@ def merge_prepared(inputs: list[str | Path], out: str | Path) -> Path:
             with open(src / "skipped.csv", newline="", encoding="utf-8") as fh:
                 skipped_rows.extend(list(csv.reader(fh))[1:])
     merged = datasets.concatenate_datasets(parts)
-    ids = merged["image_id"]
+    ids = list(merged["image_id"])
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"image id {dup} occurs in more than one input", field="image_id")
