@@ -166,7 +166,14 @@ def poisson_mask(image: np.ndarray, *, work_size: int = WORK_SIZE, closing_frac:
     ``closing_frac`` is the closing disk radius as a fraction of the short side (of the work copy).
     """
     image = _check(image)
-    u8 = _to_uint8(_working(image, work_size))
+    return _to_full(poisson_mask_work(image, work_size=work_size, closing_frac=closing_frac)[0], image.shape)
+
+
+def poisson_mask_work(image: np.ndarray, *, work_size: int = WORK_SIZE, closing_frac: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """``poisson_mask`` before the upsampling: (mask, float32 image), both on the work copy (long
+    side ``work_size``), for callers that analyse the image at that scale anyway."""
+    small = _working(image, work_size)
+    u8 = _to_uint8(small)
     # Flip check first, then equalize: equalization is not symmetric under inversion (the flat
     # background bin lands at 0 or 255), so flipping the grey levels rather than the thresholded
     # mask gives MONOCHROME1 and MONOCHROME2 renderings of one image the same mask.
@@ -174,7 +181,12 @@ def poisson_mask(image: np.ndarray, *, work_size: int = WORK_SIZE, closing_frac:
         u8 = 255 - u8
     bright = _otsu(cv2.equalizeHist(u8))
     radius = max(1, round(min(u8.shape) * closing_frac))
-    return _to_full(_clean(bright, closing_radius=radius), image.shape)
+    return _clean(bright, closing_radius=radius), small
+
+
+def mask_to_full(mask_small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A work-copy mask at full resolution, exactly as the public recipes return it."""
+    return _to_full(mask_small, shape)
 
 
 def allowed_region(
@@ -240,6 +252,8 @@ __all__ = [
     "breast_mask",
     "chest_wall_side",
     "distance_to_edge",
+    "mask_to_full",
     "poisson_mask",
+    "poisson_mask_work",
     "tissue_is_dark",
 ]

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from mammosynth.builders.config_io import StrictModel
-from mammosynth.generators.breast_mask import chest_wall_side, distance_to_edge, poisson_mask
+from mammosynth.generators.breast_mask import chest_wall_side, distance_to_edge, mask_to_full, poisson_mask_work
 from mammosynth.generators.lesion_bank import intensity_window, local_std
 
 WORK_SIZE = 512
@@ -42,6 +42,9 @@ class BackgroundInfo:
     factor: float  # full px per work px
     work: np.ndarray  # float32 work-resolution image
     dist: np.ndarray  # work resolution: distance to the skin line in *full* pixels
+    pectoral_dist: np.ndarray | None = None  # work resolution: distance to the muscle in work px
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # breast's y0, y1, x0, x1 (full px)
+    area: int = 0  # breast pixels (full resolution)
 
 
 @dataclass
@@ -82,17 +85,29 @@ def pectoral_region(work: np.ndarray, mask: np.ndarray, side: str) -> np.ndarray
 
 
 def analyse_background(image: np.ndarray, view: str, cfg: PlacementConfig, mask: np.ndarray | None = None) -> BackgroundInfo:
-    mask = poisson_mask(image) if mask is None else mask
+    """Once per background. Everything but the exact containment mask is computed on the work copy
+    (long side ``WORK_SIZE``) the breast mask is made from: no second full-frame pass."""
     h, w = image.shape
     factor = max(1.0, max(h, w) / WORK_SIZE)
-    size = (max(1, round(w / factor)), max(1, round(h / factor)))
-    work = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA) if factor > 1 else image.astype(np.float32)
-    wmask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 if factor > 1 else mask
-    side = chest_wall_side(mask) if mask.any() else "L"
+    if mask is None:
+        wmask, work = poisson_mask_work(image, work_size=WORK_SIZE)
+        mask = mask_to_full(wmask, (h, w))
+        work = work.astype(np.float32, copy=False)
+    else:
+        size = (max(1, round(w / factor)), max(1, round(h / factor)))
+        work = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA) if factor > 1 else image.astype(np.float32)
+        wmask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 if factor > 1 else mask
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if rows.size == 0:
+        side, bbox = "L", (0, 0, 0, 0)
+    else:
+        side, bbox = chest_wall_side(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
     pect = pectoral_region(work, wmask, side) if view == "MLO" else np.zeros(wmask.shape, bool)
+    pect_dist = cv2.distanceTransform((~pect).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) if pect.any() else None
     dist = distance_to_edge(wmask) * factor
     window = intensity_window(work, wmask, *cfg.window_percentiles)  # work copy: same profile, 1/factor² the cost
-    return BackgroundInfo(mask, window, side, pect, factor, work, dist)
+    area = int(np.count_nonzero(mask))
+    return BackgroundInfo(mask, window, side, pect, factor, work, dist, pect_dist, bbox, area)
 
 
 def candidate_map(info: BackgroundInfo, lesion_mask: np.ndarray, context_std: float, cfg: PlacementConfig) -> tuple[np.ndarray, dict[str, int]]:
@@ -102,14 +117,12 @@ def candidate_map(info: BackgroundInfo, lesion_mask: np.ndarray, context_std: fl
     cy, cx = (lh - 1) / 2, (lw - 1) / 2
     radius = float(np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max()) + 1 if ys.size else max(lh, lw) / 2
     margin = cfg.margin_px * max(info.mask.shape) / 1024
-    counts = {"breast": int(info.mask.sum())}
+    counts = {"breast": info.area}
     ok = info.dist >= radius + margin
     counts["inside_with_margin"] = int(ok.sum())
-    if info.pectoral.any():
-        # keep the whole lesion off the muscle: grow the muscle by the lesion radius
-        r = max(1, int(np.ceil(radius / info.factor)))
-        grown = cv2.dilate(info.pectoral.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
-        ok &= ~grown
+    if info.pectoral_dist is not None:
+        # keep the whole lesion off the muscle: centres farther than the lesion radius from it
+        ok &= info.pectoral_dist > max(1, int(np.ceil(radius / info.factor)))
     counts["off_pectoral"] = int(ok.sum())
     # ring statistics: box of twice the lesion size minus the lesion box (integral images)
     k_in = max(1, int(round(2 * radius / info.factor)))
@@ -140,8 +153,7 @@ def place(
     if not ok.any():
         lost = next((k for k, v in counts.items() if v == 0), "texture")
         return f"no position qualifies (constraint '{lost}' left none; survivors {counts})"
-    ys, xs = np.nonzero(info.mask.any(1))[0], np.nonzero(info.mask.any(0))[0]
-    y_lo, y_hi, x_lo, x_hi = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1  # the breast's bounding box
+    y_lo, y_hi, x_lo, x_hi = info.bbox  # the breast's bounding box
     for t in range(1, cfg.max_tries + 1):
         cy, cx = rng.uniform(y_lo, y_hi), rng.uniform(x_lo, x_hi)
         wy, wx = min(int(cy / info.factor), ok.shape[0] - 1), min(int(cx / info.factor), ok.shape[1] - 1)

@@ -27,10 +27,12 @@ from mammosynth.builders.spec import PoissonParams, ReleaseSpec
 from mammosynth.generators.engine import SampleTask, Skip
 from mammosynth.generators.lesion_bank import Lesion, LesionBank, load_or_build
 from mammosynth.generators.placement import BackgroundInfo, PlacementConfig, analyse_background, place
+from mammosynth.generators.png_blocks import BlockPNG
 
 FIELD = "methods.poisson.poisson"
 BAND_FRAC = 0.15
 MIN_BAND_PX = 3
+ALGORITHM = 2  # bump when placement, blending or encoding change their output: a resume then refuses the old shards
 
 
 # --- blending --------------------------------------------------------------------------------------
@@ -103,6 +105,25 @@ def blend(
     Returns the new image (same dtype) and the placed lesion's bbox [xmin, ymin, xmax, ymax].
     ``engine``: "auto" (OpenCV for 8-bit, DST for 16-bit), "opencv" or "dst".
     """
+    patch, (y0, x0), bbox = blend_region(background, crop, mask, x, y, mode=mode, band_frac=band_frac, engine=engine)
+    out = background.copy()
+    out[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] = patch
+    return out, bbox
+
+
+def blend_region(
+    background: np.ndarray,
+    crop: np.ndarray,
+    mask: np.ndarray,
+    x: int,
+    y: int,
+    *,
+    mode: str = "normal",
+    band_frac: float = BAND_FRAC,
+    engine: str = "auto",
+) -> tuple[np.ndarray, tuple[int, int], list[float]]:
+    """``blend`` without the full-frame copy: the changed region (``patch``), its top-left (y0, x0)
+    in the background, and the bbox. Everything outside the patch is the background's."""
     if crop.dtype != background.dtype:
         raise InputError(
             f"lesion crop is {crop.dtype} but the background is {background.dtype}; build the lesion bank "
@@ -140,11 +161,9 @@ def blend(
     a = a * a * (3 - 2 * a)
     top = np.iinfo(background.dtype).max
     patch = np.clip(np.round(dst.astype(np.float64) + a * w), 0, top).astype(background.dtype)
-    out = background.copy()
-    out[y0:y1, x0:x1] = np.where(a > 0, patch, dst)
     ys, xs = np.nonzero(mask)
     bbox = [float(x + xs.min()), float(y + ys.min()), float(x + xs.max() + 1), float(y + ys.max() + 1)]
-    return out, bbox
+    return np.where(a > 0, patch, dst), (y0, x0), bbox
 
 
 def transform_lesion(
@@ -187,9 +206,22 @@ def choose_lesion(pool: list[Lesion], manufacturer: str | None, params: PoissonP
 
 @dataclass
 class _Cached:
+    """One background's decoded pixels, placement analysis and PNG blocks, shared by every task
+    that uses it (the sampler visits a shard's tasks grouped by background)."""
+
     image_id: str
     image: np.ndarray
     info: BackgroundInfo
+    bit_depth: int
+    _png: BlockPNG | None = None
+
+    def encode(self, patch: np.ndarray, y: int, x: int) -> bytes:
+        """PNG of the background at the output bit depth with ``patch`` written at (y, x)."""
+        from mammosynth.generators.pipelines import as_bit_depth
+
+        if self._png is None:
+            self._png = BlockPNG(as_bit_depth(self.image, self.bit_depth))
+        return self._png.encode(as_bit_depth(patch, self.bit_depth), y, x)
 
 
 class PoissonSampler:
@@ -244,7 +276,7 @@ class PoissonSampler:
     @property
     def fingerprint(self) -> str:
         """What the output depends on (params, placement, lesion bank); the engine keys runs on it."""
-        blob = json.dumps([self.params.model_dump(mode="json"), self.placement.model_dump(mode="json"), self.bank.fingerprint, BAND_FRAC, self.bit_depth])
+        blob = json.dumps([ALGORITHM, self.params.model_dump(mode="json"), self.placement.model_dump(mode="json"), self.bank.fingerprint, BAND_FRAC, self.bit_depth])
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def background_for(self, task: SampleTask):
@@ -254,7 +286,7 @@ class PoissonSampler:
     def _background(self, bg, view: str) -> _Cached:
         if self._cache is None or self._cache.image_id != bg.image_id:
             image = self._decode(self.ds[bg.row]["image"])
-            self._cache = _Cached(bg.image_id, image, analyse_background(image, view, self.placement))
+            self._cache = _Cached(bg.image_id, image, analyse_background(image, view, self.placement), self.bit_depth)
         return self._cache
 
     def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:
@@ -277,11 +309,10 @@ class PoissonSampler:
         where = place(cached.info, mask, lesion.context_std, np.random.default_rng(task.mask_seed), self.placement)
         if isinstance(where, str):
             return Skip(task.image_id, f"background {bg.image_id}, lesion {lesion.lesion_id}: {where}")
-        image, bbox = blend(cached.image, crop, mask, where.x, where.y, mode=p.blend)
-        from mammosynth.generators.pipelines import as_bit_depth
-
+        patch, (py, px), bbox = blend_region(cached.image, crop, mask, where.x, where.y, mode=p.blend)
         return {
-            "image": as_bit_depth(image, self.bit_depth),
+            # encoded here: only the PNG blocks of the rows the patch touches are re-deflated
+            "image": {"bytes": cached.encode(patch, py, px), "path": None},
             "image_id": task.image_id,
             "method": "poisson",
             "birads": schema.birads_label(lesion.birads),
