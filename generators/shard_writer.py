@@ -36,7 +36,11 @@ def encode_png(image: np.ndarray | Image.Image) -> bytes:
     """Lossless PNG bytes; uint16 arrays stay 16-bit (``I;16``), everything else 8-bit ``L``."""
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint16:
-            image = Image.fromarray(image, mode="I;16") if image.ndim == 2 else Image.fromarray(image)
+            if image.ndim != 2:
+                raise TypeError(f"16-bit images must be 2-D grey, got shape {image.shape}")
+            # frombytes: Pillow versions differ on fromarray(..., mode="I;16")
+            h, w = image.shape
+            image = Image.frombytes("I;16", (w, h), np.ascontiguousarray(image, dtype="<u2").tobytes())
         elif image.dtype == np.uint8:
             image = Image.fromarray(image)
         else:

@@ -157,3 +157,41 @@ def test_class_without_checkpoint(prepared, tiny_sd2_inpaint, tmp_path, no_model
 
 def test_skip_type_is_the_engine_one():
     assert inpainting_module.Skip is Skip
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(run_once, tiny_sd2_inpaint, prepared, tmp_path, monkeypatch):
+    from mammosynth.generators.inpainting import InpaintingSampler
+
+    _, _, clean = run_once
+    spec = make_spec(tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, COUNTS)}, prepared=prepared)
+    real_generate = InpaintingSampler.generate
+    calls = []
+
+    def dies_after_three_shards(self, tasks):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(len(tasks))
+        return real_generate(self, tasks)
+
+    monkeypatch.setattr(InpaintingSampler, "generate", dies_after_three_shards)
+    with pytest.raises(KeyboardInterrupt):
+        generate(spec, progress=False)
+    monkeypatch.setattr(InpaintingSampler, "generate", real_generate)
+    assert len(load_generated(spec, "inpainting")) == 9  # three finished shards of 3
+    resumed = generate(spec, progress=False)["inpainting"]
+    assert resumed.already_done == [0, 1, 2] and len(resumed.written) == 5
+    assert load_generated(spec, "inpainting").to_pandas().equals(clean.to_pandas())
+
+
+def test_sixteen_bit_output_keeps_background_pixels(prepared, tiny_sd2_inpaint, tmp_path):
+    spec = make_spec(tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, [{"birads": 5, "view": "MLO", "laterality": "L", "n": 1}])}, prepared=prepared)
+    spec.output.bit_depth = 16
+    generate(spec, progress=False)
+    row = load_generated(spec, "inpainting")[0]
+    out = np.array(row["image"])
+    assert out.dtype == np.uint16 and out.max() > 255
+    sampler = make_sampler(spec, "inpainting")
+    background = sampler.background_image(sampler.backgrounds[("MLO", "L")][0])
+    x0, y0, x1, y1 = (int(v) for v in row["bbox"][0])
+    out[y0:y1, x0:x1] = background[y0:y1, x0:x1]
+    assert np.array_equal(out, background)
