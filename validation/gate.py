@@ -511,7 +511,7 @@ def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analys
             except (UnreadableImage, ValueError):
                 continue
             ref = None
-            if f.nearest_training_id and f.nearest_training_id in row_of:
+            if f.nearest_training_id and row_of.get(f.nearest_training_id, ref_ds.num_rows) < ref_ds.num_rows:
                 ref = to_gray(reference_image(ref_ds, row_of[f.nearest_training_id]))
             pairs.append((f"{f.image_id}\n{f.check}", img, f.nearest_training_id, ref))
         if pairs:

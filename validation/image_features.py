@@ -119,7 +119,7 @@ def analyse(
     image: dict | bytes | np.ndarray,
     *,
     boxes: list[list[float]] | None = None,
-    embed_size: int = 32,
+    embed_size: int = 64,
     bins: int = 64,
     thumb_side: int = 0,
 ) -> ImageFeatures:

@@ -94,7 +94,7 @@ class ReferenceIndex:
 
 
 def load_reference_dataset(path: str | Path) -> datasets.Dataset:
-    """The prepared set, images undecoded; missing or not the prepared schema -> InputError."""
+    """The prepared set as saved; missing or not the prepared schema -> InputError."""
     path = Path(path)
     if not path.is_dir():
         raise InputError("reference (prepared training set) not found", file=path)
@@ -113,7 +113,7 @@ def load_reference_dataset(path: str | Path) -> datasets.Dataset:
             raise InputError(f"feature {ds.features[name]!r} is not the prepared schema's {want[name]!r}", file=path, field=name)
     if not isinstance(ds.features["image"], datasets.Image):
         raise InputError("expected an Image feature", file=path, field="image")
-    return ds.cast_column("image", datasets.Image(decode=False))
+    return ds
 
 
 def content_hash(ds: datasets.Dataset, memo_file: Path | None) -> str:
@@ -200,7 +200,7 @@ def load_index(path: Path) -> ReferenceIndex:
 def reference_index(
     reference: str | Path,
     *,
-    embed_size: int = 32,
+    embed_size: int = 64,
     bins: int = 64,
     progress: bool = True,
     rebuild: bool = False,
@@ -209,7 +209,9 @@ def reference_index(
     reference = Path(reference)
     ds = load_reference_dataset(reference)
     cache = cache_dir_for(reference)
+    # Hash the saved files themselves, before any cast (a cast may add cache files beside them).
     digest = content_hash(ds, cache / "file-digests.json")
+    ds = ds.cast_column("image", datasets.Image(decode=False))
     key = hashlib.blake2b(f"{digest}:v{INDEX_VERSION}:e{embed_size}:b{bins}".encode(), digest_size=12).hexdigest()
     path = cache / f"index-{key}.npz"
     if path.is_file() and not rebuild:
@@ -225,7 +227,7 @@ def reference_index(
     return index, ds
 
 
-def build_index(ds: datasets.Dataset, *, embed_size: int = 32, bins: int = 64, progress: bool = True) -> ReferenceIndex:
+def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, progress: bool = True) -> ReferenceIndex:
     n = ds.num_rows
     d = embed_size * embed_size
     cols: dict[str, list] = {k: [] for k in ("image_ids", "study_ids", "views", "lateralities", "birads", "density", "manufacturer")}
