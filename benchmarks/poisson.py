@@ -95,10 +95,10 @@ def ours(spec: ReleaseSpec, tasks: list[engine.SampleTask]) -> tuple[float, int,
 
 def bench(prepared: Path, work: Path, size: int, tasks_per_bg: int, rounds: int) -> dict:
     probe = PoissonSampler(make_spec(prepared, work / "probe", 1))
-    per_cell = tasks_per_bg * min(len(g) for g in probe.backgrounds.values())
-    spec = make_spec(prepared, work / "run", per_cell)
+    spec = make_spec(prepared, work / "run", tasks_per_bg * max(len(g) for g in probe.backgrounds.values()))
     ref = PoissonSampler(spec)
-    tasks = engine.plan(spec, "poisson")
+    # keep, per (view, laterality) cell, k x its backgrounds' count: every background used exactly k times
+    tasks = [t for t in engine.plan(spec, "poisson") if t.index < tasks_per_bg * len(ref.backgrounds[(t.view, t.laterality)])]
     n_bg = len({ref.background_for(t).image_id for t in tasks})
     ours(spec, tasks[:1])  # warm: lesion bank cache, imports
     t_ours, t_naive = [], []
