@@ -1,5 +1,6 @@
 """The one place for Accelerate glue: accelerator setup, seeding, logging, checkpoints, resume,
-base-model checks and the metadata written beside every trained artefact."""
+base-model checks, the optimizer-step loop the trainers share and the metadata written beside every
+trained artefact."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from mammosynth.builders.errors import InputError
 from mammosynth.training.config import TrainingConfig, resume_fingerprint
@@ -257,6 +260,97 @@ def save_checkpoint(accelerator, config: TrainingConfig, step: int, *, extra: di
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+# --- the training loop --------------------------------------------------------------------------------------
+
+def resume_loader(accelerator, config: TrainingConfig, dataset, resume_point: tuple[Path, int] | None
+                  ) -> tuple[Iterator[dict], int]:
+    """The batch iterator positioned after the resumed step, and that step (0 on a fresh start)."""
+    from mammosynth.training import data as tdata
+
+    # the loader iterator draws a seed from the global RNG: create it before load_state restores the RNG
+    start_step = resume_point[1] if resume_point is not None else 0
+    batches = tdata.shard_batches(
+        len(dataset), config.train_batch_size, process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes, seed=config.seed,
+        start_batch=start_step * config.gradient_accumulation_steps,
+    )
+    loader = iter(tdata.make_loader(dataset, batches, config.dataloader_num_workers))
+    if resume_point is not None:
+        accelerator.load_state(str(resume_point[0]))
+    return loader, start_step
+
+
+def run_steps(
+    accelerator, config: TrainingConfig, model: torch.nn.Module, params, optimizer, lr_schedule,
+    loader: Iterator[dict], *, start_step: int, resumed_from: int | None,
+    loss: Callable[[dict], torch.Tensor], probe: Callable[[], float],
+    validation_images: Callable[[torch.nn.Module, int], Any], write_final: Callable[[torch.nn.Module, int], Path],
+    tracker: str, desc: str, extra: dict | None = None, stop_after: int | None = None,
+) -> TrainResult:
+    """The optimizer-step loop both trainers share, as in diffusers' training examples: ``loss(batch)``
+    is one micro-batch's loss; every ``log_every`` / ``checkpointing_steps`` / ``validation_steps``
+    optimizer steps it logs, checkpoints, probes and writes ``validation_images(model, step)``. After
+    ``max_train_steps`` it checkpoints and calls ``write_final(model, step)`` (main process only);
+    ``stop_after`` ends this run early (resume later)."""
+    main = accelerator.is_main_process
+    log = JsonlLog(config.output_dir / "logs" / "train.jsonl", main, accelerator)
+    if main and accelerator.log_with:
+        accelerator.init_trackers(tracker)
+    global_step = start_step
+    result = TrainResult(config.output_dir, None, global_step, resumed_from=resumed_from)
+    result.probe_losses.append((global_step, probe()))
+    bar = tqdm(total=config.max_train_steps, initial=global_step, disable=not main, desc=desc, unit="step")
+    steps_this_run = 0
+    model.train()
+    while global_step < config.max_train_steps:
+        t0 = time.perf_counter()
+        step_loss = 0.0
+        for _ in range(config.gradient_accumulation_steps):
+            batch = next(loader)
+            with accelerator.accumulate(model):
+                micro_loss = loss(batch)
+                accelerator.backward(micro_loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += float(micro_loss.detach()) / config.gradient_accumulation_steps
+        global_step += 1
+        steps_this_run += 1
+        elapsed = time.perf_counter() - t0
+        result.losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if global_step % config.log_every == 0:
+            log.write({"step": global_step, "loss": step_loss, "lr": lr_schedule.get_last_lr()[0],
+                       "samples_per_s_per_device": config.train_batch_size * config.gradient_accumulation_steps / elapsed})
+        if global_step % config.checkpointing_steps == 0 and global_step < config.max_train_steps:
+            save_checkpoint(accelerator, config, global_step, extra=extra)
+        if config.validation_steps and global_step % config.validation_steps == 0:
+            result.probe_losses.append((global_step, probe()))
+            log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
+            if main:
+                validation_images(accelerator.unwrap_model(model), global_step)
+        if stop_after is not None and steps_this_run >= stop_after:
+            break
+    bar.close()
+    result.global_step = global_step
+    if global_step < config.max_train_steps:
+        return result  # stopped early; resume later
+    if result.probe_losses[-1][0] != global_step:
+        result.probe_losses.append((global_step, probe()))
+        log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
+    save_checkpoint(accelerator, config, global_step, extra=extra)
+    if main:
+        trained = accelerator.unwrap_model(model)
+        result.final_dir = write_final(trained, global_step)
+        validation_images(trained, global_step)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
 
 
 def write_metadata(folder: Path, data: dict[str, Any]) -> None:

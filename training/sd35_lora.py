@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -91,7 +90,6 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
     resume_point = runtime.resolve_resume(config, resume, force=force)
     accelerator = runtime.make_accelerator(config)
     device, dtype = accelerator.device, runtime.weight_dtype(accelerator)
-    main = accelerator.is_main_process
 
     augment = tdata.Augment(config.resolution, config.resize_mode, config.hflip_prob, config.intensity_jitter, config.unflip)
     dataset = tdata.Text2ImageData(ds, meta, augment, seed=config.seed, vendor=config.caption_vendor)
@@ -134,98 +132,38 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
-    # the loader iterator draws a seed from the global RNG: create it before load_state restores the RNG
-    start_step = resume_point[1] if resume_point is not None else 0
-    batches = tdata.shard_batches(
-        len(dataset), config.train_batch_size, process_index=accelerator.process_index,
-        num_processes=accelerator.num_processes, seed=config.seed,
-        start_batch=start_step * config.gradient_accumulation_steps,
-    )
-    loader = iter(tdata.make_loader(dataset, batches, config.dataloader_num_workers))
-    global_step = 0
-    if resume_point is not None:
-        accelerator.load_state(str(resume_point[0]))
-        global_step = resume_point[1]
-    log = runtime.JsonlLog(config.output_dir / "logs" / "train.jsonl", main, accelerator)
-    if main and accelerator.log_with:
-        accelerator.init_trackers("sd35_lora")
-
+    loader, start_step = runtime.resume_loader(accelerator, config, dataset, resume_point)
     probe_batch = tdata.collate([dataset[(0, i)] for i in range(min(config.train_batch_size, len(dataset)))])
+
+    def latents(batch, generator=None) -> torch.Tensor:
+        if latent_cache is not None:
+            return _latents_from_cache(latent_cache, batch["row"], generator).to(device, dtype)
+        return _encode_latents(vae, batch["pixel_values"], generator=generator).to(dtype)
+
+    def loss(batch) -> torch.Tensor:
+        with torch.no_grad():
+            lat = latents(batch)
+        idx = batch["prompt_index"].to(device)
+        with accelerator.autocast():
+            return flow_matching_loss(transformer, scheduler, lat, embeds[idx], pooled[idx], config)
 
     def probe() -> float:
         """Loss on a fixed batch with fixed noise and timesteps: comparable across steps."""
         g = torch.Generator().manual_seed(config.seed + 12345)
         with torch.no_grad(), accelerator.autocast():
-            if latent_cache is not None:
-                lat = _latents_from_cache(latent_cache, probe_batch["row"], g).to(device, dtype)
-            else:
-                lat = _encode_latents(vae, probe_batch["pixel_values"], generator=g).to(dtype)
+            lat = latents(probe_batch, g)
             idx = probe_batch["prompt_index"].to(device)
             return float(flow_matching_loss(transformer, scheduler, lat, embeds[idx], pooled[idx], config, g))
 
-    result = runtime.TrainResult(config.output_dir, None, global_step,
-                                 resumed_from=resume_point[1] if resume_point else None)
-    result.probe_losses.append((global_step, probe()))
-    fingerprint_extra: dict = {}
-    bar = tqdm(total=config.max_train_steps, initial=global_step, disable=not main, desc="sd35-lora", unit="step")
-    steps_this_run = 0
-    transformer.train()
-    while global_step < config.max_train_steps:
-        t0 = time.perf_counter()
-        step_loss = 0.0
-        for _ in range(config.gradient_accumulation_steps):
-            batch = next(loader)
-            with accelerator.accumulate(transformer):
-                with torch.no_grad():
-                    if latent_cache is not None:
-                        lat = _latents_from_cache(latent_cache, batch["row"]).to(device, dtype)
-                    else:
-                        lat = _encode_latents(vae, batch["pixel_values"]).to(dtype)
-                idx = batch["prompt_index"].to(device)
-                with accelerator.autocast():
-                    loss = flow_matching_loss(transformer, scheduler, lat, embeds[idx], pooled[idx], config)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                lr_schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += float(loss.detach()) / config.gradient_accumulation_steps
-        global_step += 1
-        steps_this_run += 1
-        elapsed = time.perf_counter() - t0
-        result.losses.append(step_loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        if global_step % config.log_every == 0:
-            log.write({"step": global_step, "loss": step_loss, "lr": lr_schedule.get_last_lr()[0],
-                       "samples_per_s_per_device": config.train_batch_size * config.gradient_accumulation_steps / elapsed})
-        if global_step % config.checkpointing_steps == 0 and global_step < config.max_train_steps:
-            runtime.save_checkpoint(accelerator, config, global_step, extra=fingerprint_extra)
-        if config.validation_steps and global_step % config.validation_steps == 0:
-            result.probe_losses.append((global_step, probe()))
-            log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
-            if main:
-                _validation_images(accelerator.unwrap_model(transformer), vae, scheduler, embeds, pooled,
-                                   len(dataset.prompts), validation_prompts, config, global_step)
-        if stop_after is not None and steps_this_run >= stop_after:
-            break
-    bar.close()
-    result.global_step = global_step
-    if global_step < config.max_train_steps:
-        return result  # stopped early; resume later
-    if result.probe_losses[-1][0] != global_step:
-        result.probe_losses.append((global_step, probe()))
-        log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
-    runtime.save_checkpoint(accelerator, config, global_step, extra=fingerprint_extra)
-    accelerator.wait_for_everyone()
-    if main:
-        result.final_dir = _write_final(accelerator.unwrap_model(transformer), config, ds, meta, local, global_step)
-        _validation_images(accelerator.unwrap_model(transformer), vae, scheduler, embeds, pooled,
-                           len(dataset.prompts), validation_prompts, config, global_step)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result
+    return runtime.run_steps(
+        accelerator, config, transformer, params, optimizer, lr_schedule, loader,
+        start_step=start_step, resumed_from=resume_point[1] if resume_point else None,
+        loss=loss, probe=probe,
+        validation_images=lambda model, step: _validation_images(
+            model, vae, scheduler, embeds, pooled, len(dataset.prompts), validation_prompts, config, step),
+        write_final=lambda model, step: _write_final(model, config, ds, meta, local, step),
+        tracker="sd35_lora", desc="sd35-lora", stop_after=stop_after,
+    )
 
 
 def _cache_latents(dataset, vae, accelerator) -> dict[int, torch.Tensor]:
