@@ -29,7 +29,7 @@ from mammosynth.validation.release_io import LoadedRelease, load_release
 from mammosynth.validation.report import Flag, Gate, ValidationReport, write_json, write_markdown
 from mammosynth.validation.thresholds import Thresholds, _deep_merge, validate_overrides
 
-SANITY_CHECKS = {"unreadable", "no_breast", "blank", "saturated", "area_fraction", "laterality_side", "mode", "bit_depth", "size", "bbox_outside_image", "bbox_outside_breast"}  # fmt: skip
+SANITY_CHECKS = {"unreadable", "no_breast", "blank", "saturated", "area_fraction", "laterality_side", "mode", "bit_depth", "size", "bbox_outside_image", "bbox_outside_breast", "no_dark_background", "lesion_region"}  # fmt: skip
 DEDUP_CHECKS = {"exact_copy", "memorization", "training_match", "near_duplicate_phash", "background_altered", "source_missing", "duplicate_in_release"}  # fmt: skip
 
 
@@ -157,6 +157,8 @@ def _sanity(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, spe
             pad = max(s.area_margin * (hi - lo), s.area_min_pad)
             if not (lo - pad <= f.area_fraction <= hi + pad):
                 flag("area_fraction", f"breast-area fraction {f.area_fraction:.3f} outside the reference's {rows.view[k]} range [{lo:.3f}, {hi:.3f}]")
+            if f.background_ratio > s.max_background_ratio:
+                flag("no_dark_background", f"background/breast intensity ratio {f.background_ratio:.2f} > {s.max_background_ratio}: no breast silhouette on dark air (texture or noise)")
             want = sides.get(rows.laterality[k])
             if f.side and want and f.side != want:
                 flag("laterality_side", f"breast touches the {'left' if f.side == 'L' else 'right'} edge but laterality {rows.laterality[k]} expects {'left' if want == 'L' else 'right'} (mirrored or inverted image)")
@@ -176,6 +178,11 @@ def _sanity(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, spe
                 flag("bbox_outside_image", f"box {j} {[round(v, 1) for v in box]} not inside the {f.width}x{f.height} image")
             elif f.box_inside[j] < s.bbox_min_inside_mask:
                 flag("bbox_outside_breast", f"box {j}: only {f.box_inside[j]:.0%} inside the breast mask (< {s.bbox_min_inside_mask:.0%})")
+            if method == "inpainting" and f.box_tissue[j] is not None:
+                low, high, pos = f.box_tissue[j]
+                sl = s.lesion_mean_slack
+                if low > s.lesion_max_outlier_share or high > s.lesion_max_outlier_share or not (-sl <= pos <= 1 + sl):
+                    flag("lesion_region", f"box {j}: {low:.0%} of pixels below the breast's 1st percentile, {high:.0%} above its 99.9th, mean at {pos:.2f} of that range: not breast tissue")
     return flags
 
 

@@ -40,7 +40,13 @@ class ImageFeatures:
     phash: np.ndarray  # (PHASH_BYTES,) uint8, packed bits
     embedding: np.ndarray  # (embed_size**2,) float32, unit norm (zeros when no breast)
     hist: np.ndarray  # in-breast intensity histogram, counts, 0..1 range
+    # median background / median breast intensity (square-root units): a mammogram's breast lies on
+    # near-black air; textures and noise filling the frame have a grey "background" (1.0 = none)
+    background_ratio: float = 1.0
     box_inside: list[float] = field(default_factory=list)  # share of each box inside the breast
+    # per box: (share below the breast's 1st percentile, share above its 99.9th, in-box mean as a
+    # position in [p1, p99.9]); the breast percentiles leave the boxes out. None = empty box or no breast
+    box_tissue: list[tuple[float, float, float] | None] = field(default_factory=list)
     thumb: np.ndarray | None = None  # (thumb_side, thumb_side) uint8, for MS-SSIM diversity
 
 
@@ -115,6 +121,25 @@ def breast_embedding(crop: np.ndarray, crop_mask: np.ndarray, size: int) -> np.n
     return z / (np.linalg.norm(z) + 1e-12)
 
 
+def _box_tissue(unit: np.ndarray, mask: np.ndarray, slices: list[tuple[slice, slice]]) -> list[tuple[float, float, float] | None]:
+    """How breast-like the pixels inside each box are, against the breast outside the boxes."""
+    rest = mask.copy()
+    for sl in slices:
+        rest[sl] = False
+    if rest.sum() < 16:
+        return [None] * len(slices)
+    p1, p999 = np.percentile(unit[rest], [1.0, 99.9])
+    out: list[tuple[float, float, float] | None] = []
+    for sl in slices:
+        vals = unit[sl].ravel()  # all of it: a black or noisy fill can break the mask around it
+        if vals.size == 0:
+            out.append(None)
+            continue
+        pos = (float(vals.mean()) - p1) / max(float(p999 - p1), 1e-6)
+        out.append((float((vals < p1).mean()), float((vals > p999).mean()), pos))
+    return out
+
+
 def analyse(
     image: dict | bytes | np.ndarray,
     *,
@@ -156,13 +181,20 @@ def analyse(
         emb = np.zeros(embed_size * embed_size, np.float32)
         ph = phash256(unit)
 
-    inside = []
+    root = np.sqrt(unit)
+    background_ratio = 1.0
+    if has_breast and not mask.all():
+        background_ratio = float(np.median(root[~mask]) / max(float(np.median(root[mask])), 1e-6))
+
+    inside, slices = [], []
     for box in boxes or []:
         x0b, y0b, x1b, y1b = (float(v) * scale for v in box)
         xa, xb = int(np.clip(np.floor(x0b), 0, mask.shape[1])), int(np.clip(np.ceil(x1b), 0, mask.shape[1]))
         ya, yb = int(np.clip(np.floor(y0b), 0, mask.shape[0])), int(np.clip(np.ceil(y1b), 0, mask.shape[0]))
         full = max((x1b - x0b) * (y1b - y0b), 1e-6)
         inside.append(float(mask[ya:yb, xa:xb].sum()) / max(full, 1.0) if xb > xa and yb > ya else 0.0)
+        slices.append((slice(ya, yb), slice(xa, xb)))
+    tissue = _box_tissue(unit, mask, slices) if slices else []
 
     th = None
     if thumb_side:
@@ -181,6 +213,8 @@ def analyse(
         phash=ph,
         embedding=emb,
         hist=hist,
+        background_ratio=background_ratio,
         box_inside=inside,
+        box_tissue=tissue,
         thumb=th,
     )

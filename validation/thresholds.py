@@ -46,6 +46,19 @@ class SanityThresholds(StrictModel):
     saturated_fraction: float = Field(
         0.5, ge=0, le=1, description="fraction of pixels at the maximum value above which the image is saturated"
     )
+    max_background_ratio: float = Field(
+        0.4, ge=0, le=1,
+        description="median background / median breast intensity (square-root units) above which the image has "
+        "no breast silhouette on dark air (references: <= 0.2; noise textures: >= 0.6)",
+    )
+    lesion_max_outlier_share: float = Field(
+        0.25, ge=0, le=1,
+        description="inpainting rows: share of box pixels below the breast's 1st or above its 99.9th intensity "
+        "percentile (black holes, saturated noise) allowed in each box",
+    )
+    lesion_mean_slack: float = Field(
+        0.05, ge=0, description="... and the box mean may lie this far (share of [p1, p99.9]) outside that range"
+    )
     bbox_min_inside_mask: float = Field(0.5, ge=0, le=1, description="share of each box that must lie in the breast")
     bbox_edge_tolerance_px: float = Field(1.0, ge=0, description="boxes may exceed the image by this much")
 
