@@ -80,7 +80,7 @@ class DedupThresholds(StrictModel):
         0.5, gt=0, le=1, description="match when closer than factor x that quantile"
     )
     nn_distance_max: float = Field(0.35, gt=0, description="ceiling on the calibrated embedding distance")
-    embed_size: int = Field(64, ge=8, le=256, description="side of the normalized breast crop embedding")
+    embed_size: int = Field(32, ge=8, le=256, description="side of the normalized breast crop embedding")
     background_max_mad: float = Field(
         0.02, ge=0, description="mean |difference| (0..1) allowed outside the lesion boxes vs source_image"
     )
