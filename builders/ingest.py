@@ -369,6 +369,19 @@ def _side_view_from_text(*texts: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+_VIEW_SUFFIX = re.compile(r"_(LEFT|RIGHT)_(CC|MLO)$", re.IGNORECASE)
+
+
+def _patient_key(ds: Any, uid: str) -> str:
+    """The grouping key stored as ``study_id``: the patient, so that validation never treats two
+    views of one woman as different patients. CBIS-DDSM gives every image its own study and a
+    PatientID like ``Mass-Test_P_00173_LEFT_CC``: the view suffix is dropped."""
+    patient = str(ds.get("PatientID", "") or "").strip()
+    if patient:
+        return _VIEW_SUFFIX.sub("", patient)
+    return str(ds.get("StudyInstanceUID", uid))
+
+
 def dicom_records(src: Path, options: IngestOptions) -> tuple[list[Record], list[Skip]]:
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
@@ -406,7 +419,7 @@ def dicom_records(src: Path, options: IngestOptions) -> tuple[list[Record], list
             skips.append(Skip(ref, str(path), "SOPInstanceUID", "duplicate SOPInstanceUID: ambiguous"))
             continue
         records[uid] = Record(
-            key=uid, path=str(path), study_id=str(ds.get("StudyInstanceUID", uid)), laterality=lat,
+            key=uid, path=str(path), study_id=_patient_key(ds, uid), laterality=lat,
             view=view, birads=options.birads, density=None, split=options.split,
             manufacturer=str(ds.get("Manufacturer", "") or "") or None,
             model_name=str(ds.get("ManufacturerModelName", "") or "") or None)

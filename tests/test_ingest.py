@@ -352,3 +352,15 @@ def test_ingest_dicom_folder_bad_files(tmp_path):
     with pytest.raises(InputError, match="no files"):
         (tmp_path / "empty").mkdir()
         ingest_dicom(tmp_path / "empty", tmp_path / "out2", progress=False)
+
+
+def test_dicom_ingest_groups_views_of_one_patient(cbis_prepared) -> None:
+    """CBIS-DDSM stores each view as its own study; the prepared study_id groups by patient."""
+    import datasets as _ds
+
+    ds = _ds.load_from_disk(str(cbis_prepared))
+    groups: dict[str, list[str]] = {}
+    for row in ds.select_columns(["study_id", "laterality", "view"]):
+        groups.setdefault(row["study_id"], []).append(row["laterality"] + row["view"])
+    assert len(groups) == 2  # two four-view exams
+    assert all(sorted(v) == ["LCC", "LMLO", "RCC", "RMLO"] for v in groups.values())
