@@ -24,14 +24,35 @@ LUMA = np.array([0.299, 0.587, 0.114])
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
+# Diffusers-format components only: hub repos such as SD3.5-Large also hold single-file checkpoints
+# of many GB at the root that the pipeline never reads.
+HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors"]
+
+
+def hub_snapshot(ref: str, *, field: str, spec_file: str | Path | None = None) -> Path:
+    """A hub model id resolved to its local snapshot (downloaded once into the HF cache; with
+    HF_HUB_OFFLINE=1 only the cache is used). Anything else that is not a folder is an InputError."""
+    from mammosynth.builders.spec import REPO_ID
+
+    if ref.startswith((".", "/", "~")) or not REPO_ID.match(ref):
+        raise InputError(f"checkpoint folder {ref!r} not found", file=spec_file, field=field)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # offline, unknown repo, gated without token: one clear line
+        raise InputError(
+            f"checkpoint {ref!r} is not a local folder and could not be fetched from the Hub "
+            f"({type(exc).__name__}); download it or give a local path", file=spec_file, field=field
+        ) from None
+
+
 def pipeline_folder(
     ref: str, *, field: str, needs: str, kind: str, spec_file: str | Path | None = None
 ) -> Path:
     """The local folder of a diffusers pipeline (``model_index.json`` inside) having component
     ``needs`` (e.g. "unet", "transformer"), or InputError naming what it is instead."""
-    path = Path(ref)
-    if not path.is_dir():
-        raise InputError(f"checkpoint folder {ref!r} not found (models are never downloaded)", file=spec_file, field=field)
+    path = Path(ref) if Path(ref).is_dir() else hub_snapshot(ref, field=field, spec_file=spec_file)
     try:
         index = json.loads((path / "model_index.json").read_text())
     except (OSError, json.JSONDecodeError):
