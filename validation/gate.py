@@ -99,6 +99,34 @@ class Analysed:
     thumbs: dict[str, np.ndarray]
 
 
+ANALYSIS_WORKERS = 2  # processes for the per-image pass (the work is per-image and CPU-bound)
+_MIN_ROWS_FOR_POOL = 16  # below this the pool's hand-off costs more than it saves
+_POOL = None
+
+
+def _pool():
+    """One process pool per interpreter, started lazily (forkserver: safe after torch/OpenCV threads)."""
+    global _POOL
+    if _POOL is None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        import atexit
+
+        _POOL = ProcessPoolExecutor(ANALYSIS_WORKERS, mp_context=mp.get_context("forkserver"))
+        atexit.register(_POOL.shutdown)
+    return _POOL
+
+
+def _analyse_one(args: tuple) -> ImageFeatures | str:
+    """Worker body: features, or the error text for an unreadable image (same in every process)."""
+    img, boxes, embed_size, bins, thumb_side = args
+    try:
+        return analyse(img, boxes=boxes, embed_size=embed_size, bins=bins, thumb_side=thumb_side)
+    except (UnreadableImage, InputError, ValueError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+
+
 def _analyse_rows(rel: LoadedRelease, rows: Rows, th: Thresholds, thumb_rows: set[int], desc: str, progress: bool) -> Analysed:
     n = len(rows.ids)
     d = th.dedup.embed_size**2
@@ -108,16 +136,18 @@ def _analyse_rows(rel: LoadedRelease, rows: Rows, th: Thresholds, thumb_rows: se
     errors: dict[int, str] = {}
     thumbs: dict[str, np.ndarray] = {}
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress)
+    mapper = _pool().map if ANALYSIS_WORKERS > 1 and n >= _MIN_ROWS_FOR_POOL else map
     k = 0
     for batch in rel.dataset.select_columns(["image"]).iter(batch_size=64):
-        for img in batch["image"]:
-            try:
-                f = analyse(img, boxes=rows.bbox[k], embed_size=th.dedup.embed_size, bins=th.stats.histogram_bins, thumb_side=th.stats.msssim_size if k in thumb_rows else 0)
-                feats[k], emb[k], ph[k] = f, f.embedding, f.phash
-                if f.thumb is not None:
-                    thumbs[rows.ids[k]] = f.thumb
-            except (UnreadableImage, InputError, ValueError, OSError) as exc:
-                errors[k] = str(exc) or type(exc).__name__
+        jobs = [(img, rows.bbox[k + j], th.dedup.embed_size, th.stats.histogram_bins, th.stats.msssim_size if k + j in thumb_rows else 0)
+                for j, img in enumerate(batch["image"])]  # fmt: skip
+        for res in (mapper(_analyse_one, jobs, chunksize=8) if mapper is not map else map(_analyse_one, jobs)):
+            if isinstance(res, str):
+                errors[k] = res
+            else:
+                feats[k], emb[k], ph[k] = res, res.embedding, res.phash
+                if res.thumb is not None:
+                    thumbs[rows.ids[k]] = res.thumb
             k += 1
             bar.update(1)
     bar.close()

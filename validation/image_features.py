@@ -75,7 +75,8 @@ def decode(image: dict | bytes | np.ndarray) -> np.ndarray:
         try:
             arr = np.asarray(Image.open(io.BytesIO(data)))
         except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing here
-            raise UnreadableImage(f"cannot decode image bytes: {exc}") from None
+            # the class name only: PIL's message embeds a memory address, which would differ by run
+            raise UnreadableImage(f"cannot decode image bytes ({type(exc).__name__})") from None
     return arr
 
 
