@@ -53,3 +53,16 @@ def test_cbis_copies_caught_other_patient_passes(cbis_prepared, tmp_path):
         hits = [f for f in rep.flagged if f.image_id == image_id and f.check in ("memorization", "near_duplicate_phash", "exact_copy")]
         assert hits and hits[0].nearest_training_id == target, (image_id, [f.reason for f in rep.flagged if f.image_id == image_id])
     assert flagged >= set(targets)
+
+
+def test_one_patient_reference_is_reported_uncalibrated(cbis_prepared, tmp_path):
+    ds = _rows(cbis_prepared)
+    exam_a = set(ds.select(range(4))["image_id"])
+    ds.filter(lambda r: r["image_id"] not in exam_a).cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "ref"))
+    rows = [S.release_row(r["image"]["bytes"], f"novel-{k}", "text2image", int(r["birads"]), r["view"], r["laterality"])
+            for k, r in enumerate(ds) if r["image_id"] in exam_a]
+    rel = S.write_generated(tmp_path / "out", {"text2image": rows})
+    rep = validate_release(rel, tmp_path / "ref", config=Thresholds(sanity={"area_min_pad": 0.2}), progress=False, plots=False)
+    mem = rep.gates["memorization"]
+    assert mem.status != "pass"
+    assert "UNCALIBRATED" in mem.summary

@@ -473,7 +473,13 @@ def validate_release(
         frac = len(ids) / n
         by_check = dict(Counter(f.check for f in fl))
         status = "fail" if frac > th.max_flagged_fraction else "pass"
-        gates[name] = Gate(status=status, summary=f"{len(ids)} image(s) flagged ({frac:.1%})" + (f": {by_check}" if by_check else ""),
+        summary = f"{len(ids)} image(s) flagged ({frac:.1%})" + (f": {by_check}" if by_check else "")
+        cal = dedup_fig["calibration"]
+        if name == "memorization" and cal["reference_other_patient_nn"] is None and not cal["overridden"]["nn_distance"]:
+            # A reference of one patient has no other-patient distances: the ceiling is a guess.
+            status = "warn" if status == "pass" else status
+            summary += f"; UNCALIBRATED (reference has < 2 patients): distance ceiling {th.dedup.nn_distance_max} used"
+        gates[name] = Gate(status=status, summary=summary,
                            flagged_images=len(ids), flagged_fraction=round(frac, 4), by_check=by_check, checks=sorted(checks),
                            **(dedup_fig if name == "memorization" else {}))  # fmt: skip
 
