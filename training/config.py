@@ -126,6 +126,7 @@ class InpaintConfig(TrainingConfig):
     """BI-RADS-specific SD2 inpainting fine-tune (source paper §3.3)."""
 
     base_model: str = Field("stabilityai/stable-diffusion-2-inpainting", description="hub id or local folder")
+    output_dir: Path = Field(description="run folder; '{birads}' in it is replaced by the class, so one config serves 3, 4 and 5")
     birads: Literal[3, 4, 5] | None = Field(None, description="lesion class; the CLI's --birads overrides it")
     resolution: int = Field(512, ge=8, description="square training size in pixels")
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0, description="horizontal-flip probability (boxes mirrored)")

@@ -71,6 +71,8 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
         raise InputError("BI-RADS class must be 3, 4 or 5 (--birads or config 'birads')", file=config_file, field="birads")
     if config.birads != birads:
         config = config.model_copy(update={"birads": birads})
+    if "{birads}" in str(config.output_dir):  # one config file serves all three classes
+        config = config.model_copy(update={"output_dir": Path(str(config.output_dir).format(birads=birads))})
     local = runtime.check_base_model(config.base_model, COMPONENTS)
     ds, meta = tdata.load_prepared(config.prepared, config.split)
     rows = tdata.rows_with_birads(meta, birads, file=config.prepared)
