@@ -15,7 +15,7 @@ from mammosynth.builders import cli
 from mammosynth.builders.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["builders", "generators", "training", "dataset_cards", "validation"]
+SUBPACKAGES = ["builders", "generators", "training", "dataset_cards", "validation", "examples"]
 
 
 @pytest.mark.slow
@@ -30,6 +30,8 @@ def test_wheel_installs_namespaced_subpackages(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"mammosynth"}, f"wheel installs generic top-level names: {tops}"
     assert "mammosynth/__init__.py" not in names  # a namespace, no folder of its own
+    assert "mammosynth/examples/demo-release.yaml" in names  # the demo reads its spec from the package
+    assert "mammosynth/dataset_cards/templates/README.md.j2" in names
 
     # A fresh venv that sees the dependencies (via a plain path, so the editable finder is NOT loaded)
     venv = tmp_path / "venv"
