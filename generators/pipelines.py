@@ -8,6 +8,7 @@ Checks here read only JSON configs, so a bad spec fails in seconds, before any w
 from __future__ import annotations
 
 import json
+import re
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -102,10 +103,24 @@ def content_hash(path: str) -> str:
     return tree_hash(str(Path(path).resolve()))[:12]
 
 
-def checkpoint_identity(ref: str | Path) -> str:
-    """``<folder name>@<content hash>``, e.g. ``inpaint-birads4@3f2a9c01d4e7``."""
+GENERIC_RUN_NAMES = re.compile(r"^(final|checkpoint-\d+|unet|transformer|[0-9a-f]{40})$")
+
+
+def checkpoint_name(ref: str | Path) -> str:
+    """A readable, machine-independent name: the folder's name, or ``run/final`` when the folder's
+    own name is generic (trainer outputs, checkpoints, hub snapshots)."""
     path = Path(ref)
-    return f"{path.name}@{content_hash(str(path))}"
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/")  # the hub repo id
+    if GENERIC_RUN_NAMES.match(path.name) and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
+def checkpoint_identity(ref: str | Path) -> str:
+    """``<checkpoint name>@<content hash>``, e.g. ``inpaint-b4/final@3f2a9c01d4e7``."""
+    path = Path(ref)
+    return f"{checkpoint_name(path)}@{content_hash(str(path))}"
 
 
 # --- runtime -----------------------------------------------------------------------------------

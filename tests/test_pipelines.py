@@ -40,3 +40,12 @@ def test_missing_local_folder_and_wrong_pipeline(tiny_sd3, tmp_path: Path) -> No
         pipeline_folder(str(tmp_path / "nope"), field="f", needs="unet", kind="x")
     with pytest.raises(InputError, match="has no unet"):
         pipeline_folder(str(tiny_sd3), field="f", needs="unet", kind="an inpainting pipeline")
+
+
+def test_checkpoint_names_are_readable_and_machine_independent() -> None:
+    from mammosynth.generators.pipelines import checkpoint_name
+
+    assert checkpoint_name("/home/u/run/checkpoints/inpaint-b3/final") == "inpaint-b3/final"
+    assert checkpoint_name("/srv/ckpt/sd35-lora/checkpoint-2000") == "sd35-lora/checkpoint-2000"
+    assert checkpoint_name("/cache/models--my-org--sd2-inpaint/snapshots/" + "a" * 40) == "my-org/sd2-inpaint"
+    assert checkpoint_name("/models/sd35-tiny") == "sd35-tiny"
