@@ -141,6 +141,37 @@ def _box_tissue(unit: np.ndarray, mask: np.ndarray, slices: list[tuple[slice, sl
     return out
 
 
+def _levels(small: np.ndarray, top: float) -> np.ndarray | None:
+    """The distinct values ``unit`` can take (integer images only): lets histograms and medians
+    count grey levels with one ``bincount`` instead of sorting or binning every pixel."""
+    if small.dtype not in (np.uint8, np.uint16):
+        return None
+    return np.arange(int(top) + 1, dtype=np.float32) / np.float32(top)
+
+
+def _histogram(small: np.ndarray, unit: np.ndarray, mask: np.ndarray, top: float, bins: int) -> np.ndarray:
+    """``np.histogram(unit[mask], bins, (0, 1))``; for integer images by weighting each grey level
+    with its pixel count (the same float32 values are binned, so the counts are identical)."""
+    levels = _levels(small, top)
+    if levels is None:
+        return np.histogram(unit[mask], bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
+    counts = np.bincount(small[mask], minlength=levels.size)
+    return np.histogram(levels, bins=bins, range=(0.0, 1.0), weights=counts)[0].astype(np.float64)
+
+
+def _median(small: np.ndarray, root: np.ndarray, sel: np.ndarray, top: float) -> float:
+    """``np.median(root[sel])`` (root = sqrt of unit); for integer images from grey-level counts:
+    sqrt is monotonic, so the middle pixel(s) in grey level are the middle ones in root."""
+    levels = _levels(small, top)
+    if levels is None:
+        return float(np.median(root[sel]))
+    cum = np.cumsum(np.bincount(small[sel], minlength=levels.size))
+    n = int(cum[-1])
+    lo, hi = np.searchsorted(cum, [(n - 1) // 2, n // 2], side="right")  # 0-based ranks -> levels
+    r = np.sqrt(levels[[lo, hi]])
+    return float(r[0]) if lo == hi else float(np.mean(r))
+
+
 def analyse(
     image: dict | bytes | np.ndarray,
     *,
@@ -163,16 +194,17 @@ def analyse(
     # The square root lifts fatty tissue away from the air before the shared Otsu mask runs: on
     # linear intensities Otsu often splits dense from fatty tissue and loses most of the breast.
     # It is monotonic, so an inverted image still puts its "breast" on the air side.
-    mask = np.asarray(bm.breast_mask(np.sqrt(unit)), dtype=bool)
+    root = np.sqrt(unit)
+    mask = np.asarray(bm.breast_mask(root), dtype=bool)
     area = float(bm.area_fraction(mask))
     has_breast = bool(mask.any())
     side = bm.chest_wall_side(mask) if has_breast else None
 
     hist = np.zeros(bins, np.float64)
     if has_breast:
-        hist = np.histogram(unit[mask], bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
-        ys, xs = np.nonzero(mask)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        hist = _histogram(small, unit, mask, top, bins)
+        x0, y0, bw, bh = cv2.boundingRect(mask.view(np.uint8))
+        y1, x1 = y0 + bh, x0 + bw
         crop, crop_mask = unit[y0:y1, x0:x1], mask[y0:y1, x0:x1]
         if side == "R":  # canonical orientation: mirrored copies must match their originals
             crop, crop_mask = crop[:, ::-1], crop_mask[:, ::-1]
@@ -182,10 +214,9 @@ def analyse(
         emb = np.zeros(embed_size * embed_size, np.float32)
         ph = phash256(unit)
 
-    root = np.sqrt(unit)
     background_ratio = 1.0
     if has_breast and not mask.all():
-        background_ratio = float(np.median(root[~mask]) / max(float(np.median(root[mask])), 1e-6))
+        background_ratio = float(_median(small, root, ~mask, top) / max(float(_median(small, root, mask, top)), 1e-6))
 
     inside, slices = [], []
     for box in boxes or []:
@@ -209,7 +240,7 @@ def analyse(
         area_fraction=area,
         side=side,
         std=float(unit.std()),
-        saturated_fraction=float((gray >= top).mean()) if top > 1 else 0.0,
+        saturated_fraction=np.count_nonzero(gray >= top) / gray.size if top > 1 else 0.0,
         pixel_hash=pixel_hash(raw),
         phash=ph,
         embedding=emb,
