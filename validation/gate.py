@@ -9,7 +9,7 @@ inputs (reference, release schema, thresholds) raise InputError.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -101,6 +101,7 @@ class Analysed:
 
 ANALYSIS_WORKERS = 2  # processes for the per-image pass (the work is per-image and CPU-bound)
 _MIN_ROWS_FOR_POOL = 16  # below this the pool's hand-off costs more than it saves
+_CHUNK = 8  # images per task handed to a worker
 _POOL = None
 
 
@@ -116,6 +117,10 @@ def _pool():
         _POOL = ProcessPoolExecutor(ANALYSIS_WORKERS, mp_context=mp.get_context("forkserver"))
         atexit.register(_POOL.shutdown)
     return _POOL
+
+
+def _analyse_chunk(jobs: list[tuple]) -> list[ImageFeatures | str]:
+    return [_analyse_one(j) for j in jobs]
 
 
 def _analyse_one(args: tuple) -> ImageFeatures | str:
@@ -136,12 +141,13 @@ def _analyse_rows(rel: LoadedRelease, rows: Rows, th: Thresholds, thumb_rows: se
     errors: dict[int, str] = {}
     thumbs: dict[str, np.ndarray] = {}
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress)
-    mapper = _pool().map if ANALYSIS_WORKERS > 1 and n >= _MIN_ROWS_FOR_POOL else map
+    pool = _pool() if ANALYSIS_WORKERS > 1 and n >= _MIN_ROWS_FOR_POOL else None
+    pending: deque = deque()  # chunks in flight, in row order
     k = 0
-    for batch in rel.dataset.select_columns(["image"]).iter(batch_size=64):
-        jobs = [(img, rows.bbox[k + j], th.dedup.embed_size, th.stats.histogram_bins, th.stats.msssim_size if k + j in thumb_rows else 0)
-                for j, img in enumerate(batch["image"])]  # fmt: skip
-        for res in (mapper(_analyse_one, jobs, chunksize=8) if mapper is not map else map(_analyse_one, jobs)):
+
+    def collect(results: list) -> None:
+        nonlocal k
+        for res in results:
             if isinstance(res, str):
                 errors[k] = res
             else:
@@ -150,6 +156,23 @@ def _analyse_rows(rel: LoadedRelease, rows: Rows, th: Thresholds, thumb_rows: se
                     thumbs[rows.ids[k]] = res.thumb
             k += 1
             bar.update(1)
+
+    start = 0
+    for batch in rel.dataset.select_columns(["image"]).iter(batch_size=64):
+        jobs = [(img, rows.bbox[start + j], th.dedup.embed_size, th.stats.histogram_bins, th.stats.msssim_size if start + j in thumb_rows else 0)
+                for j, img in enumerate(batch["image"])]  # fmt: skip
+        start += len(jobs)
+        if pool is None:
+            collect(_analyse_chunk(jobs))
+            continue
+        # Keep the workers fed while the next batch is read: collect only the oldest chunks, and
+        # only once about two batches are in flight (bounded memory, no stall between batches).
+        for c in range(0, len(jobs), _CHUNK):
+            pending.append(pool.submit(_analyse_chunk, jobs[c : c + _CHUNK]))
+        while len(pending) > 2 * 64 // _CHUNK:
+            collect(pending.popleft().result())
+    while pending:
+        collect(pending.popleft().result())
     bar.close()
     return Analysed(feats, errors, emb, ph, thumbs)
 
