@@ -22,7 +22,6 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from mammosynth.builders.errors import InputError
@@ -116,7 +115,15 @@ def _clean(bw: np.ndarray, *, closing_radius: int = 0) -> np.ndarray:
     if not core.any():  # everything thinner than the opening: fall back to the raw components
         core = _largest_component(bw > 0)
     grown = (cv2.dilate(core.astype(np.uint8), _disk(r)) > 0) & (bw > 0)
-    return ndimage.binary_fill_holes(_largest_component(grown))
+    return _fill_holes(_largest_component(grown))
+
+
+def _fill_holes(bw: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` (4-connected background, the outside counts as background),
+    as one OpenCV flood fill from a padded corner: ~10x faster, identical result."""
+    pad = cv2.copyMakeBorder(np.asarray(bw, bool).view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(pad, np.zeros((pad.shape[0] + 2, pad.shape[1] + 2), np.uint8), (0, 0), 2, flags=4)
+    return pad[1:-1, 1:-1] != 2
 
 
 def _to_full(mask_small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
