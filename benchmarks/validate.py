@@ -38,6 +38,23 @@ def _tile_index(index, n: int, rng):
     )  # fmt: skip
 
 
+def _earlier_runs(out: Path) -> list[dict]:
+    """The previous result file's headline figures (and its own history), kept beside the new run."""
+    if not out.exists():
+        return []
+    prev = json.loads(out.read_text())
+    head = {
+        "date": prev.get("date"),
+        "release_images": prev.get("setup", {}).get("release_images"),
+        "whole_validation_images_per_s": prev.get("whole_validation", {}).get("images_per_s"),
+        "cleanvision_images_per_s": prev.get("cleanvision", {}).get("images_per_s"),
+        "ratio_vs_cleanvision": prev.get("ratio_vs_cleanvision"),
+        "timings_s": prev.get("whole_validation", {}).get("timings_s"),
+        "note": "previous run of this benchmark (earlier code)",
+    }
+    return [head, *prev.get("other_runs", [])][:10]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=48, help="1024-px release images")
@@ -111,8 +128,14 @@ def main() -> None:
         },  # fmt: skip
         "gpu": "not used (CPU-only checks)",
     }
+    ratio, dd50 = result["ratio_vs_cleanvision"], result["dedup_search"]["extrapolated_50000x20000_s"]
+    result["verdict"] = (
+        f"target >= 2x CleanVision: {'met' if ratio >= 2 else 'missed'} ({ratio}x at {args.images} images). "
+        f"Dedup 50k x 20k: {dd50:.0f} s extrapolated, target < 120 s {'met' if dd50 < 120 else 'missed'}."
+    )
     out = Path(__file__).parent / "results" / "validate.json"
     out.parent.mkdir(exist_ok=True)
+    result["other_runs"] = _earlier_runs(out)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
