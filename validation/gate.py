@@ -114,9 +114,17 @@ def _pool():
 
         import atexit
 
-        _POOL = ProcessPoolExecutor(ANALYSIS_WORKERS, mp_context=mp.get_context("forkserver"))
+        _POOL = ProcessPoolExecutor(ANALYSIS_WORKERS, mp_context=mp.get_context("forkserver"), initializer=_worker_init)
         atexit.register(_POOL.shutdown)
     return _POOL
+
+
+def _worker_init() -> None:
+    """One OpenCV thread per worker: the pool already keeps every core busy, and OpenCV's own
+    threads would only contend with the other workers for them."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _analyse_chunk(jobs: list[tuple]) -> list[ImageFeatures | str]:
