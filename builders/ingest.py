@@ -592,6 +592,7 @@ def merge_prepared(inputs: list[str | Path], out: str | Path) -> Path:
     """
     import datasets
 
+    from mammosynth.builders.prepared import open_prepared
     from mammosynth.builders.schema import prepared_features
 
     out = Path(out)
@@ -601,13 +602,7 @@ def merge_prepared(inputs: list[str | Path], out: str | Path) -> Path:
         raise InputError("output directory is not empty", file=out)
     parts, infos, skipped_rows = [], [], []
     for src in map(Path, inputs):
-        try:
-            ds = datasets.load_from_disk(str(src))
-        except (FileNotFoundError, ValueError) as exc:
-            raise InputError(f"not a prepared set ({exc})", file=src) from None
-        if set(ds.column_names) != set(PREPARED_COLUMNS):
-            raise InputError(f"columns {sorted(ds.column_names)} are not the prepared schema", file=src)
-        parts.append(ds.cast(prepared_features()))
+        parts.append(open_prepared(src).select_columns(list(PREPARED_COLUMNS)).cast(prepared_features()))
         info_path = src / "ingest.json"
         infos.append(json.loads(info_path.read_text()) if info_path.is_file() else {"source": {"path": str(src)}})
         if (src / "skipped.csv").is_file():

@@ -44,7 +44,6 @@ from mammosynth.generators.pipelines import (
 )
 
 FIELD = "methods.inpainting.inpainting"
-NEEDED_COLUMNS = ("image", "image_id", "view", "laterality", "birads", "density", "manufacturer", "findings", "flipped")
 
 
 @dataclass(frozen=True)
@@ -60,16 +59,9 @@ def load_prepared(path: Path):
     """The prepared training set with images left encoded (decoding is per background, on demand)."""
     import datasets
 
-    if not Path(path).is_dir():
-        raise InputError("prepared training set not found", file=path, field="source.prepared")
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputError(f"not a prepared dataset: {exc}", file=path, field="source.prepared") from None
-    missing = [c for c in NEEDED_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise InputError(f"prepared set lacks columns {missing}", file=path, field="source.prepared")
-    return ds.cast_column("image", datasets.Image(decode=False))
+    from mammosynth.builders.prepared import open_prepared
+
+    return open_prepared(path, field="source.prepared").cast_column("image", datasets.Image(decode=False))
 
 
 def _image_size(encoded: dict[str, Any]) -> tuple[int, int]:

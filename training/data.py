@@ -21,6 +21,7 @@ import torch
 
 from mammosynth.builders import schema
 from mammosynth.builders.errors import InputError
+from mammosynth.builders.prepared import open_prepared
 
 META_COLUMNS = ("image_id", "laterality", "view", "birads", "density", "manufacturer", "split", "findings", "flipped")
 
@@ -30,17 +31,7 @@ META_COLUMNS = ("image_id", "laterality", "view", "birads", "density", "manufact
 def load_prepared(path: str | Path, split: str | None = "training") -> tuple[datasets.Dataset, list[dict]]:
     """Open the prepared set; return it with the metadata rows (no image decoded) of ``split``."""
     path = Path(path)
-    if not path.exists():
-        raise InputError("prepared set not found", file=path)
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputError(f"not a prepared set saved with save_to_disk ({exc})".splitlines()[0], file=path) from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise InputError("expected one Dataset, found a DatasetDict", file=path)
-    missing = [c for c in schema.PREPARED_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise InputError(f"missing column(s) {missing}", file=path, field=missing[0])
+    ds = open_prepared(path)
     meta = ds.select_columns(list(META_COLUMNS)).to_list()
     for i, row in enumerate(meta):
         row["_index"] = i

@@ -18,7 +18,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import PREPARED_COLUMNS, prepared_features
+from mammosynth.builders.prepared import open_prepared
+from mammosynth.builders.schema import prepared_features
 from mammosynth.validation.image_features import PHASH_BYTES, UnreadableImage, analyse, decode
 
 INDEX_VERSION = 1
@@ -96,17 +97,7 @@ class ReferenceIndex:
 def load_reference_dataset(path: str | Path) -> datasets.Dataset:
     """The prepared set as saved; missing or not the prepared schema -> InputError."""
     path = Path(path)
-    if not path.is_dir():
-        raise InputError("reference (prepared training set) not found", file=path)
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"not a saved dataset: {exc}".splitlines()[0], file=path) from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = datasets.concatenate_datasets(list(ds.values()))
-    missing = [c for c in PREPARED_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise InputError(f"not a prepared training set: missing columns {missing}", file=path)
+    ds = open_prepared(path, field="reference")
     want = prepared_features()
     for name in ("image_id", "study_id", "view", "laterality", "birads"):
         if repr(ds.features[name]) != repr(want[name]):
