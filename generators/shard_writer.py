@@ -19,6 +19,8 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from mammosynth.builders.errors import InputError
@@ -126,6 +128,7 @@ class ShardWriter:
         files = [str(p) for p in self.shard_files()]
         if not files:
             return datasets.Dataset.from_dict({k: [] for k in RELEASE_COLUMNS}, features=self.features)
-        return datasets.concatenate_datasets(
-            [datasets.Dataset.from_parquet(f, features=self.features, keep_in_memory=True) for f in files]
-        )
+        # pyarrow directly: ``Dataset.from_parquet`` would copy every shard into the HF cache and
+        # print a "Generating train split" bar per shard
+        table = pa.concat_tables([pq.read_table(f) for f in files])
+        return datasets.Dataset(table.cast(self.features.arrow_schema))

@@ -124,3 +124,13 @@ def test_resuming_with_other_parameters_is_refused(tasks, tmp_path):
     with pytest.raises(InputError, match="other parameters"):
         run(tasks, SeedSampler(), tmp_path / "out", shard_size=5, progress=False)
     assert [p.name for p in ShardWriter(tmp_path / "out").shard_files()] == ["shard-00000.parquet"]
+
+
+def test_loading_shards_keeps_the_schema_and_prints_nothing(tasks, tmp_path, capfd):
+    run(tasks, SeedSampler(), tmp_path / "out", shard_size=4, progress=False)
+    capfd.readouterr()
+    ds = ShardWriter(tmp_path / "out").load()
+    assert ds.features == ShardWriter(tmp_path / "out").features
+    assert ds.num_rows == len(tasks) - sum(t.index % 7 == 6 for t in tasks)
+    out = capfd.readouterr()
+    assert "Generating" not in out.out + out.err
