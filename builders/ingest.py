@@ -38,6 +38,7 @@ from mammosynth.builders.config_io import StrictModel
 from mammosynth.builders.errors import InputError
 from mammosynth.builders.phantom import BREAST_COLUMNS, BREAST_CSV, FINDING_COLUMNS, FINDING_CSV, METADATA_CSV
 from mammosynth.builders.schema import LATERALITIES, PREPARED_COLUMNS, SPLITS, VIEWS, parse_birads, parse_density
+from mammosynth.generators.png_blocks import encode_png
 
 FORMAT_VERSION = 1
 DEFAULT_PSEUDONYM_KEY = "mammosynth-pseudonym-v1"
@@ -176,16 +177,15 @@ def process_record(record: Record, options: IngestOptions, key: str | None) -> d
     out, sx, sy, ox, oy = prepare_pixels(image.pixels, options)
     if flip:
         out = np.ascontiguousarray(out[:, ::-1])
-    ok, png = cv2.imencode(".png", out, [cv2.IMWRITE_PNG_COMPRESSION, options.png_compression])
-    if not ok:
-        raise _SkipRecord("PixelData", "PNG encoding failed")
+    # block layout: generators read and patch a few rows of it without a full decode/encode
+    png = encode_png(out, options.png_compression)
     findings = []
     for f in record.findings:
         box = transform_box(f.bbox, (h, w), (sx, sy), (ox, oy), out.shape, flip)
         if box is not None:
             findings.append({"bbox": box, "categories": f.categories, "finding_birads": f.finding_birads})
     return {
-        "image": {"bytes": png.tobytes(), "path": None},
+        "image": {"bytes": png, "path": None},
         "image_id": pseudonymize(record.key, key),
         "study_id": pseudonymize(record.study_id, key),
         "laterality": laterality,
