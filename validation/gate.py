@@ -23,7 +23,7 @@ from mammosynth.builders.errors import InputError
 from mammosynth.builders.schema import parse_birads
 from mammosynth.builders.spec import ReleaseSpec, load_spec
 from mammosynth.validation import dedup, stats
-from mammosynth.validation.image_features import PHASH_BYTES, ImageFeatures, UnreadableImage, analyse, decode, to_gray
+from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, ImageFeatures, UnreadableImage, analyse, decode, to_gray
 from mammosynth.validation.reference import ReferenceIndex, reference_image, reference_index
 from mammosynth.validation.release_io import LoadedRelease, load_release
 from mammosynth.validation.report import Flag, Gate, ValidationReport, write_json, write_markdown
@@ -536,7 +536,7 @@ def validate_release(
         baseline=base_info,
         implementations={
             "mammosynth": _v("mammosynth"), "ms-ssim": f"pytorch-msssim=={_v('pytorch-msssim')}", "search": f"faiss-cpu=={_v('faiss-cpu')} IndexFlatL2 + IndexBinaryFlat (exact)",
-            "phash": "256-bit DCT pHash of the breast crop (scipy.fft)", "breast mask": "mammosynth.generators.breast_mask.breast_mask (Otsu)",
+            "phash": "256-bit DCT pHash of the breast crop (scipy.fft)", "pixel hash": f"{PIXEL_HASH} (xxhash=={_v('xxhash')}) of shape, dtype and pixels", "breast mask": "mammosynth.generators.breast_mask.breast_mask (Otsu)",
             "embedding": f"{th.dedup.embed_size}x{th.dedup.embed_size} standardized breast crop, chest wall left",
         },  # fmt: skip
         thresholds=th.model_dump(mode="json"),

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mammosynth.builders.errors import InputError
 from mammosynth.builders.prepared import open_prepared
 from mammosynth.builders.schema import prepared_features
-from mammosynth.validation.image_features import PHASH_BYTES, UnreadableImage, analyse, decode
+from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, UnreadableImage, analyse, decode
 
 INDEX_VERSION = 1
 CACHE_DIR_NAME = ".validation-cache"
@@ -203,7 +203,7 @@ def reference_index(
     # Hash the saved files themselves, before any cast (a cast may add cache files beside them).
     digest = content_hash(ds, cache / "file-digests.json")
     ds = ds.cast_column("image", datasets.Image(decode=False))
-    key = hashlib.blake2b(f"{digest}:v{INDEX_VERSION}:e{embed_size}:b{bins}".encode(), digest_size=12).hexdigest()
+    key = hashlib.blake2b(f"{digest}:v{INDEX_VERSION}:e{embed_size}:b{bins}:{PIXEL_HASH}".encode(), digest_size=12).hexdigest()
     path = cache / f"index-{key}.npz"
     if path.is_file() and not rebuild:
         try:
