@@ -134,3 +134,28 @@ def test_cli_bad_inputs_exit_2(tiny_prepared, tiny_sd3, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "learning_rat" in err and "unknown field" in err
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+@pytest.mark.slow
+def test_two_process_run_on_cpu(tiny_prepared, tiny_sd3, tmp_path):
+    """The distributed path end to end: two ranks over gloo (torchrun, as ``accelerate launch``
+    starts them), sharded data, synced steps, one report line, one final adapter."""
+    import os
+    import subprocess
+    import sys
+
+    config = _config(tiny_prepared, tiny_sd3, tmp_path / "run", train_batch_size=1, max_train_steps=4, checkpointing_steps=2)
+    cfg = _write_yaml(tmp_path / "ddp.yaml", config.model_dump(mode="json"))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "mammosynth.training.sd35_lora", str(cfg)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained 4 steps") == 1 and "stopped at step" not in proc.stdout
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    log = runtime.read_log(tmp_path / "run" / "logs" / "train.jsonl")
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]

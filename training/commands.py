@@ -59,6 +59,8 @@ def inpaint_command(config_path: Path, birads: str | None, resume: str | None, f
 
 
 def _report(result) -> None:
+    if not result.is_main:
+        return
     if result.final_dir is not None:
         click.echo(f"trained {result.global_step} steps; final model in {result.final_dir}")
     else:

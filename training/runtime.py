@@ -35,6 +35,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # per optimizer step, this run
     probe_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, fixed-batch loss)
     resumed_from: int | None = None
+    is_main: bool = True  # False on the other ranks of a distributed run: they report nothing
 
 
 # --- accelerator ---------------------------------------------------------------------------------------
@@ -299,14 +300,14 @@ def run_steps(
     if main and accelerator.log_with:
         accelerator.init_trackers(tracker)
     global_step = start_step
-    result = TrainResult(config.output_dir, None, global_step, resumed_from=resumed_from)
+    result = TrainResult(config.output_dir, None, global_step, resumed_from=resumed_from, is_main=main)
     result.probe_losses.append((global_step, probe()))
     bar = tqdm(total=config.max_train_steps, initial=global_step, disable=not main, desc=desc, unit="step")
     steps_this_run = 0
     model.train()
     while global_step < config.max_train_steps:
         t0 = time.perf_counter()
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=accelerator.device)
         for _ in range(config.gradient_accumulation_steps):
             batch = next(loader)
             with accelerator.accumulate(model):
@@ -317,7 +318,9 @@ def run_steps(
                 optimizer.step()
                 lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-            step_loss += float(micro_loss.detach()) / config.gradient_accumulation_steps
+            step_loss += micro_loss.detach() / config.gradient_accumulation_steps
+        # one all-reduce per optimizer step: the logged loss is the global batch's, not rank 0's share
+        step_loss = float(accelerator.reduce(step_loss, "mean"))
         global_step += 1
         steps_this_run += 1
         elapsed = time.perf_counter() - t0
