@@ -280,8 +280,10 @@ def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, 
     flags: list[Flag] = []
     t0 = time.perf_counter()
     q = np.nonzero(ok)[0]
+    every = len(ref_rows) == index.n  # then skip copying the (n, d) embeddings for the search
+    db_emb, db_phash = (index.emb, index.phash) if every else (index.emb[ref_rows], index.phash[ref_rows])
     with _faiss_threads(1 if len(q) <= _SMALL_SEARCH else None):
-        nb = dedup.search(an.emb[q], an.phash[q], index.emb[ref_rows], index.phash[ref_rows], k=4)
+        nb = dedup.search(an.emb[q], an.phash[q], db_emb, db_phash, k=4)
     search_s = time.perf_counter() - t0
     nearest = np.full(len(rows.ids), np.inf)
     for j, k in enumerate(q):
@@ -329,7 +331,8 @@ def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, 
     # within the release: exact, embedding and pHash duplicates (pairs sharing a background are expected)
     within = 0
     if dd.within_release and len(q) > 1:
-        nr = dedup.search(an.emb[q], an.phash[q], an.emb[q], an.phash[q], k=6)
+        with _faiss_threads(1 if len(q) <= _SMALL_SEARCH else None):
+            nr = dedup.search(an.emb[q], an.phash[q], an.emb[q], an.phash[q], k=6)
         seen_hash: dict[str, int] = {}
         for j, k in enumerate(q):
             f = an.feats[k]
@@ -512,6 +515,10 @@ def validate_release(
     rows = Rows.of(rel)
     an = _analyse_rows(rel, rows, th, _thumb_rows(rows, th, rng), "validate", progress)
     timings["analysis"] = time.perf_counter() - t
+    started = None
+    if report_dir is not None and plots and _POOL is not None and len(rows.ids) >= _MIN_ROWS_FOR_POOL:
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        started = _Plots(_data_plots(rows, an, index, spec, Path(report_dir)), _POOL)
 
     t = time.perf_counter()
     sanity_flags = _sanity(rows, an, index, th, spec)
@@ -568,32 +575,58 @@ def validate_release(
         timings_s={k: round(v, 3) for k, v in timings.items()},
     )
     if report_dir is not None:
-        write_reports(report, Path(report_dir), rows=rows, an=an, index=index, ref_ds=ref_ds, rel=rel, spec=spec, plots=plots)
+        write_reports(report, Path(report_dir), rows=rows, an=an, index=index, ref_ds=ref_ds, rel=rel, spec=spec, plots=plots, started=started)
     return report
 
 
-def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analysed, index: ReferenceIndex, ref_ds, rel: LoadedRelease, spec, plots: bool = True) -> None:
+def _data_plots(rows: Rows, an: Analysed, index: ReferenceIndex, spec, out: Path) -> list[tuple[str, tuple, Path]]:
+    """The plots that need only the analysis (not the findings): (plots function, args, file)."""
+    ok = [k for k in range(len(rows.ids)) if an.feats[k] is not None]
+    per_m = defaultdict(lambda: np.zeros(an.feats[ok[0]].hist.shape if ok else 1))
+    for k in ok:
+        per_m[rows.method[k]] = per_m[rows.method[k]] + an.feats[k].hist
+    rb: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for b in sorted({rows.birads[k] for k in ok if rows.bbox[k]}):
+        bx = [(x1 - x0) / an.feats[k].width for k in ok if rows.birads[k] == b for x0, _, x1, _ in rows.bbox[k]]
+        by = [(y1 - y0) / an.feats[k].height for k in ok if rows.birads[k] == b for _, y0, _, y1 in rows.bbox[k]]
+        rb[b] = (np.array(bx), np.array(by))
+    refb = {int(b): (index.box_w[index.box_birads == b], index.box_h[index.box_birads == b]) for b in np.unique(index.box_birads)}
+    label = lambda c: f"{c[0]} B{c[1]} {c[2]} {c[3]}"  # noqa: E731
+    obs = Counter(label((rows.method[k], rows.birads[k], rows.view[k], rows.laterality[k])) for k in range(len(rows.ids)))
+    exp = {label(c): v for c, v in _expected_counts(spec).items()} if spec is not None else None
+    return [
+        ("intensity_histograms", (dict(per_m), index.hist[index.side != ""].sum(0)), out / "intensity_histograms.png"),
+        ("box_sizes", (rb, refb), out / "box_sizes.png"),
+        ("class_counts", (dict(obs), exp), out / "class_counts.png"),
+    ]
+
+
+def _render(name: str, args: tuple, path: Path) -> str:
+    from mammosynth.validation import plots as P
+
+    return getattr(P, name)(*args, path)
+
+
+class _Plots:
+    """Data plots started early: on the analysis pool when it is running (they then draw while
+    this process runs the checks and statistics), else drawn here when asked for."""
+
+    def __init__(self, jobs: list[tuple[str, tuple, Path]], pool) -> None:
+        self.jobs = jobs
+        self.futures = [pool.submit(_render, *j) for j in jobs] if pool is not None else None
+
+    def files(self) -> list[str]:
+        if self.futures is None:
+            return [_render(*j) for j in self.jobs]
+        return [f.result() for f in self.futures]
+
+
+def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analysed, index: ReferenceIndex, ref_ds, rel: LoadedRelease, spec,
+                  plots: bool = True, started: _Plots | None = None) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     if plots:
         from mammosynth.validation import plots as P
 
-        ok = [k for k in range(len(rows.ids)) if an.feats[k] is not None]
-        files = []
-        per_m = defaultdict(lambda: np.zeros(an.feats[ok[0]].hist.shape if ok else 1))
-        for k in ok:
-            per_m[rows.method[k]] = per_m[rows.method[k]] + an.feats[k].hist
-        files.append(P.intensity_histograms(dict(per_m), index.hist[index.side != ""].sum(0), out / "intensity_histograms.png"))
-        rb: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for b in sorted({rows.birads[k] for k in ok if rows.bbox[k]}):
-            bx = [(x1 - x0) / an.feats[k].width for k in ok if rows.birads[k] == b for x0, _, x1, _ in rows.bbox[k]]
-            by = [(y1 - y0) / an.feats[k].height for k in ok if rows.birads[k] == b for _, y0, _, y1 in rows.bbox[k]]
-            rb[b] = (np.array(bx), np.array(by))
-        refb = {int(b): (index.box_w[index.box_birads == b], index.box_h[index.box_birads == b]) for b in np.unique(index.box_birads)}
-        files.append(P.box_sizes(rb, refb, out / "box_sizes.png"))
-        label = lambda c: f"{c[0]} B{c[1]} {c[2]} {c[3]}"  # noqa: E731
-        obs = Counter(label((rows.method[k], rows.birads[k], rows.view[k], rows.laterality[k])) for k in range(len(rows.ids)))
-        exp = {label(c): v for c, v in _expected_counts(spec).items()} if spec is not None else None
-        files.append(P.class_counts(dict(obs), exp, out / "class_counts.png"))
         pairs = []
         row_of, pos = index.row_of(), {i: k for k, i in enumerate(rows.ids)}
         seen = set()
@@ -609,8 +642,8 @@ def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analys
             if f.nearest_training_id and row_of.get(f.nearest_training_id, ref_ds.num_rows) < ref_ds.num_rows:
                 ref = to_gray(reference_image(ref_ds, row_of[f.nearest_training_id]))
             pairs.append((f"{f.image_id}\n{f.check}", img, f.nearest_training_id, ref))
-        if pairs:
-            files.append(P.flagged_grid(pairs, out / "flagged.png"))
-        report.plots = files
+        grid = P.flagged_grid(pairs, out / "flagged.png") if pairs else None
+        files = (started or _Plots(_data_plots(rows, an, index, spec, out), None)).files()
+        report.plots = files + ([grid] if grid else [])
     write_json(report, out / "report.json")
     write_markdown(report, out / "report.md")

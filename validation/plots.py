@@ -39,10 +39,12 @@ def box_sizes(release: dict[int, tuple[np.ndarray, np.ndarray]], reference: dict
     classes = sorted(set(release) | set(reference))
     fig, axes = plt.subplots(1, max(1, len(classes)), figsize=(3.2 * max(1, len(classes)), 3), squeeze=False)
     for ax, b in zip(axes[0], classes):
+        # markers on a line artist (no line), not scatter: one stamped marker, ~2x faster for the
+        # reference's tens of thousands of boxes, same look
         if b in reference:
-            ax.scatter(*reference[b], s=6, c="k", alpha=0.4, label="reference")
+            ax.plot(*reference[b], "o", ms=6**0.5, mew=0.5, c="k", alpha=0.4, label="reference")
         if b in release:
-            ax.scatter(*release[b], s=6, c="tab:red", alpha=0.6, label="release")
+            ax.plot(*release[b], "o", ms=6**0.5, mew=0.5, c="tab:red", alpha=0.6, label="release")
         ax.set_title(f"BI-RADS {b}")
         ax.set_xlabel("width / image width")
         ax.set_ylabel("height / image height")
