@@ -156,6 +156,15 @@ def _levels(small: np.ndarray, top: float) -> np.ndarray | None:
     return np.arange(int(top) + 1, dtype=np.float32) / np.float32(top)
 
 
+def _level_counts(small: np.ndarray, levels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Pixels per grey level (in ``mask`` when given); OpenCV's histogram for 8-bit images (exact
+    integer counts, ~3x faster than bincount, which first widens every pixel)."""
+    if small.dtype == np.uint8:
+        m = None if mask is None else mask.view(np.uint8)
+        return cv2.calcHist([small], [0], m, [256], [0, 256]).ravel().astype(np.int64)
+    return np.bincount(small.ravel() if mask is None else small[mask], minlength=levels.size)
+
+
 def _histogram(unit: np.ndarray, mask: np.ndarray, levels: np.ndarray | None, counts: np.ndarray | None, bins: int) -> np.ndarray:
     """``np.histogram(unit[mask], bins, (0, 1))``; for integer images by weighting each grey level
     with its in-mask pixel count (the same float32 values are binned, so the counts are identical)."""
@@ -211,10 +220,10 @@ def analyse(
     # Integer images: grey-level counts (one bincount) stand in for per-pixel histograms, sorts and
     # medians below, and give the mask's Otsu histogram without binning every float pixel.
     levels = _levels(small, top)
-    counts = np.bincount(small.ravel(), minlength=levels.size) if levels is not None else None
+    counts = _level_counts(small, levels) if levels is not None else None
     otsu_hist = _otsu_hist(levels, counts) if counts is not None and max(root.shape) <= bm.WORK_SIZE else None
     mask = np.asarray(bm.breast_mask(root, otsu_hist=otsu_hist), dtype=bool)
-    in_counts = np.bincount(small[mask], minlength=levels.size) if levels is not None else None
+    in_counts = _level_counts(small, levels, mask) if levels is not None else None
     area = float(bm.area_fraction(mask))
     has_breast = bool(mask.any())
     side = bm.chest_wall_side(mask) if has_breast else None
