@@ -513,6 +513,9 @@ def validate_release(
 
     t = time.perf_counter()
     rows = Rows.of(rel)
+    # a bad baseline is bad input: fail before the long analysis and before any report file exists
+    base_rel = load_release(baseline) if baseline is not None else None
+    base_rows = Rows.of(base_rel) if base_rel is not None else None
     an = _analyse_rows(rel, rows, th, _thumb_rows(rows, th, rng), "validate", progress)
     timings["analysis"] = time.perf_counter() - t
     started = None
@@ -545,9 +548,7 @@ def validate_release(
     t = time.perf_counter()
     gates.update(_distribution_gates(rows, an, index, th, spec, rel.skipped, rng))
     base_info = None
-    if baseline is not None:
-        base_rel = load_release(baseline)
-        base_rows = Rows.of(base_rel)
+    if base_rel is not None and base_rows is not None:
         base_an = _analyse_rows(base_rel, base_rows, th, set(), "baseline", progress)
         gates["drift"] = _drift_gate(rows, an, base_rows, base_an, th, rng)
         base_info = {"source": base_rel.source, "kind": base_rel.kind, "n": len(base_rows.ids)}
