@@ -385,10 +385,10 @@ def _distribution_gates(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thr
     gates["counts"] = Gate(summary=c.get("note") or f"{c['observed_total']} of {c['expected_total']} images; {mism} cell(s) differ; {c['skipped_total']} generator skip(s)", **c)
 
     cols = {
-        "birads": ([f"BI-RADS {b}" for b in rows.birads], [f"BI-RADS {b}" for b in index.birads]),
-        "view": (rows.view, list(index.views)),
-        "laterality": (rows.laterality, list(index.lateralities)),
-        "density": (rows.density, list(index.density)),
+        "birads": ([f"BI-RADS {b}" for b in rows.birads], np.char.add("BI-RADS ", index.birads.astype(str))),
+        "view": (rows.view, index.views),
+        "laterality": (rows.laterality, index.lateralities),
+        "density": (rows.density, index.density),
     }
     per_col = {name: stats.categorical(a, b, st.categorical, st.bootstrap, rng) for name, (a, b) in cols.items()}
     for name, fig in per_col.items():
