@@ -128,6 +128,19 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
+def _worker_ready() -> None:
+    """A no-op task: unpickling it imports this module (OpenCV, the analysis) in the worker."""
+
+
+def _start_pool(n_rows: int) -> None:
+    """Start the workers (process start and imports take a second or more) while this process
+    loads the reference index, instead of when the first images are handed out."""
+    if ANALYSIS_WORKERS > 1 and n_rows >= _MIN_ROWS_FOR_POOL:
+        pool = _pool()
+        for _ in range(ANALYSIS_WORKERS):
+            pool.submit(_worker_ready)
+
+
 def _analyse_chunk(jobs: list[tuple]) -> list[ImageFeatures | str]:
     return [_analyse_one(j) for j in jobs]
 
@@ -500,6 +513,7 @@ def validate_release(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     rel = release if isinstance(release, LoadedRelease) else load_release(release)
+    _start_pool(rel.dataset.num_rows)
     spec_path: Path | None = None
     if spec is None and rel.spec_path is not None:
         spec = rel.spec_path
