@@ -628,12 +628,15 @@ class _Plots:
 
     def __init__(self, jobs: list[tuple[str, tuple, Path]], pool) -> None:
         self.jobs = jobs
-        self.futures = [pool.submit(_render, *j) for j in jobs] if pool is not None else None
+        # absolute paths: a worker's working directory is the one its pool started in
+        self.futures = [pool.submit(_render, name, args, path.resolve()) for name, args, path in jobs] if pool is not None else None
 
     def files(self) -> list[str]:
         if self.futures is None:
             return [_render(*j) for j in self.jobs]
-        return [f.result() for f in self.futures]
+        for f in self.futures:
+            f.result()
+        return [str(path) for _, _, path in self.jobs]
 
 
 def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analysed, index: ReferenceIndex, ref_ds, rel: LoadedRelease, spec,
