@@ -187,19 +187,28 @@ def parse_task_id(image_id: str) -> tuple[str, int, str, str] | None:
         return None
 
 
-def diversity(thumbs: dict[str, np.ndarray], groups: dict[str, list[tuple[str, str | None]]], max_pairs: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Mean MS-SSIM between images of the same prompt (pairs sharing a background are skipped:
-    they are meant to look alike). Uses pytorch-msssim, pinned and named in the report."""
+def diversity_pairs(groups: dict[str, list[tuple[str, str | None]]], max_pairs: int, rng: np.random.Generator) -> dict[str, list[tuple[str, str]]]:
+    """Image pairs per prompt group (members are (image id, source image)), at most ``max_pairs``
+    sampled; pairs sharing a background are skipped: they are meant to look alike."""
+    out = {}
+    for prompt, members in groups.items():
+        pairs = [(a, b) for i, (a, sa) in enumerate(members) for (b, sb) in members[i + 1 :] if not (sa and sa == sb)]
+        if len(pairs) > max_pairs:
+            pairs = [pairs[i] for i in rng.choice(len(pairs), max_pairs, replace=False)]
+        if pairs:
+            out[prompt] = pairs
+    return out
+
+
+def diversity(thumbs: dict[str, np.ndarray], pairs_by_group: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:
+    """Mean MS-SSIM between the pairs of each prompt group (``diversity_pairs``). Uses
+    pytorch-msssim, pinned and named in the report. Runs on a thread beside other work: torch
+    releases the GIL inside its operators."""
     import torch
     from pytorch_msssim import ms_ssim
 
     per_group = {}
-    for prompt, members in groups.items():
-        pairs = [(a, b) for i, (a, sa) in enumerate(members) for (b, sb) in members[i + 1 :] if not (sa and sa == sb)]
-        if not pairs:
-            continue
-        if len(pairs) > max_pairs:
-            pairs = [pairs[i] for i in rng.choice(len(pairs), max_pairs, replace=False)]
+    for prompt, pairs in pairs_by_group.items():
         # Pairs go in as the channels of one image: ms_ssim filters each channel on its own and
         # averages the channels' MS-SSIM, which is the group's mean over pairs. One grouped
         # convolution over all pairs is ~3x faster on CPU than a batch of single-channel images.
