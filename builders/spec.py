@@ -66,6 +66,7 @@ class PoissonParams(StrictModel):
     rotate: bool = True
     flip: bool = True
     max_tries: int = Field(500, ge=1)
+    workers: int | None = Field(None, ge=1, description="processes blending backgrounds in parallel (default: the CPU count); the images do not depend on it")
 
 
 class MethodSpec(StrictModel):

@@ -90,7 +90,11 @@ def analyse_background(image: np.ndarray, view: str, cfg: PlacementConfig, mask:
     h, w = image.shape
     factor = max(1.0, max(h, w) / WORK_SIZE)
     if mask is None:
-        wmask, work = poisson_mask_work(image, work_size=WORK_SIZE)
+        # the work copy area-averaged on the integer image: half the cost of a full-frame float32
+        # copy first (values land on the integer grid, well below the Otsu/percentile resolution)
+        scale = WORK_SIZE / max(h, w)
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else image
+        wmask, work = poisson_mask_work(small, work_size=WORK_SIZE)
         mask = mask_to_full(wmask, (h, w))
         work = work.astype(np.float32, copy=False)
     else:
