@@ -70,11 +70,20 @@ def adler32_combine(a1: int, a2: int, len2: int) -> int:
     return s1 | (s2 << 16)
 
 
-def adler32_patch(adler: int, total: int, offset: int, old: np.ndarray, new: np.ndarray) -> int:
-    """Adler-32 of a ``total``-byte stream whose bytes ``old`` at ``offset`` became ``new``."""
-    d = new.astype(np.int64) - old.astype(np.int64)
-    sd = int(d.sum())
-    sjd = int(np.dot(d, np.arange(d.size, dtype=np.int64)))
+def adler32_patch(adler: int, total: int, offset: int, old: bytes, new: bytes) -> int:
+    """Adler-32 of a ``total``-byte stream whose bytes ``old`` at ``offset`` became ``new`` (same length).
+
+    For a piece P of length L, zlib.adler32(P) gives sum b_j = s1 - 1 and sum j b_j = L + L sum b_j - s2
+    (mod 65521), which is all the shift of the stream's s1, s2 needs: both in C, no array maths."""
+    n = len(old)
+
+    def sums(piece: bytes) -> tuple[int, int]:
+        a = zlib.adler32(piece)
+        sb = (a & 0xFFFF) - 1
+        return sb, n + n * sb - (a >> 16)
+
+    (sb0, sj0), (sb1, sj1) = sums(old), sums(new)
+    sd, sjd = sb1 - sb0, sj1 - sj0
     s1 = ((adler & 0xFFFF) + sd) % _ADLER_BASE
     s2 = ((adler >> 16) + (total - offset) * sd - sjd) % _ADLER_BASE
     return s1 | (s2 << 16)
@@ -309,7 +318,7 @@ class BlockFile:
                 raise ValueError(f"PNG block {k} does not inflate to its {BLOCK_ROWS} rows")
             s = k * BLOCK_ROWS
             old, raw = _filtered(old_rows), _filtered(_patched(old_rows, s, patch, y, x))
-            adler = adler32_patch(adler, total, s * self._rowbytes, old.ravel(), raw.ravel())
+            adler = adler32_patch(adler, total, s * self._rowbytes, old.tobytes(), raw.tobytes())
             new[k] = _deflate(raw, level)
         parts = [d[: self._head_end]]
         parts.extend(new[k] if k in new else d[s:e] for k, (s, e) in enumerate(self._spans))

@@ -104,5 +104,5 @@ def test_adler32_combine_and_patch():
     old = rng.integers(0, 256, 200_000, dtype=np.uint8)
     new = old.copy()
     new[70_000:90_000] = rng.integers(0, 256, 20_000, dtype=np.uint8)
-    got = adler32_patch(zlib.adler32(old), old.size, 70_000, old[70_000:90_000], new[70_000:90_000])
+    got = adler32_patch(zlib.adler32(old), old.size, 70_000, old[70_000:90_000].tobytes(), new[70_000:90_000].tobytes())
     assert got == zlib.adler32(new)
