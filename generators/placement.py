@@ -35,7 +35,8 @@ class PlacementConfig(StrictModel):
 class BackgroundInfo:
     """Everything placement needs about one background, computed once."""
 
-    mask: np.ndarray  # full resolution, bool
+    wmask: np.ndarray  # work resolution, bool: the breast mask
+    shape: tuple[int, int]  # full resolution (h, w)
     window: tuple[float, float]
     side: str
     pectoral: np.ndarray  # work resolution, bool (all False on CC)
@@ -43,8 +44,40 @@ class BackgroundInfo:
     work: np.ndarray  # float32 work-resolution image
     dist: np.ndarray  # work resolution: distance to the skin line in *full* pixels
     pectoral_dist: np.ndarray | None = None  # work resolution: distance to the muscle in work px
-    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # breast's y0, y1, x0, x1 (full px)
-    area: int = 0  # breast pixels (full resolution)
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # breast's y0, y1, x0, x1 (full px, from the work mask)
+    area: int = 0  # breast pixels (full resolution, estimated from the work mask)
+    full_mask: np.ndarray | None = None  # full resolution, when the caller gave it
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The full-resolution mask (``mask_to_full`` of the work mask), made on first use only."""
+        if self.full_mask is None:
+            self.full_mask = mask_to_full(self.wmask, self.shape)
+        return self.full_mask
+
+    def mask_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``mask[y0:y1, x0:x1]`` without upsampling the whole frame: the work mask bilinearly
+        interpolated on that region alone, with ``mask_to_full``'s pixel-centre geometry and
+        threshold (it may differ from OpenCV's fixed-point result only where the interpolated
+        value is within ~1/2048 of the threshold)."""
+        if self.full_mask is not None:
+            return self.full_mask[y0:y1, x0:x1]
+        if self.wmask.shape == self.shape:
+            return self.wmask[y0:y1, x0:x1]
+        m = self.wmask.astype(np.float32)
+
+        def axis(lo: int, hi: int, n_work: int, n_full: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            f = (np.arange(lo, hi) + 0.5) * (n_work / n_full) - 0.5
+            i = np.floor(f).astype(np.intp)
+            t = (f - i).astype(np.float32)
+            t[i < 0], i[i < 0] = 0, 0
+            t[i >= n_work - 1], i[i >= n_work - 1] = 0, n_work - 1
+            return i, np.minimum(i + 1, n_work - 1), t
+
+        iy, iy1, ty = axis(y0, y1, *m.shape[:1], self.shape[0])
+        ix, ix1, tx = axis(x0, x1, m.shape[1], self.shape[1])
+        rows = m[iy] * (1 - ty)[:, None] + m[iy1] * ty[:, None]
+        return rows[:, ix] * (1 - tx) + rows[:, ix1] * tx > 0.5
 
 
 @dataclass
@@ -108,23 +141,25 @@ def analyse_background(image: np.ndarray, view: str, cfg: PlacementConfig, mask:
     factor = max(1.0, max(h, w) / WORK_SIZE)
     if mask is None:
         wmask, work = poisson_mask_work(work_copy(image), work_size=WORK_SIZE)
-        mask = mask_to_full(wmask, (h, w))
         work = work.astype(np.float32, copy=False)
     else:
         size = (max(1, round(w / factor)), max(1, round(h / factor)))
         work = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA) if factor > 1 else image.astype(np.float32)
         wmask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 if factor > 1 else mask
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    rows, cols = np.nonzero(wmask.any(1))[0], np.nonzero(wmask.any(0))[0]
     if rows.size == 0:
         side, bbox = "L", (0, 0, 0, 0)
-    else:
-        side, bbox = chest_wall_side(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    else:  # the work mask's box in full pixels, one work pixel wider each side (a superset: draws only)
+        sy, sx = h / wmask.shape[0], w / wmask.shape[1]
+        bbox = (max(0, int((rows[0] - 1) * sy)), min(h, int(np.ceil((rows[-1] + 2) * sy))),
+                max(0, int((cols[0] - 1) * sx)), min(w, int(np.ceil((cols[-1] + 2) * sx))))
+        side = chest_wall_side(wmask)
     pect = pectoral_region(work, wmask, side) if view == "MLO" else np.zeros(wmask.shape, bool)
     pect_dist = cv2.distanceTransform((~pect).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) if pect.any() else None
     dist = distance_to_edge(wmask) * factor
     window = intensity_window(work, wmask, *cfg.window_percentiles)  # work copy: same profile, 1/factor² the cost
-    area = int(np.count_nonzero(mask))
-    return BackgroundInfo(mask, window, side, pect, factor, work, dist, pect_dist, bbox, area)
+    area = int(round(np.count_nonzero(wmask) * (h * w) / wmask.size))
+    return BackgroundInfo(wmask, (h, w), window, side, pect, factor, work, dist, pect_dist, bbox, area, mask)
 
 
 def candidate_map(info: BackgroundInfo, lesion_mask: np.ndarray, context_std: float, cfg: PlacementConfig) -> tuple[np.ndarray, dict[str, int]]:
@@ -133,7 +168,7 @@ def candidate_map(info: BackgroundInfo, lesion_mask: np.ndarray, context_std: fl
     ys, xs = np.nonzero(lesion_mask)
     cy, cx = (lh - 1) / 2, (lw - 1) / 2
     radius = float(np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max()) + 1 if ys.size else max(lh, lw) / 2
-    margin = cfg.margin_px * max(info.mask.shape) / 1024
+    margin = cfg.margin_px * max(info.shape) / 1024
     counts = {"breast": info.area}
     ok = info.dist >= radius + margin
     counts["inside_with_margin"] = int(ok.sum())
@@ -163,7 +198,7 @@ def place(
 ) -> Placement | str:
     """Rejection-sample a position; a string (the reason) when none qualifies."""
     lh, lw = lesion_mask.shape
-    H, W = info.mask.shape
+    H, W = info.shape
     if lh >= H or lw >= W:
         return f"lesion {lw}x{lh} px larger than the background {W}x{H}"
     ok, counts = candidate_map(info, lesion_mask, context_std, cfg)
@@ -179,7 +214,7 @@ def place(
         y, x = int(round(cy - (lh - 1) / 2)), int(round(cx - (lw - 1) / 2))
         if y < 0 or x < 0 or y + lh > H or x + lw > W:
             continue
-        if not info.mask[y : y + lh, x : x + lw][lesion_mask].all():  # exact full-resolution check
+        if not info.mask_region(y, y + lh, x, x + lw)[lesion_mask].all():  # full-resolution check, this region only
             continue
         return Placement(x, y, t)
     return f"no accepted position in {cfg.max_tries} draws ({counts['texture']} candidate cells)"
