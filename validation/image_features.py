@@ -110,11 +110,44 @@ def phash256(crop: np.ndarray) -> np.ndarray:
     return np.packbits((coeffs > np.median(coeffs)).ravel())
 
 
+# De-duplication crop. The Otsu mask's edge sits inside the soft skin line and moves with
+# contrast, noise or JPEG; a thin film border or the faint tail below an MLO breast joins it or
+# not. Either way the raw bounding box (and with it every cell of the embedding) slides. The crop
+# below is stable: its mask reaches out to the skin line (a low threshold on a lightly smoothed
+# copy, only near the Otsu mask, scaled between the air and breast levels so gain and bias cancel),
+# and its rows are those at least ``_CROP_ROW_FRACTION`` as wide as the widest, which drops strips
+# and tails.
+_CROP_LOW = 0.15  # tissue threshold, as a share of the way from the air level to the breast level
+_CROP_SMOOTH = 0.7  # px, Gaussian sigma before that threshold (noise, JPEG blocks)
+_CROP_REACH = 4  # px the crop mask may extend beyond the Otsu mask
+_CROP_ROW_FRACTION = 0.2
+
+
+def dedup_crop(unit: np.ndarray, mask: np.ndarray, side: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(crop, crop mask) of the breast, chest wall on the left, for the embedding and pHash."""
+    inside = unit[mask]
+    outside = unit[~mask]
+    air = float(outside.mean()) if outside.size else 0.0
+    level = air + _CROP_LOW * (float(inside.mean()) - air)
+    near = cv2.dilate(mask.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _CROP_REACH + 1,) * 2)) > 0
+    full = ((cv2.GaussianBlur(unit, (0, 0), _CROP_SMOOTH) > level) & near) | mask
+    if side == "R":  # canonical orientation: mirrored copies must match their originals
+        unit, full = unit[:, ::-1], full[:, ::-1]
+    widths = full.sum(1)
+    rows = np.nonzero(widths >= _CROP_ROW_FRACTION * widths.max())[0]
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.nonzero(full[y0:y1].any(0))[0]
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    return unit[y0:y1, x0:x1], full[y0:y1, x0:x1]
+
+
 def breast_embedding(crop: np.ndarray, crop_mask: np.ndarray, size: int) -> np.ndarray:
-    """Breast crop at ``size`` x ``size``, standardized with the breast's mean/std, unit norm.
+    """Breast crop at ``size`` x ``size``, standardized with the breast's mean/std, lightly
+    blurred, unit norm.
 
     Standardizing removes brightness/contrast changes; cropping to the breast removes shifts and
-    padding; the small size averages out noise and re-encoding artefacts. The background is kept
+    padding; the small size averages out noise and re-encoding artefacts; the blur (one cell at
+    size 32) makes a crop that slid by a fraction of a cell still match. The background is kept
     (not zeroed) so that a skin-line pixel flipping in or out of the mask barely moves the vector.
     """
     small = cv2.resize(crop.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
@@ -122,7 +155,8 @@ def breast_embedding(crop: np.ndarray, crop_mask: np.ndarray, size: int) -> np.n
     if m.sum() < 4:
         return np.zeros(size * size, np.float32)
     vals = small[m]
-    z = ((small - vals.mean()) / (vals.std() + 1e-6)).astype(np.float32).ravel()
+    z = cv2.GaussianBlur((small - vals.mean()) / (vals.std() + 1e-6), (0, 0), size / 32.0)
+    z = z.astype(np.float32).ravel()
     return z / (np.linalg.norm(z) + 1e-12)
 
 
@@ -231,11 +265,7 @@ def analyse(
     hist = np.zeros(bins, np.float64)
     if has_breast:
         hist = _histogram(unit, mask, levels, in_counts, bins)
-        x0, y0, bw, bh = cv2.boundingRect(mask.view(np.uint8))
-        y1, x1 = y0 + bh, x0 + bw
-        crop, crop_mask = unit[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-        if side == "R":  # canonical orientation: mirrored copies must match their originals
-            crop, crop_mask = crop[:, ::-1], crop_mask[:, ::-1]
+        crop, crop_mask = dedup_crop(unit, mask, side)
         emb = breast_embedding(crop, crop_mask, embed_size)
         ph = phash256(crop)
     else:

@@ -22,7 +22,7 @@ from mammosynth.builders.prepared import open_prepared
 from mammosynth.builders.schema import prepared_features
 from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, UnreadableImage, analyse, decode
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # bump when the features change: stale cached indexes rebuild
 CACHE_DIR_NAME = ".validation-cache"
 _K = 64  # neighbours fetched when looking for the nearest image of another patient
 
