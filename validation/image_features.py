@@ -125,11 +125,12 @@ _CROP_ROW_FRACTION = 0.2
 
 def dedup_crop(unit: np.ndarray, mask: np.ndarray, side: str | None) -> tuple[np.ndarray, np.ndarray]:
     """(crop, crop mask) of the breast, chest wall on the left, for the embedding and pHash."""
-    inside = unit[mask]
-    outside = unit[~mask]
-    air = float(outside.mean()) if outside.size else 0.0
-    level = air + _CROP_LOW * (float(inside.mean()) - air)
-    near = cv2.dilate(mask.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _CROP_REACH + 1,) * 2)) > 0
+    m8 = mask.view(np.uint8)
+    n_in, n = int(cv2.countNonZero(m8)), mask.size
+    breast = cv2.mean(unit, m8)[0]  # masked means: several times faster than boolean indexing
+    air = (float(unit.mean()) * n - breast * n_in) / (n - n_in) if n > n_in else 0.0
+    level = air + _CROP_LOW * (breast - air)
+    near = cv2.dilate(m8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _CROP_REACH + 1,) * 2)) > 0
     full = ((cv2.GaussianBlur(unit, (0, 0), _CROP_SMOOTH) > level) & near) | mask
     if side == "R":  # canonical orientation: mirrored copies must match their originals
         unit, full = unit[:, ::-1], full[:, ::-1]
