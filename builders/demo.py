@@ -204,14 +204,20 @@ def _round_trip_counts(release: Path, methods: list[str]) -> dict[str, int]:
     import datasets
 
     counts = {}
-    with tempfile.TemporaryDirectory() as cache:
-        for config in [*methods, "all"]:
-            try:
-                ds = datasets.load_dataset(str(release), config, split="train", cache_dir=cache)
-            except ValueError:  # a method whose every row was dropped has no config
-                counts[config] = 0
-                continue
-            counts[config] = len(ds)
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # the summary is printed right after: no "Generating split" bars in it
+    try:
+        with tempfile.TemporaryDirectory() as cache:
+            for config in [*methods, "all"]:
+                try:
+                    ds = datasets.load_dataset(str(release), config, split="train", cache_dir=cache)
+                except ValueError:  # a method whose every row was dropped has no config
+                    counts[config] = 0
+                    continue
+                counts[config] = len(ds)
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
     return counts
 
 
