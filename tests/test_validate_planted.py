@@ -8,7 +8,7 @@ import pytest
 
 from mammosynth.validation import synthetic as S
 from mammosynth.validation.gate import validate_release
-from mammosynth.validation.image_features import decode
+from mammosynth.validation.image_features import analyse, decode
 
 
 def _ref_rows(path):
@@ -139,6 +139,31 @@ def test_clean_release_passes_every_gate(prepared_set, other_phantom, tmp_path):
     assert report.flagged == []
     bad = {k: g.summary for k, g in report.gates.items() if g.status == "fail"}
     assert report.passed, bad
+
+
+def test_mlo_shift_and_crop_copies_caught(prepared_set, tmp_path):
+    """Phantom MLO breasts touch the top and bottom edges: a shift or crop stretches and slides the
+    embedding grid, which the shift-tolerant re-scoring of near candidates must absorb."""
+    from mammosynth.validation.reference import reference_index
+
+    ref = _ref_rows(prepared_set)
+    mlo = [k for k in range(len(ref)) if ref[k]["view"] == "MLO"][:4]
+    index, _ = reference_index(prepared_set, embed_size=32, progress=False)
+    rows, targets, plain = [], {}, []
+    for k in mlo:
+        r = ref[k]
+        for fn in (S.shift, S.crop):
+            img = fn(decode(r["image"]))
+            rows.append(_as_release_row(r, f"{r['image_id']}-{fn.__name__}", img=img))
+            targets[f"{r['image_id']}-{fn.__name__}"] = r["image_id"]
+            plain.append(float(np.linalg.norm(analyse(img, embed_size=32).embedding - index.emb[k])))
+    rel = S.write_generated(tmp_path / "out", {"text2image": rows})
+    report = validate_release(rel, prepared_set, progress=False, plots=False)
+    thr = report.gates["memorization"].nn_threshold
+    assert max(plain) > thr, (plain, thr)  # the plain grid distance alone would miss some of them
+    for image_id, target in targets.items():
+        hits = [f for f in report.flagged if f.image_id == image_id and f.check in ("memorization", "near_duplicate_phash")]
+        assert hits and hits[0].nearest_training_id == target, (image_id, _checks(report, image_id), plain, thr)
 
 
 def test_inpainting_is_method_aware(prepared_set, tmp_path):

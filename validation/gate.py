@@ -298,6 +298,8 @@ def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, 
     db_emb, db_phash = (index.emb, index.phash) if every else (index.emb[ref_rows], index.phash[ref_rows])
     with _faiss_threads(1 if len(q) <= _SMALL_SEARCH else None):
         nb = dedup.search(an.emb[q], an.phash[q], db_emb, db_phash, k=4)
+    # shifted or cropped copies: near candidates re-scored over small grid shifts and scales
+    nb = dedup.rescore(nb, an.emb[q], db_emb, dedup.PRESCORE_FACTOR * nn_thr)
     search_s = time.perf_counter() - t0
     nearest = np.full(len(rows.ids), np.inf)
     for j, k in enumerate(q):
@@ -347,6 +349,7 @@ def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, 
     if dd.within_release and len(q) > 1:
         with _faiss_threads(1 if len(q) <= _SMALL_SEARCH else None):
             nr = dedup.search(an.emb[q], an.phash[q], an.emb[q], an.phash[q], k=6)
+        nr = dedup.rescore(nr, an.emb[q], an.emb[q], dedup.PRESCORE_FACTOR * nn_thr)
         seen_hash: dict[str, int] = {}
         for j, k in enumerate(q):
             f = an.feats[k]

@@ -20,11 +20,13 @@ from tqdm.auto import tqdm
 from mammosynth.builders.errors import InputError
 from mammosynth.builders.prepared import open_prepared
 from mammosynth.builders.schema import prepared_features
+from mammosynth.validation.dedup import tolerant_distance
 from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, UnreadableImage, analyse, decode
 
-INDEX_VERSION = 2  # bump when the features change: stale cached indexes rebuild
+INDEX_VERSION = 3  # bump when the features change: stale cached indexes rebuild
 CACHE_DIR_NAME = ".validation-cache"
 _K = 64  # neighbours fetched when looking for the nearest image of another patient
+_RESCORE = 4  # nearest other-patient neighbours re-scored with the gate's shift-tolerant distance
 
 
 @dataclass
@@ -302,7 +304,22 @@ def calibrate(index: ReferenceIndex) -> tuple[np.ndarray, np.ndarray]:
             if sel.any():
                 x = np.unpackbits(index.phash[valid[sel]] ^ index.phash[valid[r]], axis=1).sum(1)
                 ham[valid[r]] = int(x.min())
+    _rescore_other(index, valid, studies, dist, idx, nn)
     return nn, ham
+
+
+def _rescore_other(index: ReferenceIndex, valid: np.ndarray, studies: np.ndarray, dist: np.ndarray, idx: np.ndarray, nn: np.ndarray) -> None:
+    """Lower ``nn`` to the shift-tolerant distance of each image's ``_RESCORE`` nearest
+    other-patient neighbours: the gate scores near candidates that way, so the calibration must
+    measure real other-patient pairs with the same distance."""
+    other = studies[idx] != studies[:, None]  # (v, k)
+    order = np.argsort(~other, axis=1, kind="stable")[:, :_RESCORE]  # other-patient columns first, by distance
+    cols = np.take_along_axis(idx, order, 1)
+    ok = np.take_along_axis(other, order, 1)
+    for s in range(0, len(valid), 1024):  # bounds the gathered (rows, _RESCORE, d) candidates
+        e = min(len(valid), s + 1024)
+        tol = tolerant_distance(index.emb[valid[s:e]], index.emb[valid[cols[s:e]]])
+        nn[valid[s:e]] = np.minimum(nn[valid[s:e]], np.where(ok[s:e], tol, np.inf).min(1))
 
 
 def reference_image(ds: datasets.Dataset, row: int) -> np.ndarray:
