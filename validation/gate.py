@@ -344,12 +344,13 @@ def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, 
             flags.append(Flag(image_id=image_id, check="background_altered", method=rows.method[k], nearest_training_id=src, distance=round(mad, 4),
                               reason=f"mean |difference| {mad:.4f} from source_image outside the lesion boxes > {dd.background_max_mad}"))  # fmt: skip
 
-    # within the release: exact, embedding and pHash duplicates (pairs sharing a background are expected)
+    # within the release: exact, embedding and pHash duplicates (pairs sharing a background are
+    # expected). Plain distances only: the shift-tolerant re-scoring is kept for the training set
+    # (privacy); on a release of similar synthetic images nearly every query would pay for it.
     within = 0
     if dd.within_release and len(q) > 1:
         with _faiss_threads(1 if len(q) <= _SMALL_SEARCH else None):
             nr = dedup.search(an.emb[q], an.phash[q], an.emb[q], an.phash[q], k=6)
-        nr = dedup.rescore(nr, an.emb[q], an.emb[q], dedup.PRESCORE_FACTOR * nn_thr)
         seen_hash: dict[str, int] = {}
         for j, k in enumerate(q):
             f = an.feats[k]
@@ -599,7 +600,8 @@ def validate_release(
         implementations={
             "mammosynth": _v("mammosynth"), "ms-ssim": f"pytorch-msssim=={_v('pytorch-msssim')}", "search": f"faiss-cpu=={_v('faiss-cpu')} IndexFlatL2 + IndexBinaryFlat (exact)",
             "phash": "256-bit DCT pHash of the breast crop (scipy.fft)", "pixel hash": f"{PIXEL_HASH} (xxhash=={_v('xxhash')}) of shape, dtype and pixels", "breast mask": "mammosynth.generators.breast_mask.breast_mask (Otsu)",
-            "embedding": f"{th.dedup.embed_size}x{th.dedup.embed_size} standardized breast crop, chest wall left",
+            "embedding": f"{th.dedup.embed_size}x{th.dedup.embed_size} standardized, one-cell-blurred grid of the stable breast crop, chest wall left; "
+                         f"training-set candidates under {dedup.PRESCORE_FACTOR:g}x the threshold re-scored over small grid shifts and scales",
         },  # fmt: skip
         thresholds=th.model_dump(mode="json"),
         n_rows=len(rows.ids),
