@@ -44,13 +44,20 @@ def search(
     flat.add(np.ascontiguousarray(db_emb, dtype=np.float32))
     binary = faiss.IndexBinaryFlat(db_phash.shape[1] * 8)
     binary.add(np.ascontiguousarray(db_phash, dtype=np.uint8))
-    for s in range(0, q, batch):
-        e = min(q, s + batch)
-        d2, i = flat.search(np.ascontiguousarray(query_emb[s:e], dtype=np.float32), k)
-        out.dist[s:e] = np.sqrt(np.maximum(d2, 0))
-        out.idx[s:e] = i
-        hd, hi = binary.search(np.ascontiguousarray(query_phash[s:e], dtype=np.uint8), k)
-        out.ham[s:e], out.hidx[s:e] = hd, hi
+    # faiss computes L2 distances query by query below 128,000 queries and with one matrix product
+    # above; at 1024-d the product is ~3x faster already for a few dozen queries (a small release)
+    blas_threshold = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 1
+    try:
+        for s in range(0, q, batch):
+            e = min(q, s + batch)
+            d2, i = flat.search(np.ascontiguousarray(query_emb[s:e], dtype=np.float32), k)
+            out.dist[s:e] = np.sqrt(np.maximum(d2, 0))
+            out.idx[s:e] = i
+            hd, hi = binary.search(np.ascontiguousarray(query_phash[s:e], dtype=np.uint8), k)
+            out.ham[s:e], out.hidx[s:e] = hd, hi
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = blas_threshold
     return out
 
 
