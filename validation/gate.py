@@ -11,11 +11,10 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -262,25 +261,6 @@ def _sanity(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, spe
     return flags
 
 
-# Up to this many queries, faiss searches on one thread: its OpenMP threads gain little on a small
-# batch and lose badly when other processes hold the cores (400 x 20k: 0.28 s on one thread,
-# 0.6 s on two with the machine loaded).
-_SMALL_SEARCH = 2048
-
-
-@contextmanager
-def _faiss_threads(n: int | None) -> Iterator[None]:
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    if n is not None:
-        faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
 def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, ref_ds, th: Thresholds, progress: bool) -> tuple[list[Flag], dict[str, Any]]:
     dd = th.dedup
     nn_thr = dd.nn_distance if dd.nn_distance is not None else index.calibrated_nn(dd.calibration_quantile, dd.calibration_factor, dd.nn_distance_max)
@@ -296,8 +276,7 @@ def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, 
     q = np.nonzero(ok)[0]
     every = len(ref_rows) == index.n  # then skip copying the (n, d) embeddings for the search
     db_emb, db_phash = (index.emb, index.phash) if every else (index.emb[ref_rows], index.phash[ref_rows])
-    with _faiss_threads(1 if len(q) <= _SMALL_SEARCH else None):
-        nb = dedup.search(an.emb[q], an.phash[q], db_emb, db_phash, k=4)
+    nb = dedup.search(an.emb[q], an.phash[q], db_emb, db_phash, k=4)
     # shifted or cropped copies: near candidates re-scored over small grid shifts and scales
     nb = dedup.rescore(nb, an.emb[q], db_emb, dedup.PRESCORE_FACTOR * nn_thr)
     search_s = time.perf_counter() - t0
@@ -349,8 +328,7 @@ def _dedup(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, 
     # (privacy); on a release of similar synthetic images nearly every query would pay for it.
     within = 0
     if dd.within_release and len(q) > 1:
-        with _faiss_threads(1 if len(q) <= _SMALL_SEARCH else None):
-            nr = dedup.search(an.emb[q], an.phash[q], an.emb[q], an.phash[q], k=6)
+        nr = dedup.search(an.emb[q], an.phash[q], an.emb[q], an.phash[q], k=6)
         seen_hash: dict[str, int] = {}
         for j, k in enumerate(q):
             f = an.feats[k]
