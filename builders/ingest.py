@@ -59,7 +59,7 @@ class IngestOptions(StrictModel):
     bit_depth: Literal[8, 16] = 16
     flip_right: bool = pydantic.Field(False, description="mirror right breasts to the left")
     num_proc: int = pydantic.Field(1, ge=1)
-    png_compression: int = pydantic.Field(1, ge=0, le=9, description="cheap PNG level: speed")
+    png_compression: int = pydantic.Field(1, ge=0, le=9, description="deflate level of the prepared PNGs: 0-3 ISA-L (fast), 4-9 zlib (smaller, slower)")
     birads: int = pydantic.Field(1, ge=1, le=5, description="`ingest dicom`: BI-RADS of every image "
                                  "(plain DICOM folders carry no assessment)")
     split: Literal["training", "test"] = pydantic.Field("training", description="`ingest dicom` split")

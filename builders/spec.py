@@ -62,6 +62,11 @@ class PoissonParams(StrictModel):
     manufacturer_policy: Literal["same", "any"] = "same"
     fallback: Literal["any", "skip"] = "any"
     blend: Literal["normal", "mixed"] = "normal"
+    engine: Literal["dst", "opencv"] = Field(
+        "dst",
+        description="Poisson solver on the lesion region: dst (discrete-sine-transform solve on the lesion's box "
+        "plus the band; 8- and 16-bit) or opencv (cv2.seamlessClone on the lesion's box; 8-bit only, slower)",
+    )
     scale: tuple[float, float] = (0.9, 1.1)
     rotate: bool = True
     flip: bool = True

@@ -30,9 +30,13 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from isal import isal_zlib
 
 BLOCK_ROWS = 32
 LEVEL = 1  # the shard writer's cheap level: speed over size
+# Levels up to 3 deflate with ISA-L (at level 1 ~3.7x faster than zlib's level 1, and no larger on
+# mammograms; it also inflates ~1.4x faster); higher levels with zlib. Both write plain deflate.
+_ISAL_MAX_LEVEL = isal_zlib.ISAL_BEST_COMPRESSION
 _ADLER_BASE = 65521
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FINAL = b"\x03\x00"  # an empty final deflate block (fixed Huffman, end-of-block only)
@@ -124,8 +128,9 @@ def _unfilter(raw: np.ndarray, bpp: int, out: np.ndarray) -> bool:
 
 
 def _deflate(raw: np.ndarray, level: int) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return _chunk(b"IDAT", c.compress(raw) + c.flush(zlib.Z_SYNC_FLUSH))
+    lib = isal_zlib if 0 <= level <= _ISAL_MAX_LEVEL else zlib
+    c = lib.compressobj(level, lib.DEFLATED, -15)
+    return _chunk(b"IDAT", c.compress(raw) + c.flush(lib.Z_SYNC_FLUSH))
 
 
 def _map(fn, items: list) -> list:
@@ -166,8 +171,8 @@ def _patched(rows: np.ndarray, s: int, patch: np.ndarray, y: int, x: int) -> np.
 class BlockPNG:
     """Encoder for images that equal ``base`` outside a patch, when ``base`` is not stored in the
     block layout already. ``encode(patch, y, x)`` returns the PNG of ``base`` with ``patch`` written
-    at row ``y``, column ``x``; the first call deflates every block (on 2 threads: zlib releases the
-    GIL), later calls only the touched ones."""
+    at row ``y``, column ``x``; the first call deflates every block (on 2 threads: deflate releases
+    the GIL), later calls only the touched ones."""
 
     def __init__(self, base: np.ndarray, level: int = LEVEL) -> None:
         self.base = base = _check_image(base)
@@ -260,10 +265,10 @@ class BlockFile:
     def _decode_block(self, k: int, out: np.ndarray) -> bool:
         """Inflate and unfilter block ``k`` into ``out`` (its rows); False when it is not exactly ours."""
         s, e = self._spans[k]
-        d = zlib.decompressobj(-15)
+        d = isal_zlib.decompressobj(-15)
         try:
             raw = d.decompress(self.data[s + 8 : e - 4])
-        except zlib.error:
+        except isal_zlib.error:
             return False
         if d.eof or d.unconsumed_tail or len(raw) != out.shape[0] * self._rowbytes:
             return False

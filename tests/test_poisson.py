@@ -17,7 +17,14 @@ from mammosynth.generators.breast_mask import poisson_mask
 from mammosynth.generators.inpainting import _decode, load_prepared
 from mammosynth.generators.lesion_bank import build_lesion_bank
 from mammosynth.generators.placement import PlacementConfig, analyse_background, place
-from mammosynth.generators.poisson import PoissonSampler, band_width, blend, poisson_correction
+from mammosynth.generators.poisson import (
+    PoissonSampler,
+    band_width,
+    blend,
+    exact_poisson_edit,
+    poisson_correction,
+    transform_lesion,
+)
 
 
 def _spec(prepared, out, counts=None, **poisson) -> ReleaseSpec:
@@ -55,7 +62,7 @@ def test_change_confined_to_band_and_seam_smooth(dtype, mode):
     full = np.zeros(bg.shape, np.uint8)
     full[80 : 80 + crop.shape[0], 60 : 60 + crop.shape[1]] = mask
     d = cv2.distanceTransform(1 - full, cv2.DIST_L2, 5)
-    band = band_width(crop.shape)
+    band = band_width((25, 25))  # the lesion's box, not the crop's
     diff = out.astype(np.int64) != bg
     assert diff.any() and not diff[d > band].any()
     assert bbox == [64.0, 84.0, 64.0 + 25, 84.0 + 25]
@@ -82,6 +89,45 @@ def test_dst_solver_matches_opencv_on_8bit():
     assert err.mean() < 1.0 and np.median(err) == 0 and (err > 0).any()
 
 
+def test_rotated_lesion_change_confined_to_band_of_the_lesion():
+    """A rotated crop's canvas is larger than the lesion: the band and the solved region follow
+    the lesion's own box, so nothing changes beyond the band around the mask."""
+    bg = _textured(260, 240)
+    crop, mask = _lesion(r=20)
+    crop, mask = transform_lesion(crop, mask, np.random.default_rng(4), (1.0, 1.0), True, False)
+    assert mask.shape[0] > mask.any(1).sum()  # the canvas has empty rows
+    out, bbox = blend(bg, crop, mask, 70, 90)
+    full = np.zeros(bg.shape, np.uint8)
+    full[90 : 90 + crop.shape[0], 70 : 70 + crop.shape[1]] = mask
+    d = cv2.distanceTransform(1 - full, cv2.DIST_L2, 5)
+    x0, y0, x1, y1 = (int(v) for v in bbox)
+    assert (y1 - y0, x1 - x0) == (mask.any(1).sum(), mask.any(0).sum())
+    diff = out != bg
+    assert diff.any() and not diff[d > band_width((y1 - y0, x1 - x0))].any()
+
+
+@pytest.mark.parametrize("shape", [(70, 90), (64, 63), (101, 57)])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_dst_correction_solves_the_poisson_equation(shape, mixed):
+    """At every interior pixel of the region the correction's 5-point Laplacian equals the
+    divergence of the guidance field minus the background's gradients, also when the solver pads
+    the region to a fast transform length (70x90 -> 71x89 unknowns, 101x57 -> 99x59)."""
+    h, w = shape
+    rng = np.random.default_rng(h * w)
+    src, dst = rng.integers(0, 255, shape).astype(np.float64), rng.integers(0, 255, shape).astype(np.float64)
+    m = np.zeros(shape, bool)
+    m[10:-12, 7:-9] = rng.random((h - 22, w - 16)) > 0.3
+    c = poisson_correction(src, dst, m, mixed).astype(np.float64)
+    sgx, sgy = np.diff(src, axis=1, append=src[:, -1:]), np.diff(src, axis=0, append=src[-1:])
+    dgx, dgy = np.diff(dst, axis=1, append=dst[:, -1:]), np.diff(dst, axis=0, append=dst[-1:])
+    if mixed:
+        sgx, sgy = np.where(np.abs(sgx) > np.abs(dgx), sgx, dgx), np.where(np.abs(sgy) > np.abs(dgy), sgy, dgy)
+    vx, vy = np.where(m, sgx - dgx, 0.0), np.where(m, sgy - dgy, 0.0)
+    div = vx[1:-1, 1:-1] - vx[1:-1, :-2] + vy[1:-1, 1:-1] - vy[:-2, 1:-1]
+    lap = c[:-2, 1:-1] + c[2:, 1:-1] + c[1:-1, :-2] + c[1:-1, 2:] - 4 * c[1:-1, 1:-1]
+    assert np.abs(div).max() > 100 and np.abs(lap - div).max() < 1e-3
+
+
 def test_correction_zero_for_identical_images():
     img = _textured().astype(np.float64)
     m = np.zeros(img.shape, bool)
@@ -98,6 +144,9 @@ def test_blend_bad_input():
         blend(_textured(), crop8, mask8, 150, 10)
     with pytest.raises(InputError, match="blend mode"):
         blend(_textured(), crop8, mask8, 10, 10, mode="median")
+    with pytest.raises(InputError, match="8-bit images only") as e:
+        blend(_textured(dtype=np.uint16), crop, mask, 10, 10, engine="opencv")
+    assert e.value.field == "methods.poisson.poisson.engine"
 
 
 def _rows(out_dir):
@@ -133,6 +182,44 @@ def test_sampler_deterministic_bbox_in_breast_vendor_policy(prepared_set, tmp_pa
         pad = 0.6 * max(x1 - x0, y1 - y0) + 4
         assert diff[:, 1].min() >= x0 - pad and diff[:, 1].max() <= x1 + pad
         assert diff[:, 0].min() >= y0 - pad and diff[:, 0].max() <= y1 + pad
+
+
+def test_sampler_opencv_engine(prepared_set, tmp_path):
+    """``engine: opencv`` (seamlessClone) places the same lesions at the same positions and keeps
+    its change inside the lesion's box; only the solver differs."""
+    tasks = engine.plan(_spec(prepared_set, tmp_path / "d"), "poisson")
+    dst = PoissonSampler(_spec(prepared_set, tmp_path / "d"), workers=1).generate(tasks)
+    cv = PoissonSampler(_spec(prepared_set, tmp_path / "o", engine="opencv"), workers=1).generate(tasks)
+    pairs = [(a, b) for a, b in zip(dst, cv) if not isinstance(a, engine.Skip)]
+    assert pairs
+    src = load_prepared(prepared_set)
+    for a, b in pairs:
+        assert a["bbox"] == b["bbox"] and a["lesion_source"] == b["lesion_source"] and a["generator"] != b["generator"]
+        bg = _decode(src[src["image_id"].index(a["source_image"])]["image"])
+        ia, ib = (np.asarray(Image.open(io.BytesIO(r["image"]["bytes"]))) for r in (a, b))
+        x0, y0, x1, y1 = (int(v) for v in a["bbox"][0])
+        outside = np.ones(bg.shape, bool)
+        outside[y0:y1, x0:x1] = False
+        assert (ia != ib).any() and (ib != bg).any() and not (ib != bg)[outside].any()
+
+
+def test_dst_engine_closer_to_exact_poisson_editing_than_seamlessclone():
+    """Against Pérez et al.'s solution (sparse direct solve, the mask's outline as boundary) the
+    DST engine's lesion pixels are closer than seamlessClone's, whose boundary is the lesion's box."""
+    bg = _textured(200, 200, seed=5)
+    crop, mask = _lesion(r=30)
+    crop, mask = transform_lesion(crop, mask, np.random.default_rng(1), (1.0, 1.0), True, False)
+    x, y = 60, 50
+    ref_src, m = bg.copy(), np.zeros(bg.shape, bool)
+    ref_src[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+    m[y : y + crop.shape[0], x : x + crop.shape[1]] = mask
+    exact = exact_poisson_edit(ref_src, bg, m)
+    err = {}
+    for eng in ("dst", "opencv"):
+        out, _ = blend(bg, crop, mask, x, y, engine=eng)
+        err[eng] = np.abs(out - exact)[m].mean()
+    err["nothing"] = np.abs(bg - exact)[m].mean()  # leaving the background as it was
+    assert err["dst"] < err["opencv"] and err["dst"] < 0.5 * err["nothing"], err
 
 
 def test_sampler_skips_with_reason(prepared_set, tmp_path):
