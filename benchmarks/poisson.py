@@ -175,7 +175,7 @@ def accuracy(prepared: Path, work: Path, n: int = 8) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--studies", type=int, default=4, help="phantom studies (4 give 12 BI-RADS 1-2 backgrounds)")
+    ap.add_argument("--studies", type=int, default=12, help="phantom studies (12 give 28 BI-RADS 1-2 backgrounds)")
     args = ap.parse_args()
     from mammosynth.builders.ingest import IngestOptions, ingest_vindr
     from mammosynth.builders.phantom import write_phantom

@@ -22,7 +22,7 @@ from huggingface_hub import DatasetCardData
 from mammosynth.builders.errors import InputError
 from mammosynth.builders.release_data import ReleaseData, strip_local_paths
 from mammosynth.builders.schema import BIRADS_NAMES, LATERALITIES, METHODS, VIEWS, release_features
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.spec import PoissonParams, ReleaseSpec
 from mammosynth.dataset_cards.citations import SOURCE_PAPERS
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -34,8 +34,8 @@ METHOD_WORDS = {
     "density and BI-RADS",
     "inpainting": "Lesion inpainting: a BI-RADS-specific Stable Diffusion 2 inpainting model paints a lesion "
     "into a box placed inside the breast of a real BI-RADS 1 background",
-    "poisson": "Poisson blending: a real BI-RADS 5 lesion crop is seamlessly cloned into a real BI-RADS 1 "
-    "background of a matching vendor",
+    "poisson": "Poisson blending: a real lesion crop (BI-RADS 5 by default) is blended by Poisson image "
+    "editing into a real background without findings (BI-RADS 1 by default) of a matching vendor",
 }
 COLUMN_MEANINGS = {
     "image": "the synthetic mammogram (PNG)",
@@ -174,6 +174,8 @@ def _count_table(data: ReleaseData) -> dict[str, dict[str, dict[str, int]]]:
 def _params(spec: ReleaseSpec, method: str) -> dict[str, Any]:
     m = spec.methods[method]
     p = getattr(m, method)
+    if p is None and method == "poisson":
+        p = PoissonParams()  # optional in the spec: the card shows the defaults the generator used
     # Local paths say nothing to a reader; the generator column carries the content hash.
     return strip_local_paths(p.model_dump(mode="json")) if p is not None else {}
 

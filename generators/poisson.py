@@ -437,7 +437,7 @@ class PoissonSampler:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # fork: workers inherit this sampler (open set, lesion bank) instead of rebuilding it
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             recipe = self if ctx.get_start_method() == "fork" else self._recipe
             threads = cv2.getNumThreads()
             cv2.setNumThreads(1)  # inherited by the workers: one OpenCV thread each, the processes fill the cores

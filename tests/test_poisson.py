@@ -293,3 +293,19 @@ def test_sampler_pool_and_png_paths_give_the_same_bytes(prepared_set, tmp_path, 
     for r in rows:  # outputs keep the block layout and decode to what a full decode gives
         f = BlockFile.parse(r["image"]["bytes"])
         assert f is not None and np.array_equal(f.rows(), _decode(r["image"]))
+
+
+@pytest.mark.slow
+def test_sampler_pool_without_fork(prepared_set, tmp_path, monkeypatch):
+    """Where fork is not available (macOS, Windows) the workers are spawned and rebuild the sampler
+    from the spec; the bytes are the same as in one process."""
+    import mammosynth.generators.poisson as poisson_mod
+
+    spec = _spec(prepared_set, tmp_path, counts=[{"birads": 5, "n": 3}])
+    tasks = engine.plan(spec, "poisson")
+    one = PoissonSampler(spec, workers=1).generate(tasks)
+    monkeypatch.setattr(poisson_mod.mp, "get_all_start_methods", lambda: ["spawn"])
+    with PoissonSampler(spec, workers=2) as pooled:
+        spawned = pooled.generate(tasks)
+        assert pooled._executor is not None and pooled._executor._mp_context.get_start_method() == "spawn"
+    assert spawned == one and any(not isinstance(r, engine.Skip) for r in one)
