@@ -48,7 +48,7 @@ from mammosynth.generators.breast_mask import poisson_mask
 from mammosynth.generators.inpainting import _decode
 from mammosynth.generators.pipelines import as_bit_depth
 from mammosynth.generators.placement import place
-from mammosynth.generators.poisson import PoissonSampler, blend, choose_lesion, exact_poisson_edit, transform_lesion
+from mammosynth.generators.poisson import PoissonSampler, blend, choose_lesion, exact_poisson_edit
 from mammosynth.generators.shard_writer import encode_png
 
 BACKGROUND_BIRADS = [1, 2]
@@ -71,7 +71,7 @@ def naive(sampler: PoissonSampler, tasks: list[engine.SampleTask]) -> tuple[list
         breast = poisson_mask(img)
         rng = np.random.default_rng(task.seed)
         lesion = choose_lesion(sampler.pools[task.birads], bg.manufacturer, p, rng)
-        crop, mask = transform_lesion(lesion.crop, lesion.mask, rng, tuple(p.scale), p.rotate, p.flip)
+        crop, mask = sampler.shape_lesion(lesion, rng)
         H, W = img.shape
         lh, lw = mask.shape
         rs = np.random.default_rng(task.mask_seed)
@@ -148,7 +148,7 @@ def accuracy(prepared: Path, work: Path, n: int = 8) -> dict:
         cached = sampler._background(bg, task.view)
         rng = np.random.default_rng(task.seed)
         lesion = choose_lesion(sampler.pools[task.birads], bg.manufacturer, sampler.params, rng)
-        crop, mask = transform_lesion(lesion.crop, lesion.mask, rng, tuple(sampler.params.scale), sampler.params.rotate, sampler.params.flip)
+        crop, mask = sampler.shape_lesion(lesion, rng)
         where = place(cached.info, mask, lesion.context_std, np.random.default_rng(task.mask_seed), sampler.placement)
         if isinstance(where, str):
             continue

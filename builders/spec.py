@@ -67,11 +67,23 @@ class PoissonParams(StrictModel):
         description="Poisson solver on the lesion region: dst (discrete-sine-transform solve on the lesion's box "
         "plus the band; 8- and 16-bit) or opencv (cv2.seamlessClone on the lesion's box; 8-bit only, slower)",
     )
-    scale: tuple[float, float] = (0.9, 1.1)
+    scale: tuple[float, float] = Field((0.9, 1.1), description="random scale factor range (low, high) of each lesion")
+    realistic_size: bool = Field(
+        True,
+        description="keep each scaled lesion's size (equivalent diameter) within the range of the lesion bank's "
+        "lesions of its BI-RADS class: a scale never makes a lesion smaller or larger than a real one",
+    )
     rotate: bool = True
     flip: bool = True
     max_tries: int = Field(500, ge=1)
     workers: int | None = Field(None, ge=1, description="processes blending backgrounds in parallel (default: the CPU count); the images do not depend on it")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {v}")
+        return v
 
 
 class MethodSpec(StrictModel):

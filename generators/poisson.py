@@ -240,11 +240,27 @@ def blend_region(
     return patch, (y0, x0), [float(mx0), float(my0), float(mx1), float(my1)]
 
 
+def lesion_size(mask: np.ndarray) -> float:
+    """Equivalent diameter of a lesion mask in pixels (the disc of the same area): rotation leaves it be."""
+    return float(2 * np.sqrt(np.count_nonzero(mask) / np.pi))
+
+
 def transform_lesion(
-    crop: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: tuple[float, float], rotate: bool, flip: bool
+    crop: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    scale: tuple[float, float],
+    rotate: bool,
+    flip: bool,
+    size_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random scale (within ``scale``), rotation and horizontal flip, on a canvas that holds the result."""
+    """Random scale (within ``scale``), rotation and horizontal flip, on a canvas that holds the result.
+    With ``size_range`` (equivalent diameters, px) the scale is clipped so the lesion's size stays
+    inside it; the random draws are the same either way."""
     s = float(rng.uniform(*scale)) if scale[1] > scale[0] else float(scale[0])
+    if size_range is not None:
+        d = lesion_size(mask)
+        s = float(np.clip(s, size_range[0] / d, size_range[1] / d))
     angle = float(rng.uniform(0, 360)) if rotate else 0.0
     do_flip = bool(rng.integers(2)) if flip else False
     if do_flip:
@@ -381,6 +397,12 @@ class PoissonSampler:
                 file=prepared, field=f"{FIELD}.lesion_birads",
             )
         self.pools = {b: [les for les in self.bank.lesions if les.birads == b] for b in self.params.lesion_birads}
+        # realistic sizes: a scaled lesion stays within its class's real lesion sizes
+        self.size_ranges = {
+            b: (min(sizes), max(sizes))
+            for b, pool in self.pools.items()
+            if self.params.realistic_size and (sizes := [lesion_size(les.mask) for les in pool])
+        }
         for birads, _, _ in cells:
             if not self.pools.get(birads):
                 raise InputError(f"lesion bank has no BI-RADS {birads} lesion", file=prepared, field=f"{FIELD}.lesion_birads")
@@ -461,6 +483,11 @@ class PoissonSampler:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def shape_lesion(self, lesion: Lesion, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The lesion's crop and mask scaled, rotated and flipped as the params say."""
+        p = self.params
+        return transform_lesion(lesion.crop, lesion.mask, rng, tuple(p.scale), p.rotate, p.flip, self.size_ranges.get(lesion.birads))
+
     def make(self, task: SampleTask) -> dict[str, Any] | Skip:
         bg = self.background_for(task)
         cached = self._background(bg, task.view)
@@ -469,7 +496,7 @@ class PoissonSampler:
         if isinstance(lesion, str):
             return Skip(task.image_id, f"background {bg.image_id}: {lesion}")
         p = self.params
-        crop, mask = transform_lesion(lesion.crop, lesion.mask, rng, tuple(p.scale), p.rotate, p.flip)
+        crop, mask = self.shape_lesion(lesion, rng)
         where = place(cached.info, mask, lesion.context_std, np.random.default_rng(task.mask_seed), self.placement)
         if isinstance(where, str):
             return Skip(task.image_id, f"background {bg.image_id}, lesion {lesion.lesion_id}: {where}")

@@ -7,6 +7,7 @@ import io
 import cv2
 import datasets
 import numpy as np
+import pydantic
 import pytest
 from PIL import Image
 
@@ -22,6 +23,7 @@ from mammosynth.generators.poisson import (
     band_width,
     blend,
     exact_poisson_edit,
+    lesion_size,
     poisson_correction,
     transform_lesion,
 )
@@ -233,9 +235,25 @@ def test_sampler_skips_with_reason(prepared_set, tmp_path):
     for s in skips:
         assert "no lesion from manufacturer" in s.reason or "no position" in s.reason
     # a lesion far larger than any breast is skipped, never placed anyway
-    big = PoissonSampler(_spec(prepared_set, tmp_path / "big", scale=(6.0, 6.0), rotate=False))
+    big = PoissonSampler(_spec(prepared_set, tmp_path / "big", scale=(6.0, 6.0), rotate=False, realistic_size=False))
     out = big.generate(engine.plan(spec, "poisson")[:2])
     assert all(isinstance(o, engine.Skip) and ("inside_with_margin" in o.reason or "larger" in o.reason) for o in out)
+
+
+def test_scaled_lesions_keep_real_sizes(prepared_set, tmp_path):
+    """A scale range far beyond real lesions is clipped to the bank's sizes of the class; with
+    ``realistic_size: false`` it is applied as given."""
+    sampler = PoissonSampler(_spec(prepared_set, tmp_path / "r", scale=(3.0, 4.0)))
+    free = PoissonSampler(_spec(prepared_set, tmp_path / "f", scale=(3.0, 4.0), realistic_size=False))
+    lo, hi = sampler.size_ranges[5]
+    assert 0 < lo <= hi and not free.size_ranges
+    for k, les in enumerate(sampler.pools[5]):
+        _, mask = sampler.shape_lesion(les, np.random.default_rng(k))
+        _, big = free.shape_lesion(les, np.random.default_rng(k))
+        assert lo * 0.97 <= lesion_size(mask) <= hi * 1.03  # interpolation moves the area a little
+        assert lesion_size(big) > 2.9 * lesion_size(les.mask)
+    with pytest.raises(pydantic.ValidationError, match="0 < low <= high"):
+        _spec(prepared_set, tmp_path, scale=(1.2, 0.8))
 
 
 def test_sampler_bad_input(prepared_set, tmp_path):
