@@ -29,12 +29,16 @@ from mammosynth.generators.poisson import (
 )
 
 
-def _spec(prepared, out, counts=None, **poisson) -> ReleaseSpec:
-    return ReleaseSpec.model_validate(dict(
+def _spec_dict(prepared, out, counts=None, **poisson) -> dict:
+    return dict(
         name="t", version="1.0", pretty_name="t", description="d", authors=["a"],
         source=dict(name="phantom", prepared=str(prepared), license="x", redistribution_allowed=False),
         methods={"poisson": {"counts": counts or [{"birads": 5, "n": 2}], "poisson": poisson}},
-        output_dir=str(out)))
+        output_dir=str(out))
+
+
+def _spec(prepared, out, counts=None, **poisson) -> ReleaseSpec:
+    return ReleaseSpec.model_validate(_spec_dict(prepared, out, counts, **poisson))
 
 
 def _textured(h=200, w=160, seed=0, dtype=np.uint8):
@@ -327,3 +331,35 @@ def test_sampler_pool_without_fork(prepared_set, tmp_path, monkeypatch):
         spawned = pooled.generate(tasks)
         assert pooled._executor is not None and pooled._executor._mp_context.get_start_method() == "spawn"
     assert spawned == one and any(not isinstance(r, engine.Skip) for r in one)
+
+
+def test_cli_generate_poisson_resumes_and_rejects_bad_input(prepared_set, tmp_path, capsys):
+    """`mammosynth generate SPEC --method poisson`: shards written, a rerun adds nothing; a spec
+    asking for backgrounds that do not exist exits 2 naming the file and field, writing nothing."""
+    import yaml
+
+    from mammosynth.builders.cli import main
+
+    def cli(*args):
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        return exc.value.code, capsys.readouterr()
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec_dict(prepared_set, tmp_path / "out", [{"birads": 5, "n": 3}])))
+    code, out = cli("generate", str(path), "--method", "poisson")
+    assert code == 0, out.err
+    shards = sorted((tmp_path / "out" / "generated" / "poisson").glob("shard-*.parquet"))
+    rows = _rows(tmp_path / "out" / "generated" / "poisson")
+    assert shards and 10 <= len(rows) <= 12 and set(rows["method"]) == {2}  # 3 per view x laterality cell
+    assert "poisson:" in out.out
+    code, out = cli("generate", str(path), "--method", "poisson")
+    assert code == 0 and "0 images in 0 new shards" in out.out
+    assert sorted((tmp_path / "out" / "generated" / "poisson").glob("shard-*.parquet")) == shards
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_spec_dict(prepared_set, tmp_path / "bad-out", background_birads=[3])))
+    code, out = cli("generate", str(bad), "--method", "poisson")
+    assert code == 2
+    assert "methods.poisson.poisson.background_birads" in out.err and "no background of view" in out.err
+    assert not list((tmp_path / "bad-out").rglob("shard-*.parquet"))
