@@ -1,16 +1,15 @@
-"""Poisson-blending generator (source paper §3.2): BI-RADS 5 lesion crops blended into BI-RADS 1
-backgrounds with Poisson image editing, at anatomically plausible positions.
+"""Poisson-blending generator (source paper §3.2): real lesion crops (BI-RADS 5 by default) blended
+into real backgrounds without findings (BI-RADS 1 by default) with Poisson image editing, at
+anatomically plausible positions.
 
-Blending works on a region around the lesion only (the lesion box plus a band), never the full
-frame. The default engine solves the Poisson equation exactly on that region (the lesion's box
-plus the band) with a discrete sine transform, at any bit depth. ``engine: opencv`` uses OpenCV's
-``seamlessClone`` instead: 8-bit only, three channels for a grey image, its boundary on the
-lesion's box itself; it is several times slower and further from Pérez et al.'s solution (the
-lesion mask's outline as the boundary, ``exact_poisson_edit``) than the DST engine. Either way the
-result is used as a *correction* to the background, tapered to zero over a band of ``band_frac`` x
-lesion size around the lesion mask, so pixels outside that band are the background's, bit for bit,
-and the seam stays smooth.
-"""
+Blending works on a region around the lesion only (the lesion's box plus a band), never the full
+frame. The default engine solves the Poisson equation exactly on that region with a discrete sine
+transform, at any bit depth. ``engine: opencv`` uses OpenCV's ``seamlessClone`` instead: 8-bit
+only, three channels for a grey image, its boundary on the lesion's box itself; it is several times
+slower and further from Pérez et al.'s solution (the mask's outline as the boundary,
+``exact_poisson_edit``). Either way the result is used as a *correction* to the background,
+tapered to zero over a band of ``band_frac`` x lesion size around the lesion mask, so pixels
+outside that band are the background's, bit for bit, and the seam stays smooth."""
 
 from __future__ import annotations
 
@@ -145,7 +144,7 @@ def exact_poisson_edit(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np
 
 
 def _cv2_correction(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, mixed: bool) -> np.ndarray:
-    """The same correction from OpenCV's seamlessClone (8-bit only)."""
+    """The correction from OpenCV's seamlessClone (8-bit only), which solves on the mask's box."""
     ys, xs = np.nonzero(mask)
     bx, by, bw, bh = xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
     centre = (int(bx + bw // 2), int(by + bh // 2))  # seamlessClone centres the mask's bounding box here
