@@ -176,8 +176,9 @@ def _params(spec: ReleaseSpec, method: str) -> dict[str, Any]:
     p = getattr(m, method)
     if p is None and method == "poisson":
         p = PoissonParams()  # optional in the spec: the card shows the defaults the generator used
-    # Local paths say nothing to a reader; the generator column carries the content hash.
-    return strip_local_paths(p.model_dump(mode="json")) if p is not None else {}
+    # Local paths say nothing to a reader; the generator column carries the content hash. The
+    # worker count is a speed setting: the images do not depend on it.
+    return strip_local_paths(p.model_dump(mode="json", exclude={"workers"})) if p is not None else {}
 
 
 def changes_text(spec: ReleaseSpec, data: ReleaseData, previous: dict[str, Any] | None) -> str:
