@@ -333,10 +333,25 @@ def decode_background(encoded: dict[str, Any]) -> tuple[np.ndarray, BlockFile | 
 _WORKER: PoissonSampler | None = None  # the sampler of a pool worker process
 
 
-def _init_worker(recipe) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent was killed (SIGKILL leaves no chance to stop the pool) would wait on
+    its task queue forever: it leaves once it is re-parented."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _init_worker(recipe, parent: int) -> None:
     """Pool worker set-up: a forked worker inherits the parent's sampler (nothing to load); any
     other start method rebuilds it from (spec, placement, cache_dir)."""
     global _WORKER
+    _exit_with_parent(parent)
     if isinstance(recipe, PoissonSampler):
         _WORKER = recipe
         _WORKER._cache, _WORKER._executor = None, None
@@ -463,7 +478,7 @@ class PoissonSampler:
             threads = cv2.getNumThreads()
             cv2.setNumThreads(1)  # inherited by the workers: one OpenCV thread each, the processes fill the cores
             try:
-                self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(recipe,))
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(recipe, os.getpid()))
                 for f in [self._executor.submit(_ready) for _ in range(self.workers)]:
                     f.result()
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import cv2
 import datasets
@@ -363,3 +364,48 @@ def test_cli_generate_poisson_resumes_and_rejects_bad_input(prepared_set, tmp_pa
     assert code == 2
     assert "methods.poisson.poisson.background_birads" in out.err and "no background of view" in out.err
     assert not list((tmp_path / "bad-out").rglob("shard-*.parquet"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses pgrep")
+def test_killed_pooled_run_leaves_no_workers_and_resumes_to_the_same_bytes(prepared_set, tmp_path):
+    """SIGKILL of `mammosynth generate` while its pool works: the workers leave too, and a rerun
+    finishes to exactly the images of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    def write(name: str):
+        d = _spec_dict(prepared_set, tmp_path / name, [{"birads": 5, "n": 150}])
+        d["output"] = {"shard_size": 4}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(d))
+        return path, tmp_path / name / "generated" / "poisson"
+
+    def images(folder):
+        return {r["image_id"]: r["image"]["bytes"] for r in _rows(folder)}
+
+    cmd = [sys.executable, "-m", "mammosynth.builders.cli", "generate"]
+    spec, out = write("killed")
+    proc = subprocess.Popen([*cmd, str(spec), "--method", "poisson"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "shard-00002.parquet").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert workers  # the pool was running
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read().lower() for w in workers):
+        assert time.monotonic() < deadline, "pool workers outlived their killed parent"
+        time.sleep(0.1)
+    done = len(list(out.glob("shard-*.parquet")))
+    assert 3 <= done < 150  # 600 tasks, 4 per shard: killed part way
+    assert subprocess.run([*cmd, str(spec), "--method", "poisson"], capture_output=True).returncode == 0
+    clean_spec, clean = write("clean")
+    assert subprocess.run([*cmd, str(clean_spec), "--method", "poisson"], capture_output=True).returncode == 0
+    assert images(out) == images(clean) and len(images(clean)) >= 590
