@@ -109,7 +109,9 @@ class ShardWriter:
         # from_dict keeps the schema when every row of a shard was skipped
         table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in RELEASE_COLUMNS}, features=self.features)
         tmp = base.with_name(f".{base.name}.parquet.tmp-{os.getpid()}")
-        table.to_parquet(str(tmp))
+        # pyarrow directly (same schema and feature metadata as ``to_parquet``, which would draw a
+        # progress bar per shard under the run's own)
+        pq.write_table(table.data.table, tmp)
         os.replace(tmp, base.with_suffix(".parquet"))
         return base.with_suffix(".parquet")
 
