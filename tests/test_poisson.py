@@ -409,3 +409,36 @@ def test_killed_pooled_run_leaves_no_workers_and_resumes_to_the_same_bytes(prepa
     clean_spec, clean = write("clean")
     assert subprocess.run([*cmd, str(clean_spec), "--method", "poisson"], capture_output=True).returncode == 0
     assert images(out) == images(clean) and len(images(clean)) >= 590
+
+
+@pytest.fixture(scope="module")
+def prepared16(phantom_source, tmp_path_factory):
+    from conftest import PREPARED_SIZE
+
+    from mammosynth.builders.ingest import IngestOptions, ingest_vindr
+
+    out = tmp_path_factory.mktemp("prepared16") / "prep"
+    return ingest_vindr(phantom_source, out, IngestOptions(size=PREPARED_SIZE, bit_depth=16), progress=False)
+
+
+def test_sampler_16_bit(prepared16, tmp_path):
+    """A 16-bit prepared set gives 16-bit rows (DST engine); the change stays near the lesion;
+    seamlessClone, 8-bit only, is refused at once naming the field."""
+    spec = _spec(prepared16, tmp_path / "a")
+    spec.output.bit_depth = 16
+    tasks = engine.plan(spec, "poisson")
+    rows = [r for r in PoissonSampler(spec, workers=1).generate(tasks) if not isinstance(r, engine.Skip)]
+    assert len(rows) >= len(tasks) - 2
+    src = load_prepared(prepared16)
+    for row in rows:
+        img = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
+        bg = _decode(src[src["image_id"].index(row["source_image"])]["image"])
+        assert img.dtype == np.uint16 and bg.dtype == np.uint16 and img.shape == bg.shape
+        x0, y0, x1, y1 = (int(v) for v in row["bbox"][0])
+        diff = np.argwhere(img != bg)
+        pad = band_width((y1 - y0, x1 - x0)) + 1
+        assert diff.size and diff[:, 0].min() >= y0 - pad and diff[:, 0].max() < y1 + pad
+        assert diff[:, 1].min() >= x0 - pad and diff[:, 1].max() < x1 + pad
+    with pytest.raises(InputError, match="8-bit images only") as e:
+        PoissonSampler(_spec(prepared16, tmp_path / "b", engine="opencv"))
+    assert e.value.field == "methods.poisson.poisson.engine"
