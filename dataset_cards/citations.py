@@ -16,11 +16,21 @@ SOURCE_PAPERS: dict[str, str] = {
   title   = {{MAM-E}: Mammographic Synthetic Image Generation with Diffusion Models},
   author  = {Montoya-del-Angel, Ricardo and Sam-Millan, Karla and Vilanova, Joan C. and Mart{\\'i}, Robert},
   journal = {Sensors},
-  year    = {2024}
+  volume  = {24},
+  number  = {7},
+  pages   = {2076},
+  year    = {2024},
+  doi     = {10.3390/s24072076}
 }""",
-    "review": """@article{synthetic_breast_imaging_review_2025,
+    "review": """@article{pesapane2025synthetic,
   title   = {The Role of Synthetic Data and Generative {AI} in Breast Imaging: Promise, Pitfalls, and Pathways Forward},
+  author  = {Pesapane, Filippo and D'Amelio, Lucrezia and Nicosia, Luca and Mallardi, Carmen and Bozzini, Anna and
+             Meneghetti, Lorenza and Carrafiello, Gianpaolo and Cassano, Enrico and Santicchia, Sonia},
   journal = {Diagnostics},
-  year    = {2025}
+  volume  = {15},
+  number  = {23},
+  pages   = {2996},
+  year    = {2025},
+  doi     = {10.3390/diagnostics15232996}
 }""",
 }
