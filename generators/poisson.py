@@ -202,6 +202,10 @@ def blend_region(
         raise InputError(f"background must be 8- or 16-bit, got {background.dtype}", field="image")
     if mode not in ("normal", "mixed"):
         raise InputError(f"unknown blend mode {mode!r}", field=f"{FIELD}.blend")
+    if engine not in ENGINES:
+        raise InputError(f"unknown blend engine {engine!r} (one of {', '.join(ENGINES)})", field=f"{FIELD}.engine")
+    if engine == "opencv" and background.dtype != np.uint8:
+        raise InputError("OpenCV seamlessClone blends 8-bit images only; use engine: dst", field=f"{FIELD}.engine")
     mask = np.asarray(mask, bool)
     H, W = background.shape
     lh, lw = crop.shape
@@ -221,11 +225,7 @@ def blend_region(
     src[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = crop[cy0 - y : cy1 - y, cx0 - x : cx1 - x]
     m[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = mask[cy0 - y : cy1 - y, cx0 - x : cx1 - x]
     m[[0, -1], :] = m[:, [0, -1]] = False  # the region border is the Dirichlet boundary
-    if engine not in ENGINES:
-        raise InputError(f"unknown blend engine {engine!r} (one of {', '.join(ENGINES)})", field=f"{FIELD}.engine")
     use_cv2 = engine == "opencv"
-    if use_cv2 and background.dtype != np.uint8:
-        raise InputError("OpenCV seamlessClone blends 8-bit images only; use engine: dst", field=f"{FIELD}.engine")
     w = _cv2_correction(src, dst, m, mode == "mixed") if use_cv2 else poisson_correction(src, dst, m, mode == "mixed")
     # taper the correction to zero across the band: smooth seam; beyond it a = 0, so dst + 0 rounds
     # back to the background's value exactly (float32 holds every 16-bit integer)
