@@ -22,7 +22,8 @@ the opencv engine and the naive full-frame seamlessClone, with "nothing" (the un
 as the scale.
 
 Backgrounds are a full-size phantom (BI-RADS 1-2) ingested at 1024 px and at 3518 px (long
-side). Two workloads: one task per background (no reuse) and three tasks per background (e.g.
+side; the vendors' aspect ratios give 3518x2800 and 3518x2517 frames, counted in
+``background_hw``). Two workloads: one task per background (no reuse) and three tasks per background (e.g.
 BI-RADS 3/4/5 of one background). Rounds are interleaved (ours, naive, naive, ours, ...).
 
 Run: python benchmarks/poisson.py [--rounds R]   -> benchmarks/results/poisson.json
@@ -36,6 +37,7 @@ import os
 import platform
 import tempfile
 import time
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
@@ -45,7 +47,7 @@ import numpy as np
 from mammosynth.builders.spec import ReleaseSpec
 from mammosynth.generators import engine
 from mammosynth.generators.breast_mask import poisson_mask
-from mammosynth.generators.inpainting import _decode
+from mammosynth.generators.inpainting import _decode, _image_size
 from mammosynth.generators.pipelines import as_bit_depth
 from mammosynth.generators.placement import place
 from mammosynth.generators.poisson import PoissonSampler, blend, choose_lesion, exact_poisson_edit
@@ -130,7 +132,9 @@ def bench(prepared: Path, work: Path, size: int, tasks_per_bg: int, rounds: int)
                 outs, skip_naive = naive(ref, tasks)
                 t_naive.append(time.perf_counter() - t0)
     to, tn, t1, tc = (float(np.median(t)) for t in (t_ours, t_naive, t_one, t_cv))
-    return {"long_side": size, "image_hw": list(_decode(ref.ds[0]["image"]).shape), "tasks": len(tasks), "backgrounds": n_bg,
+    used = {ref.background_for(t).row for t in tasks}
+    shapes = Counter("x".join(map(str, _image_size(ref.ds[row]["image"])[::-1])) for row in sorted(used))
+    return {"long_side": size, "background_hw": dict(shapes.most_common()), "tasks": len(tasks), "backgrounds": n_bg,
             "rounds": rounds, "workers": ref.workers, "ours_rows": rows_ours, "ours_skipped": skip_ours, "naive_rows": len(outs),
             "naive_skipped": skip_naive, "ours_s": t_ours, "ours_1_worker_s": t_one, "ours_opencv_s": t_cv, "naive_s": t_naive,
             "ours_img_per_s": len(tasks) / to, "ours_1_worker_img_per_s": len(tasks) / t1, "ours_opencv_img_per_s": len(tasks) / tc,
@@ -192,7 +196,7 @@ def main() -> None:
             for k in (1, 3):
                 r = bench(prepared, Path(tmp) / f"w{size}-{k}", size, k, args.rounds)
                 results.append(r)
-                print(f"{r['image_hw']} {r['tasks']} tasks / {r['backgrounds']} backgrounds: ours {r['ours_img_per_s']:.2f} img/s "
+                print(f"{r['background_hw']} {r['tasks']} tasks / {r['backgrounds']} backgrounds: ours {r['ours_img_per_s']:.2f} img/s "
                       f"({r['workers']} workers; 1 worker {r['ours_1_worker_img_per_s']:.2f}), naive {r['naive_img_per_s']:.2f} img/s, "
                       f"x{r['speedup']:.2f} (1 worker x{r['speedup_1_worker']:.2f}; engine opencv x{r['speedup_opencv_engine']:.2f})", flush=True)
     import PIL
