@@ -100,7 +100,8 @@ def poisson_correction(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, mixed
     my, mx = _fast_len(ny), _fast_len(nx)
     oy, ox = (my - ny) // 2, (mx - nx) // 2  # pad both sides alike
     padded = np.zeros((my, mx), np.float32)
-    padded[oy + r0 - 1 : oy + r1 - 1, ox + c0 - 1 : ox + c1 - 1] = rhs
+    a0, a1, b0, b1 = max(r0, 1), min(r1, h - 1), max(c0, 1), min(c1, w - 1)  # the window's interior part
+    padded[oy + a0 - 1 : oy + a1 - 1, ox + b0 - 1 : ox + b1 - 1] = rhs[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0]
     spec = dstn(padded, type=1, workers=1)
     ly = (2 * np.cos(np.pi * np.arange(1, my + 1) / (my + 1)) - 2).astype(np.float32)
     lx = (2 * np.cos(np.pi * np.arange(1, mx + 1) / (mx + 1)) - 2).astype(np.float32)

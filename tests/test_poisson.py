@@ -115,15 +115,21 @@ def test_rotated_lesion_change_confined_to_band_of_the_lesion():
 
 @pytest.mark.parametrize("shape", [(70, 90), (64, 63), (101, 57)])
 @pytest.mark.parametrize("mixed", [False, True])
-def test_dst_correction_solves_the_poisson_equation(shape, mixed):
+@pytest.mark.parametrize("to_border", [False, True])
+def test_dst_correction_solves_the_poisson_equation(shape, mixed, to_border):
     """At every interior pixel of the region the correction's 5-point Laplacian equals the
     divergence of the guidance field minus the background's gradients, also when the solver pads
-    the region to a fast transform length (70x90 -> 71x89 unknowns, 101x57 -> 99x59)."""
+    the region to a fast transform length (70x90 -> 71x89 unknowns, 101x57 -> 99x59) and when the
+    mask reaches the region's border (a lesion at the image's edge)."""
     h, w = shape
     rng = np.random.default_rng(h * w)
     src, dst = rng.integers(0, 255, shape).astype(np.float64), rng.integers(0, 255, shape).astype(np.float64)
     m = np.zeros(shape, bool)
-    m[10:-12, 7:-9] = rng.random((h - 22, w - 16)) > 0.3
+    if to_border:
+        m[:] = rng.random(shape) > 0.3
+        m[[0, -1], :] = m[:, [0, -1]] = False  # the region border is the boundary, as blend_region sets it
+    else:
+        m[10:-12, 7:-9] = rng.random((h - 22, w - 16)) > 0.3
     c = poisson_correction(src, dst, m, mixed).astype(np.float64)
     sgx, sgy = np.diff(src, axis=1, append=src[:, -1:]), np.diff(src, axis=0, append=src[-1:])
     dgx, dgy = np.diff(dst, axis=1, append=dst[:, -1:]), np.diff(dst, axis=0, append=dst[-1:])
@@ -133,6 +139,20 @@ def test_dst_correction_solves_the_poisson_equation(shape, mixed):
     div = vx[1:-1, 1:-1] - vx[1:-1, :-2] + vy[1:-1, 1:-1] - vy[:-2, 1:-1]
     lap = c[:-2, 1:-1] + c[2:, 1:-1] + c[1:-1, :-2] + c[1:-1, 2:] - 4 * c[1:-1, 1:-1]
     assert np.abs(div).max() > 100 and np.abs(lap - div).max() < 1e-3
+
+
+def test_lesion_filling_its_crop_at_the_image_corner():
+    """A mask that fills its crop, placed against the image's edges: the region is clipped there and
+    both engines blend it, changing nothing beyond the band."""
+    bg = _textured()
+    crop, mask = _textured(30, 30, seed=9), np.ones((30, 30), bool)
+    for x, y in ((0, 0), (bg.shape[1] - 30, bg.shape[0] - 30)):
+        for eng in ("dst", "opencv"):
+            out, bbox = blend(bg, crop, mask, x, y, engine=eng)
+            assert bbox == [float(x), float(y), float(x + 30), float(y + 30)]
+            diff = np.argwhere(out != bg)
+            band = band_width((30, 30))
+            assert diff.size and (diff.min(0) >= [y - band, x - band]).all() and (diff.max(0) < [y + 30 + band, x + 30 + band]).all()
 
 
 def test_correction_zero_for_identical_images():
