@@ -30,7 +30,7 @@ from mammosynth.builders import schema
 from mammosynth.builders.errors import InputError
 from mammosynth.builders.spec import PoissonParams, ReleaseSpec
 from mammosynth.generators.engine import SampleTask, Skip
-from mammosynth.generators.lesion_bank import Lesion, LesionBank, load_or_build
+from mammosynth.generators.lesion_bank import MIN_SIDE_PX, Lesion, LesionBank, load_or_build
 from mammosynth.generators.placement import BackgroundInfo, PlacementConfig, analyse_background, place
 from mammosynth.generators.png_blocks import BlockFile, BlockPNG
 
@@ -38,7 +38,7 @@ FIELD = "methods.poisson.poisson"
 BAND_FRAC = 0.15
 MIN_BAND_PX = 3
 ENGINES = ("dst", "opencv")
-ALGORITHM = 4  # bump when placement, blending or encoding change their output: a resume then refuses the old shards
+ALGORITHM = 5  # bump when placement, blending or encoding change their output: a resume then refuses the old shards
 
 
 # --- blending --------------------------------------------------------------------------------------
@@ -512,6 +512,10 @@ class PoissonSampler:
             return Skip(task.image_id, f"background {bg.image_id}: {lesion}")
         p = self.params
         crop, mask = self.shape_lesion(lesion, rng)
+        side = min(np.count_nonzero(mask.any(0)), np.count_nonzero(mask.any(1)))
+        if side < MIN_SIDE_PX:  # scaled below what the bank accepts: no texture left to blend
+            return Skip(task.image_id, f"background {bg.image_id}, lesion {lesion.lesion_id}: {side} px across after scaling "
+                        f"(under {MIN_SIDE_PX}); raise methods.poisson.poisson.scale or keep realistic_size")
         where = place(cached.info, mask, lesion.context_std, np.random.default_rng(task.mask_seed), self.placement)
         if isinstance(where, str):
             return Skip(task.image_id, f"background {bg.image_id}, lesion {lesion.lesion_id}: {where}")

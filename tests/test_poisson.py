@@ -259,6 +259,10 @@ def test_sampler_skips_with_reason(prepared_set, tmp_path):
     assert all(r["manufacturer"] == "SIEMENS" for r in rows)
     for s in skips:
         assert "no lesion from manufacturer" in s.reason or "no position" in s.reason
+    # a lesion scaled below the bank's smallest usable size is skipped, not blended
+    tiny = PoissonSampler(_spec(prepared_set, tmp_path / "tiny", scale=(0.01, 0.01), realistic_size=False))
+    out = tiny.generate(engine.plan(spec, "poisson")[:2])
+    assert all(isinstance(o, engine.Skip) and "px across after scaling" in o.reason for o in out)
     # a lesion far larger than any breast is skipped, never placed anyway
     big = PoissonSampler(_spec(prepared_set, tmp_path / "big", scale=(6.0, 6.0), rotate=False, realistic_size=False))
     out = big.generate(engine.plan(spec, "poisson")[:2])
