@@ -19,8 +19,8 @@ from pathlib import Path
 
 import datasets
 
-from mammosynth.builders.ingest import IngestOptions, ingest_vindr
-from mammosynth.builders.phantom import write_phantom
+from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
+from mammosynth.builders.sources.phantom import write_phantom
 from mammosynth.validation import synthetic as S
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.image_features import decode

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mammosynth.builders.schema import prepared_features
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.core.schema import prepared_features
+from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.generators.engine import plan
 from mammosynth.generators.inpainting import InpaintingSampler
 from mammosynth.generators.pipelines import Runtime, prepare_pipeline

@@ -27,8 +27,8 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_voi_lut
 
-from mammosynth.builders.ingest import IngestOptions, ingest_vindr
-from mammosynth.builders.phantom import write_phantom
+from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
+from mammosynth.builders.sources.phantom import write_phantom
 
 
 def naive(files: list[Path], out: Path, size: int = 1024) -> None:

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from mammosynth.builders.package import write_parquet_shards
-from mammosynth.builders.schema import release_features
+from mammosynth.builders.release.package import write_parquet_shards
+from mammosynth.builders.core.schema import release_features
 
 
 def make_rows(n: int, size: int = 1024) -> list[dict]:

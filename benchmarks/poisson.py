@@ -44,14 +44,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.generators import engine
-from mammosynth.generators.breast_mask import poisson_mask
+from mammosynth.builders.core.breast_mask import poisson_mask
 from mammosynth.generators.inpainting import _decode, _image_size
-from mammosynth.generators.pipelines import as_bit_depth
+from mammosynth.builders.core.imageio import as_bit_depth
 from mammosynth.generators.placement import place
 from mammosynth.generators.poisson import PoissonSampler, blend, choose_lesion, exact_poisson_edit
-from mammosynth.generators.shard_writer import encode_png
+from mammosynth.builders.core.imageio import encode_png
 
 BACKGROUND_BIRADS = [1, 2]
 
@@ -181,8 +181,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--studies", type=int, default=12, help="phantom studies (12 give 28 BI-RADS 1-2 backgrounds)")
     args = ap.parse_args()
-    from mammosynth.builders.ingest import IngestOptions, ingest_vindr
-    from mammosynth.builders.phantom import write_phantom
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
+    from mammosynth.builders.sources.phantom import write_phantom
 
     results = []
     print(f"{args.studies} phantom studies, {args.rounds} rounds", flush=True)

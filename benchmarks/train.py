@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mammosynth.builders import schema
+from mammosynth.builders.core import schema
 from mammosynth.training import runtime, tiny_models
 from mammosynth.training.config import LoraOptions, SD35LoraConfig
 from mammosynth.training.inpaint import inpainting_loss

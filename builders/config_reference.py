@@ -17,8 +17,8 @@ from pydantic_core import PydanticUndefined
 
 # (title, "module:Model", how it is given)
 MODELS: list[tuple[str, str, str]] = [
-    ("Release spec", "mammosynth.builders.spec:ReleaseSpec", "`mammosynth generate|card|build SPEC` (YAML)"),
-    ("Ingest options", "mammosynth.builders.ingest:IngestOptions", "`mammosynth ingest vindr|dicom` flags"),
+    ("Release spec", "mammosynth.builders.core.spec:ReleaseSpec", "`mammosynth generate|card|build SPEC` (YAML)"),
+    ("Ingest options", "mammosynth.builders.sources.ingest:IngestOptions", "`mammosynth ingest vindr|dicom` flags"),
     ("SD3.5 LoRA training", "mammosynth.training.config:SD35LoraConfig", "`mammosynth train sd35-lora CONFIG` (YAML)"),
     ("Inpainting training", "mammosynth.training.config:InpaintConfig", "`mammosynth train inpaint CONFIG` (YAML)"),
     ("Validation thresholds", "mammosynth.validation.thresholds:Thresholds", "`mammosynth validate --config` (YAML) or the spec's `validation:`"),

@@ -19,10 +19,11 @@ import yaml
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.release_data import ReleaseData, strip_local_paths
-from mammosynth.builders.schema import BIRADS_NAMES, LATERALITIES, METHODS, VIEWS, release_features
-from mammosynth.builders.spec import PoissonParams, ReleaseSpec
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.provenance import strip_local_paths
+from mammosynth.builders.core.release_data import ReleaseData
+from mammosynth.builders.core.schema import BIRADS_NAMES, LATERALITIES, METHODS, VIEWS, release_features
+from mammosynth.builders.core.spec import PoissonParams, ReleaseSpec
 from mammosynth.dataset_cards.citations import SOURCE_PAPERS
 
 TEMPLATES = Path(__file__).parent / "templates"

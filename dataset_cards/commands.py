@@ -10,8 +10,8 @@ import click
 
 def write_card(spec_path: Path, *, drop_failed: bool = False, out: Path | None = None) -> Path:
     """Render the card into ``out`` (default ``<output_dir>/card``); lint and validate before returning."""
-    from mammosynth.builders.release_data import failed_ids_from_report, load_release_data
-    from mammosynth.builders.spec import load_spec
+    from mammosynth.builders.core.release_data import failed_ids_from_report, load_release_data
+    from mammosynth.builders.core.spec import load_spec
     from mammosynth.dataset_cards.card import lint_card, previous_release_info, render_card
     from mammosynth.dataset_cards.croissant import write_croissant
 

@@ -15,10 +15,10 @@ from typing import Any
 import datasets
 import mlcroissant as mlc
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.release_data import ReleaseData
-from mammosynth.builders.schema import release_features
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.release_data import ReleaseData
+from mammosynth.builders.core.schema import release_features
+from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.dataset_cards.card import COLUMN_MEANINGS
 from mammosynth.dataset_cards.citations import SOURCE_PAPERS
 

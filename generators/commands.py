@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mammosynth.builders.schema import METHODS
+from mammosynth.builders.core.schema import METHODS
 
 
 @click.command("generate")

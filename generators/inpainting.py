@@ -24,22 +24,21 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mammosynth.builders import schema
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.spec import InpaintingParams, ReleaseSpec
+from mammosynth.builders.core import schema
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.spec import InpaintingParams, ReleaseSpec
 from mammosynth.generators.box_sampling import Box, SizeRange, box_mask, sample_box, scaled_box_size, size_range
-from mammosynth.generators.breast_mask import allowed_region
+from mammosynth.builders.core.breast_mask import allowed_region
 from mammosynth.generators.engine import SampleTask, Skip
+from mammosynth.builders.core.provenance import checkpoint_identity
+from mammosynth.builders.core.imageio import as_bit_depth, rgb_to_grey
 from mammosynth.generators.pipelines import (
     Runtime,
-    as_bit_depth,
     check_resolution,
-    checkpoint_identity,
     component_config,
     generators_for,
     pipeline_folder,
     prepare_pipeline,
-    to_gray,
     vae_factor,
 )
 
@@ -59,7 +58,7 @@ def load_prepared(path: Path):
     """The prepared training set with images left encoded (decoding is per background, on demand)."""
     import datasets
 
-    from mammosynth.builders.prepared import open_prepared
+    from mammosynth.builders.core.prepared import open_prepared
 
     return open_prepared(path, field="source.prepared").cast_column("image", datasets.Image(decode=False))
 
@@ -261,7 +260,7 @@ class InpaintingSampler:
                 generator=generators_for([pl.task.seed for pl in batch]),
                 output_type="np",
             ).images
-        return [to_gray(o, self.bit_depth) for o in out]
+        return [rgb_to_grey(o, self.bit_depth) for o in out]
 
     def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:
         placed = [self.place(t) for t in tasks]

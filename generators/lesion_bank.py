@@ -24,8 +24,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from mammosynth.builders.errors import InputError
-from mammosynth.generators.breast_mask import poisson_mask
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.breast_mask import poisson_mask
 
 BANK_VERSION = 1
 MIN_SIDE_PX = 6  # boxes smaller than this (in prepared pixels) carry no usable lesion texture

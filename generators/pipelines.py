@@ -1,6 +1,6 @@
-"""What the diffusion samplers share: checking a pipeline folder before loading it, naming a
-checkpoint by content hash, choosing device/precision, speed settings, and turning pipeline output
-into the grey image a release stores.
+"""What the diffusion samplers share: checking a pipeline folder before loading it, choosing
+device/precision, speed settings and per-image generators. (Checkpoint names and hashes are in
+``core.provenance``/``core.hashing``; pipeline output to grey in ``core.imageio``.)
 
 Checks here read only JSON configs, so a bad spec fails in seconds, before any weights are loaded.
 """
@@ -8,20 +8,13 @@ Checks here read only JSON configs, so a bad spec fails in seconds, before any w
 from __future__ import annotations
 
 import json
-import re
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from mammosynth.builders.core.errors import InputError
 
-from mammosynth.builders.errors import InputError
-
-# ITU-R BT.601 luma, the weights PIL's convert("L") uses; applied in float64 then rounded, so the
-# conversion is exact and identical on every machine.
-LUMA = np.array([0.299, 0.587, 0.114])
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -33,7 +26,7 @@ HUB_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.saf
 def hub_snapshot(ref: str, *, field: str, spec_file: str | Path | None = None) -> Path:
     """A hub model id resolved to its local snapshot (downloaded once into the HF cache; with
     HF_HUB_OFFLINE=1 only the cache is used). Anything else that is not a folder is an InputError."""
-    from mammosynth.builders.spec import REPO_ID
+    from mammosynth.builders.core.spec import REPO_ID
 
     if ref.startswith((".", "/", "~")) or not REPO_ID.match(ref):
         raise InputError(f"checkpoint folder {ref!r} not found", file=spec_file, field=field)
@@ -87,40 +80,6 @@ def check_resolution(resolution: int, factor: int, *, field: str, spec_file: str
             file=spec_file,
             field=field,
         )
-
-
-@lru_cache(maxsize=32)
-def tree_hash(path: str) -> str:
-    """Full sha256 of a checkpoint folder, the same identity training records for its base model
-    (``training.runtime.hash_tree``); cached because real checkpoints take seconds to hash."""
-    from mammosynth.training.runtime import hash_tree
-
-    return hash_tree(Path(path))
-
-
-def content_hash(path: str) -> str:
-    """First 12 hex digits of ``tree_hash``: the row's ``generator`` column names the exact weights."""
-    return tree_hash(str(Path(path).resolve()))[:12]
-
-
-GENERIC_RUN_NAMES = re.compile(r"^(final|checkpoint-\d+|unet|transformer|[0-9a-f]{40})$")
-
-
-def checkpoint_name(ref: str | Path) -> str:
-    """A readable, machine-independent name: the folder's name, or ``run/final`` when the folder's
-    own name is generic (trainer outputs, checkpoints, hub snapshots)."""
-    path = Path(ref)
-    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return path.parent.parent.name.removeprefix("models--").replace("--", "/")  # the hub repo id
-    if GENERIC_RUN_NAMES.match(path.name) and path.parent.name:
-        return f"{path.parent.name}/{path.name}"
-    return path.name
-
-
-def checkpoint_identity(ref: str | Path) -> str:
-    """``<checkpoint name>@<content hash>``, e.g. ``inpaint-b4/final@3f2a9c01d4e7``."""
-    path = Path(ref)
-    return f"{checkpoint_name(path)}@{content_hash(str(path))}"
 
 
 # --- runtime -----------------------------------------------------------------------------------
@@ -186,24 +145,3 @@ def generators_for(seeds: list[int]):
     import torch
 
     return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-
-
-# --- images --------------------------------------------------------------------------------------
-
-
-def to_gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Float RGB in [0, 1] (H, W, 3) -> uint8/uint16 grey by BT.601 luma, rounded."""
-    luma = np.clip(np.asarray(rgb, np.float64) @ LUMA, 0.0, 1.0)
-    if bit_depth == 16:
-        return np.round(luma * 65535).astype(np.uint16)
-    return np.round(luma * 255).astype(np.uint8)
-
-
-def as_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Convert an 8- or 16-bit grey array to ``bit_depth`` (exact scaling by 257)."""
-    image = np.asarray(image)
-    if bit_depth == 16:
-        return image.astype(np.uint16) if image.dtype == np.uint16 else image.astype(np.uint16) * 257
-    if image.dtype == np.uint16:
-        return np.round(image.astype(np.float64) / 257).astype(np.uint8)
-    return image.astype(np.uint8)

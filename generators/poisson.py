@@ -26,13 +26,13 @@ import cv2
 import numpy as np
 from scipy.fft import dstn, idstn, next_fast_len
 
-from mammosynth.builders import schema
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.spec import PoissonParams, ReleaseSpec
+from mammosynth.builders.core import schema
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.spec import PoissonParams, ReleaseSpec
 from mammosynth.generators.engine import SampleTask, Skip
 from mammosynth.generators.lesion_bank import MIN_SIDE_PX, Lesion, LesionBank, load_or_build
 from mammosynth.generators.placement import BackgroundInfo, PlacementConfig, analyse_background, place
-from mammosynth.generators.png_blocks import BlockFile, BlockPNG
+from mammosynth.builders.core.png_blocks import BlockFile, BlockPNG
 
 FIELD = "methods.poisson.poisson"
 BAND_FRAC = 0.15
@@ -308,7 +308,7 @@ class _Cached:
 
     def encode(self, patch: np.ndarray, y: int, x: int) -> bytes:
         """PNG of the background at the output bit depth with ``patch`` written at (y, x)."""
-        from mammosynth.generators.pipelines import as_bit_depth
+        from mammosynth.builders.core.imageio import as_bit_depth
 
         if self.file is not None and self.file.dtype.itemsize * 8 == self.bit_depth:
             # the stored file's blocks are spliced as they are; only the patch's blocks are deflated

@@ -13,20 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mammosynth.builders import schema
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.spec import ReleaseSpec, Text2ImageParams
+from mammosynth.builders.core import schema
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.spec import ReleaseSpec, Text2ImageParams
 from mammosynth.generators.engine import SampleTask, Skip
+from mammosynth.builders.core.provenance import checkpoint_identity
+from mammosynth.builders.core.imageio import rgb_to_grey
+from mammosynth.builders.core.hashing import tree_hash
 from mammosynth.generators.pipelines import (
     Runtime,
     check_resolution,
-    checkpoint_identity,
     component_config,
     generators_for,
     pipeline_folder,
     prepare_pipeline,
-    to_gray,
-    tree_hash,
     vae_factor,
 )
 
@@ -106,10 +106,10 @@ def check_adapter(lora: Path, base: Path, *, spec_file: str | Path | None = None
     meta = _metadata(lora)
     # the trainer records the base folder's content hash: same architecture, other weights (another
     # fine-tune, another release) is still another base model
-    if meta.get("base_sha256") and meta["base_sha256"] != tree_hash(str(base.resolve())):
+    if meta.get("base_sha256") and meta["base_sha256"] != tree_hash(base):
         raise InputError(
             f"adapter {lora} was trained on another base model: {meta.get('base_model')} "
-            f"(sha256 {meta['base_sha256'][:12]}), not {base} (sha256 {tree_hash(str(base.resolve()))[:12]})",
+            f"(sha256 {meta['base_sha256'][:12]}), not {base} (sha256 {tree_hash(base)[:12]})",
             file=spec_file,
             field=field,
         )
@@ -231,7 +231,7 @@ class Text2ImageSampler:
 
     def row(self, task: SampleTask, prompt: str, rgb) -> dict[str, Any]:
         return {
-            "image": to_gray(rgb, self.bit_depth),
+            "image": rgb_to_grey(rgb, self.bit_depth),
             "image_id": task.image_id,
             "method": self.method,
             "birads": schema.birads_label(task.birads),

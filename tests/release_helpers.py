@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mammosynth.builders.schema import inpainting_prompt, text2image_prompt
-from mammosynth.builders.spec import ReleaseSpec, load_spec
+from mammosynth.builders.core.schema import inpainting_prompt, text2image_prompt
+from mammosynth.builders.core.spec import ReleaseSpec, load_spec
 from mammosynth.generators.engine import plan
-from mammosynth.generators.shard_writer import ShardWriter
+from mammosynth.builders.core.shard_writer import ShardWriter
 
 SIZE = 64
 

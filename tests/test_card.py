@@ -10,9 +10,9 @@ import datasets
 import pytest
 from datasets.info import DatasetInfo
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.release_data import load_release_data
-from mammosynth.builders.schema import release_features
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.release_data import load_release_data
+from mammosynth.builders.core.schema import release_features
 from mammosynth.dataset_cards.card import Override, lint_card, parse_card, record_override, render_card
 from mammosynth.dataset_cards.commands import write_card
 from mammosynth.dataset_cards.croissant import validate_croissant

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from mammosynth.builders.demo import DemoSizes, format_summary, run_demo
+from mammosynth.builders.release.demo import DemoSizes, format_summary, run_demo
 
 
 @pytest.mark.slow

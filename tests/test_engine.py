@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from gen_helpers import make_spec
 
-from mammosynth.builders import schema
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core import schema
+from mammosynth.builders.core.errors import InputError
 from mammosynth.generators.engine import SampleTask, Skip, plan, run
-from mammosynth.generators.shard_writer import ShardWriter
+from mammosynth.builders.core.shard_writer import ShardWriter
 
 
 class SeedSampler:

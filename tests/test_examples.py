@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mammosynth.builders.spec import load_spec
+from mammosynth.builders.core.spec import load_spec
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig, load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from mammosynth.builders.ingest import pseudonymize, sample_dicom_dir
+from mammosynth.builders.sources.ingest import pseudonymize, sample_dicom_dir
 
 
 def test_prepared_set_matches_csvs(prepared_set, phantom_source):
@@ -80,7 +80,7 @@ def test_boxes_rescaled_and_clipped(prepared_set, phantom_source):
 
 
 def test_flip_crop_and_16_bit(phantom_source, prepared_set, tmp_path):
-    from mammosynth.builders.ingest import IngestOptions, ingest_vindr
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
 
     out = ingest_vindr(phantom_source, tmp_path / "flip",
                        IngestOptions(size=256, bit_depth=8, flip_right=True, num_proc=2), progress=False)
@@ -112,15 +112,15 @@ def test_flip_crop_and_16_bit(phantom_source, prepared_set, tmp_path):
 
 # --- bad input -----------------------------------------------------------------------------------
 
-from mammosynth.builders.errors import InputError  # noqa: E402
-from mammosynth.builders.ingest import IngestOptions, ingest_vindr  # noqa: E402
+from mammosynth.builders.core.errors import InputError  # noqa: E402
+from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr  # noqa: E402
 
 SMALL = IngestOptions(size=64, bit_depth=8)
 
 
 @pytest.fixture(scope="module")
 def tiny_source(tmp_path_factory):
-    from mammosynth.builders.phantom import write_phantom
+    from mammosynth.builders.sources.phantom import write_phantom
 
     return write_phantom(tmp_path_factory.mktemp("tiny") / "src", 3, seed=11, size_scale=0.05)
 
@@ -238,7 +238,7 @@ def test_output_holding_other_dataset(source, tmp_path):
 # --- resume and atomicity ------------------------------------------------------------------------
 
 def test_failure_mid_run_resumes_without_redoing(source, tmp_path):
-    from mammosynth.builders import ingest as ing
+    from mammosynth.builders.sources import ingest as ing
 
     out = tmp_path / "out"
     records, skips = ing.vindr_records(source)
@@ -270,7 +270,7 @@ def test_failure_mid_run_resumes_without_redoing(source, tmp_path):
 
 KILL_SCRIPT = """
 import sys, time
-from mammosynth.builders import ingest as ing
+from mammosynth.builders.sources import ingest as ing
 slow = ing.process_record
 def process_record(*a, **k):
     time.sleep(0.3)
@@ -287,7 +287,7 @@ def test_killed_process_resumes(source, tmp_path):
     import sys
     import time
 
-    from mammosynth.builders import ingest as ing
+    from mammosynth.builders.sources import ingest as ing
 
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(out)])
@@ -334,7 +334,7 @@ def test_cli_phantom_then_ingest(tmp_path):
 def test_ingest_dicom_folder_bad_files(tmp_path):
     import shutil
 
-    from mammosynth.builders.ingest import ingest_dicom
+    from mammosynth.builders.sources.ingest import ingest_dicom
 
     src = tmp_path / "dicoms"
     src.mkdir()

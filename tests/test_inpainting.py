@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gen_helpers import REFERENCE_BOXES, SIZE, inpainting_method, make_prepared, make_spec
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 from mammosynth.generators import inpainting as inpainting_module
 from mammosynth.generators.api import generate, load_generated, make_sampler
 from mammosynth.generators.box_sampling import SizeRange, iqr_inliers, sample_box, size_range

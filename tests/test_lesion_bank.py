@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 from mammosynth.generators.lesion_bank import LesionBank, build_lesion_bank, lesion_mask, load_or_build
 
 

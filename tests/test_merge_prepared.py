@@ -6,8 +6,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.ingest import merge_prepared
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.sources.ingest import merge_prepared
 
 
 def test_merge_keeps_every_row_and_records_sources(prepared_set, cbis_prepared, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mammosynth.builders import cli
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ["builders", "generators", "training", "dataset_cards", "validation", "examples"]
@@ -47,7 +47,7 @@ def test_wheel_installs_namespaced_subpackages(tmp_path: Path) -> None:
     code = "import importlib\n" + "".join(
         f"m = importlib.import_module('mammosynth.{p}'); assert m.__file__.startswith({str(site)!r}), m.__file__\n"
         for p in SUBPACKAGES
-    ) + "import mammosynth.builders.schema, mammosynth.builders.cli\nprint('ok')\n"
+    ) + "import mammosynth.builders.core.schema, mammosynth.builders.cli\nprint('ok')\n"
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

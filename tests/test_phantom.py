@@ -11,8 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from mammosynth.builders.dicom_io import read_display
-from mammosynth.builders.phantom import BREAST_COLUMNS, FINDING_COLUMNS, write_phantom
+from mammosynth.builders.sources.dicom_io import read_display
+from mammosynth.builders.sources.phantom import BREAST_COLUMNS, FINDING_COLUMNS, write_phantom
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -130,7 +130,7 @@ def test_full_size(tmp_path):
 
 
 def test_refuses_non_empty_output(tmp_path):
-    from mammosynth.builders.errors import InputError
+    from mammosynth.builders.core.errors import InputError
 
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")

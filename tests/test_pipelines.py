@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 from mammosynth.generators.pipelines import pipeline_folder
 
 
@@ -43,7 +43,7 @@ def test_missing_local_folder_and_wrong_pipeline(tiny_sd3, tmp_path: Path) -> No
 
 
 def test_checkpoint_names_are_readable_and_machine_independent() -> None:
-    from mammosynth.generators.pipelines import checkpoint_name
+    from mammosynth.builders.core.provenance import checkpoint_name
 
     assert checkpoint_name("/home/u/run/checkpoints/inpaint-b3/final") == "inpaint-b3/final"
     assert checkpoint_name("/srv/ckpt/sd35-lora/checkpoint-2000") == "sd35-lora/checkpoint-2000"

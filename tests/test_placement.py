@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mammosynth.generators.breast_mask import distance_to_edge
+from mammosynth.builders.core.breast_mask import distance_to_edge
 from mammosynth.generators.inpainting import _decode, load_prepared
 from mammosynth.generators.placement import Placement, PlacementConfig, analyse_background, place
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mammosynth.generators.inpainting import _decode
-from mammosynth.generators.png_blocks import BLOCK_ROWS, BlockFile, BlockPNG, adler32_combine, adler32_patch, encode_png
-from mammosynth.generators.shard_writer import encode_png as pil_png
+from mammosynth.builders.core.imageio import decode_grey as _decode
+from mammosynth.builders.core.png_blocks import BLOCK_ROWS, BlockFile, BlockPNG, adler32_combine, adler32_patch, encode_blocked_png
+from mammosynth.builders.core.imageio import encode_png as pil_png
 
 
 def _img(dtype, h=3 * BLOCK_ROWS + 5, w=41, seed=0):
@@ -41,7 +41,7 @@ def test_round_trip_and_patch(dtype):
     want[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
     got = enc.encode(patch, y, x)
     assert np.array_equal(_decode({"bytes": got}), want)
-    assert got == encode_png(want)  # bytes depend on the pixels only, not on what was cached
+    assert got == encode_blocked_png(want)  # bytes depend on the pixels only, not on what was cached
     assert enc.encode() == plain  # the cache is not modified by a patched encode
     with pytest.raises(ValueError, match="does not fit"):
         enc.encode(patch, img.shape[0] - 2, 0)
@@ -51,7 +51,7 @@ def test_round_trip_and_patch(dtype):
 @pytest.mark.parametrize("level", [1, 6])
 def test_block_file_reads_rows_and_patches(dtype, level):
     img = _img(dtype, h=4 * BLOCK_ROWS + 9, w=37)
-    data = encode_png(img, level)
+    data = encode_blocked_png(img, level)
     f = BlockFile.parse(data)
     assert f is not None and f.shape == img.shape and f.dtype == dtype
     for y0, y1 in [(0, 1), (BLOCK_ROWS - 1, BLOCK_ROWS + 1), (40, 130), (img.shape[0] - 3, img.shape[0])]:
@@ -65,7 +65,7 @@ def test_block_file_reads_rows_and_patches(dtype, level):
         assert len(fresh._rows) == (y + patch.shape[0] - 1) // BLOCK_ROWS - y // BLOCK_ROWS + 1
         for dec in _both_decoders(got):
             assert np.array_equal(dec, want)
-        assert got == encode_png(want, level)  # byte-identical to a full encode: path does not matter
+        assert got == encode_blocked_png(want, level)  # byte-identical to a full encode: path does not matter
         assert f.encode(patch, y, x, level=level) == got  # after a full read too
     full = f.rows()
     assert np.array_equal(full, img) and not full.flags.writeable
@@ -76,7 +76,7 @@ def test_not_block_layout_falls_back():
     img = _img(np.uint8, h=2 * BLOCK_ROWS + 3)
     assert BlockFile.parse(pil_png(img)) is None  # one big IDAT stream
     assert BlockFile.parse(cv2.imencode(".png", img)[1].tobytes()) is None
-    data = encode_png(img)
+    data = encode_blocked_png(img)
     assert BlockFile.parse(data[:-12]) is None  # no IEND
     bad = bytearray(data)
     bad[60] ^= 0xFF  # inside a block: the chunk CRC no longer matches

@@ -12,10 +12,10 @@ import pydantic
 import pytest
 from PIL import Image
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.generators import engine
-from mammosynth.generators.breast_mask import poisson_mask
+from mammosynth.builders.core.breast_mask import poisson_mask
 from mammosynth.generators.inpainting import _decode, load_prepared
 from mammosynth.generators.lesion_bank import build_lesion_bank
 from mammosynth.generators.placement import PlacementConfig, analyse_background, place
@@ -320,7 +320,7 @@ def test_sampler_pool_and_png_paths_give_the_same_bytes(prepared_set, tmp_path, 
     """Workers and the PNG path are speed choices only: one worker, a pool, and the fallback that
     decodes with Pillow and deflates every block all write the same bytes."""
     import mammosynth.generators.poisson as poisson_mod
-    from mammosynth.generators.png_blocks import BlockFile
+    from mammosynth.builders.core.png_blocks import BlockFile
 
     spec = _spec(prepared_set, tmp_path, counts=[{"birads": 5, "n": 3}])
     tasks = engine.plan(spec, "poisson")
@@ -439,7 +439,7 @@ def test_killed_pooled_run_leaves_no_workers_and_resumes_to_the_same_bytes(prepa
 def prepared16(phantom_source, tmp_path_factory):
     from conftest import PREPARED_SIZE
 
-    from mammosynth.builders.ingest import IngestOptions, ingest_vindr
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
 
     out = tmp_path_factory.mktemp("prepared16") / "prep"
     return ingest_vindr(phantom_source, out, IngestOptions(size=PREPARED_SIZE, bit_depth=16), progress=False)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mammosynth.builders.build import build
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.publish import publish
-from mammosynth.builders.spec import load_spec
+from mammosynth.builders.release.build import build
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.release.publish import publish
+from mammosynth.builders.core.spec import load_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_standin import HubStandin  # noqa: E402
@@ -132,7 +132,7 @@ def test_refusals_before_any_network(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (release / "validation" / "report.json").unlink()
     with pytest.raises(InputError, match="checksum|differ"):  # tampering is caught first
         publish(release, "org/x", dry_run=True, echo=lambda s: None)
-    from mammosynth.builders.package import write_checksums
+    from mammosynth.builders.release.package import write_checksums
 
     write_checksums(release)  # a consistent release that simply has no report
     with pytest.raises(InputError, match="validation report is missing"):

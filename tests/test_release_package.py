@@ -13,13 +13,13 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from mammosynth.builders import package as package_mod
-from mammosynth.builders.build import build
-from mammosynth.builders.errors import GateFailed
-from mammosynth.builders.package import shard_bounds, verify_checksums
-from mammosynth.builders.release_data import load_release_data
-from mammosynth.builders.schema import BIRADS_NAMES, release_features
-from mammosynth.builders.spec import load_spec
+from mammosynth.builders.release import package as package_mod
+from mammosynth.builders.release.build import build
+from mammosynth.builders.core.errors import GateFailed
+from mammosynth.builders.release.package import shard_bounds, verify_checksums
+from mammosynth.builders.core.release_data import load_release_data
+from mammosynth.builders.core.schema import BIRADS_NAMES, release_features
+from mammosynth.builders.core.spec import load_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from release_helpers import generate_fake, spec_dict, write_report, write_spec  # noqa: E402

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mammosynth.builders import schema
-from mammosynth.generators import seeds
+from mammosynth.builders.core import schema
+from mammosynth.builders.core import seeds
 
 
 def test_seed_follows_the_paper_formula() -> None:

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from mammosynth.builders import cli
-from mammosynth.builders.build import preflight
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.spec import load_spec
+from mammosynth.builders.release.build import preflight
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.spec import load_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from release_helpers import spec_dict, write_spec  # noqa: E402

@@ -10,8 +10,8 @@ import yaml
 from gen_helpers import make_prepared, make_spec, spec_dict, text2image_method
 
 from mammosynth.builders.cli import main
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import text2image_prompt
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.schema import text2image_prompt
 from mammosynth.generators.api import generate, load_generated, make_sampler
 from mammosynth.generators.engine import plan
 
@@ -104,7 +104,7 @@ def test_same_spec_twice_identical_and_lora_changes_output(lora_run, tiny_sd3, p
 
 
 def test_grey_conversion_is_luma_and_16_bit():
-    from mammosynth.generators.pipelines import to_gray
+    from mammosynth.builders.core.imageio import rgb_to_grey as to_gray
 
     rgb = np.array([[[1.0, 0.0, 0.0], [0.2, 0.2, 0.2], [1.0, 1.0, 1.0]]])
     assert to_gray(rgb, 8).tolist() == [[76, 51, 255]]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mammosynth.builders import schema
+from mammosynth.builders.core import schema
 
 
 def test_tiny_sd3_loads_and_samples(tiny_sd3):

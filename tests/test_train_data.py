@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 from mammosynth.training import data as tdata
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig, load_config
 from mammosynth.training.tiny_models import write_tiny_prepared_set
@@ -100,7 +100,7 @@ def test_random_and_full_masks(tiny_prepared):
 
 
 def test_captions_use_shared_template_and_follow_flip(tiny_prepared):
-    from mammosynth.builders import schema
+    from mammosynth.builders.core import schema
 
     ds, meta = tdata.load_prepared(tiny_prepared)
     data = tdata.Text2ImageData(ds, meta, tdata.Augment(32, hflip_prob=1.0), seed=0, vendor=False)

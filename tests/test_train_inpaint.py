@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mammosynth.builders.cli import main as cli_main
+from mammosynth.builders.core.hashing import hash_tree
 from mammosynth.training import runtime
 from mammosynth.training.config import InpaintConfig
 from mammosynth.training.inpaint import train_inpaint
@@ -53,7 +54,7 @@ def test_overfits_and_final_pipeline_loads_and_differs(full_run, tiny_sd2_inpain
     meta = json.loads((result.final_dir / runtime.METADATA_FILE).read_text())
     assert meta["birads"] == 4 and meta["steps"] == 8 and meta["num_images"] == 2
     assert meta["prompt"] == "A mammogram with BI-RADS 4 lesion."
-    assert meta["base_sha256"] == runtime.hash_tree(tiny_sd2_inpaint)
+    assert meta["base_sha256"] == hash_tree(tiny_sd2_inpaint)
     assert np.abs(_inpaint(result.final_dir) - _inpaint(tiny_sd2_inpaint)).max() > 1e-3
     assert sorted(p.name for p in (config.output_dir / "validation" / "step-000008").iterdir()) == [
         "image0-seed0.png", "image1-seed0.png"]

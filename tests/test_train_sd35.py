@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from mammosynth.builders.cli import main as cli_main
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 from mammosynth.training import runtime
 from mammosynth.training.config import SD35LoraConfig
 from mammosynth.training.sd35_lora import LORA_WEIGHTS, train_sd35_lora
@@ -58,7 +58,7 @@ def test_overfits_fixed_batch_and_writes_final_adapter(full_run):
 def test_adapter_loads_into_pipeline_and_changes_output(full_run, tiny_sd3):
     from diffusers import StableDiffusion3Pipeline
 
-    from mammosynth.builders import schema
+    from mammosynth.builders.core import schema
 
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
     prompt = schema.text2image_prompt("L", "CC", "A", 4)

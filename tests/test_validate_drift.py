@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 from mammosynth.validation import synthetic as S
 from mammosynth.validation.gate import validate_release
 

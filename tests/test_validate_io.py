@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from mammosynth.builders.cli import main
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.validation import synthetic as S
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.reference import CACHE_DIR_NAME, reference_index

@@ -24,8 +24,8 @@ def _as_release_row(r, image_id, img=None, method="text2image", laterality=None,
 @pytest.fixture(scope="module")
 def other_phantom(tmp_path_factory):
     """A phantom of another seed (other patients), ingested like the reference."""
-    from mammosynth.builders.ingest import IngestOptions, ingest_vindr
-    from mammosynth.builders.phantom import write_phantom
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
+    from mammosynth.builders.sources.phantom import write_phantom
 
     tmp = tmp_path_factory.mktemp("other")
     src = write_phantom(tmp / "src", 6, 4242, size_scale=0.125)

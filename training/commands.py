@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 
 _resume = click.option("--resume", default=None, metavar="latest|DIR",
                        help="Continue from the newest checkpoint ('latest') or a checkpoint folder.")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mammosynth.builders.config_io import StrictModel, load_model
+from mammosynth.builders.core.config_io import StrictModel, load_model
 
 # Fields that only change cadence or bookkeeping: a resumed run may differ in these without --force.
 RESUME_SAFE_FIELDS: frozenset[str] = frozenset(

@@ -19,9 +19,9 @@ import datasets
 import numpy as np
 import torch
 
-from mammosynth.builders import schema
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.prepared import open_prepared
+from mammosynth.builders.core import schema
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.prepared import open_prepared
 
 META_COLUMNS = ("image_id", "laterality", "view", "birads", "density", "manufacturer", "split", "findings", "flipped")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mammosynth.builders import schema
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core import schema
+from mammosynth.builders.core.errors import InputError
 from mammosynth.training import data as tdata
 from mammosynth.training import runtime
 from mammosynth.training.config import InpaintConfig

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.hashing import hash_tree
 from mammosynth.training.config import TrainingConfig, resume_fingerprint
 
 CHECKPOINTS = "checkpoints"
@@ -130,16 +131,6 @@ def check_base_model(base: str, components: tuple[str, ...]) -> Path | None:
         if not sub.is_dir() or not any(sub.iterdir()):
             raise InputError(f"base model is missing component '{name}'", file=path, field="base_model")
     return path
-
-
-def hash_tree(path: Path) -> str:
-    """sha256 over every file (relative name + content) of a folder: the base model's identity."""
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()
 
 
 def base_identity(base: str, revision: str | None, local: Path | None) -> dict[str, str | None]:

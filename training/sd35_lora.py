@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mammosynth.builders import schema
+from mammosynth.builders.core import schema
 from mammosynth.training import data as tdata
 from mammosynth.training import runtime
 from mammosynth.training.config import SD35LoraConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mammosynth.builders import schema
+from mammosynth.builders.core import schema
 
 MAX_LENGTH = 77  # design.md §6: always pass model_max_length=77
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mammosynth.builders.errors import GateFailed
+from mammosynth.builders.core.errors import GateFailed
 
 
 @click.command("validate")

@@ -177,10 +177,10 @@ def background_difference(
     outside the lesion boxes (each grown by ``margin`` x its size, where blending may reach)."""
     import cv2
 
-    from mammosynth.validation.image_features import dtype_max, to_gray
+    from mammosynth.builders.core.imageio import dtype_max, grey_channel
 
-    a = to_gray(image).astype(np.float32) / dtype_max(to_gray(image))
-    b = to_gray(source).astype(np.float32) / dtype_max(to_gray(source))
+    a = grey_channel(image).astype(np.float32) / dtype_max(grey_channel(image))
+    b = grey_channel(source).astype(np.float32) / dtype_max(grey_channel(source))
     if b.shape != a.shape:
         b = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
     keep = np.ones(a.shape, bool)

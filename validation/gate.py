@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mammosynth.builders.config_io import read_mapping
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import parse_birads
-from mammosynth.builders.spec import ReleaseSpec, load_spec
+from mammosynth.builders.core.config_io import read_mapping
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.schema import parse_birads
+from mammosynth.builders.core.spec import ReleaseSpec, load_spec
 from mammosynth.validation import dedup, stats
-from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, ImageFeatures, UnreadableImage, analyse, decode, to_gray
+from mammosynth.builders.core.imageio import UnreadableImage, decode, grey_channel
+from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, ImageFeatures, analyse
 from mammosynth.validation.reference import ReferenceIndex, reference_image, reference_index
 from mammosynth.validation.release_io import LoadedRelease, load_release
 from mammosynth.validation.report import Flag, Gate, ValidationReport, write_json, write_markdown
@@ -577,7 +578,7 @@ def validate_release(
         baseline=base_info,
         implementations={
             "mammosynth": _v("mammosynth"), "ms-ssim": f"pytorch-msssim=={_v('pytorch-msssim')}", "search": f"faiss-cpu=={_v('faiss-cpu')} IndexFlatL2 + IndexBinaryFlat (exact)",
-            "phash": "256-bit DCT pHash of the breast crop (scipy.fft)", "pixel hash": f"{PIXEL_HASH} (xxhash=={_v('xxhash')}) of shape, dtype and pixels", "breast mask": "mammosynth.generators.breast_mask.breast_mask (Otsu)",
+            "phash": "256-bit DCT pHash of the breast crop (scipy.fft)", "pixel hash": f"{PIXEL_HASH} (xxhash=={_v('xxhash')}) of shape, dtype and pixels", "breast mask": "mammosynth.builders.core.breast_mask.breast_mask (Otsu)",
             "embedding": f"{th.dedup.embed_size}x{th.dedup.embed_size} standardized, one-cell-blurred grid of the stable breast crop, chest wall left; "
                          f"training-set candidates under {dedup.PRESCORE_FACTOR:g}x the threshold re-scored over small grid shifts and scales",
         },  # fmt: skip
@@ -652,12 +653,12 @@ def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analys
                 continue
             seen.add(f.image_id)
             try:
-                img = to_gray(decode(rel.dataset[pos[f.image_id]]["image"]))
+                img = grey_channel(decode(rel.dataset[pos[f.image_id]]["image"]))
             except (UnreadableImage, ValueError):
                 continue
             ref = None
             if f.nearest_training_id and row_of.get(f.nearest_training_id, ref_ds.num_rows) < ref_ds.num_rows:
-                ref = to_gray(reference_image(ref_ds, row_of[f.nearest_training_id]))
+                ref = grey_channel(reference_image(ref_ds, row_of[f.nearest_training_id]))
             pairs.append((f"{f.image_id}\n{f.check}", img, f.nearest_training_id, ref))
         grid = P.flagged_grid(pairs, out / "flagged.png") if pairs else None
         files = (started or _Plots(_data_plots(rows, an, index, spec, out), None)).files()

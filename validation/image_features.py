@@ -15,7 +15,8 @@ import numpy as np
 import xxhash
 from scipy.fft import dctn
 
-from mammosynth.generators import breast_mask as bm
+from mammosynth.builders.core import breast_mask as bm
+from mammosynth.builders.core.imageio import UnreadableImage, decode, dtype_max, grey_channel
 
 ANALYSIS_SIDE = 512
 PHASH_BITS = 256  # 16 x 16 low-frequency DCT coefficients
@@ -24,10 +25,6 @@ PHASH_BYTES = PHASH_BITS // 8
 # hashes of two algorithms are never compared. xxh3 is ~30x faster than blake2b; collisions among
 # honest images are what matters here (128 bits), not resistance to a forger.
 PIXEL_HASH = "xxh3_128"
-
-
-class UnreadableImage(ValueError):
-    """The stored bytes do not decode to an image."""
 
 
 @dataclass
@@ -52,48 +49,6 @@ class ImageFeatures:
     # position in [p1, p99.9]); the breast percentiles leave the boxes out. None = empty box or no breast
     box_tissue: list[tuple[float, float, float] | None] = field(default_factory=list)
     thumb: np.ndarray | None = None  # (thumb_side, thumb_side) uint8, for MS-SSIM diversity
-
-
-def decode(image: dict | bytes | np.ndarray) -> np.ndarray:
-    """PNG/JPEG/TIFF bytes (a datasets ``{"bytes", "path"}`` dict, raw bytes or an array) -> array.
-
-    OpenCV keeps 16-bit PNGs as uint16 and is several times faster than PIL on large images.
-    """
-    if isinstance(image, np.ndarray):
-        return image
-    data = image
-    if isinstance(image, dict):
-        data = image.get("bytes")
-        if data is None and image.get("path"):
-            with open(image["path"], "rb") as fh:
-                data = fh.read()
-    if not data:
-        raise UnreadableImage("no image bytes")
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        # OpenCV lacks a few PIL-only encodings (e.g. some TIFF modes); try PIL before giving up.
-        import io
-
-        from PIL import Image
-
-        try:
-            arr = np.asarray(Image.open(io.BytesIO(data)))
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing here
-            # the class name only: PIL's message embeds a memory address, which would differ by run
-            raise UnreadableImage(f"cannot decode image bytes ({type(exc).__name__})") from None
-    return arr
-
-
-def to_gray(arr: np.ndarray) -> np.ndarray:
-    if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            arr = arr[..., :3]
-        arr = arr[..., 0] if arr.shape[2] == 1 else cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
-    return arr
-
-
-def dtype_max(arr: np.ndarray) -> float:
-    return float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
 
 
 def pixel_hash(arr: np.ndarray) -> str:
@@ -240,7 +195,7 @@ def analyse(
     """All per-image figures. ``boxes`` are [xmin, ymin, xmax, ymax] in full-image pixels."""
     raw = decode(image)
     channels = 1 if raw.ndim == 2 else raw.shape[2]
-    gray = to_gray(raw)
+    gray = grey_channel(raw)
     h, w = gray.shape
     top = dtype_max(gray)
     bit_depth = 16 if gray.dtype == np.uint16 else 8 if gray.dtype == np.uint8 else int(gray.dtype.itemsize * 8)

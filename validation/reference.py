@@ -17,11 +17,12 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.prepared import open_prepared
-from mammosynth.builders.schema import prepared_features
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.prepared import open_prepared
+from mammosynth.builders.core.schema import prepared_features
 from mammosynth.validation.dedup import tolerant_distance
-from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, UnreadableImage, analyse, decode
+from mammosynth.builders.core.imageio import UnreadableImage, decode
+from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, analyse
 
 INDEX_VERSION = 3  # bump when the features change: stale cached indexes rebuild
 CACHE_DIR_NAME = ".validation-cache"

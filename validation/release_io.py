@@ -10,10 +10,10 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import METHODS, RELEASE_COLUMNS, release_features
-from mammosynth.builders.spec import REPO_ID
-from mammosynth.generators.shard_writer import SHARD_GLOB
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.schema import METHODS, RELEASE_COLUMNS, release_features
+from mammosynth.builders.core.spec import REPO_ID
+from mammosynth.builders.core.shard_writer import SHARD_GLOB
 
 
 @dataclass

@@ -14,9 +14,10 @@ import cv2
 import datasets
 import numpy as np
 
-from mammosynth.builders.phantom import power_law_noise
-from mammosynth.builders.schema import inpainting_prompt, prepared_features, text2image_prompt
-from mammosynth.generators.shard_writer import ShardWriter, encode_png
+from mammosynth.builders.sources.phantom import power_law_noise
+from mammosynth.builders.core.schema import inpainting_prompt, prepared_features, text2image_prompt
+from mammosynth.builders.core.imageio import encode_png
+from mammosynth.builders.core.shard_writer import ShardWriter
 
 
 def mammogram(rng: np.random.Generator, h: int = 320, w: int = 256, laterality: str = "L", view: str = "CC") -> np.ndarray:
@@ -41,7 +42,7 @@ def mammogram(rng: np.random.Generator, h: int = 320, w: int = 256, laterality: 
 
 def lesion_box(img: np.ndarray, rng: np.random.Generator, frac: float = 0.12) -> list[float]:
     """A box well inside the breast (for BI-RADS 3-5 rows)."""
-    from mammosynth.generators.breast_mask import allowed_region
+    from mammosynth.builders.core.breast_mask import allowed_region
 
     h, w = img.shape
     bw, bh = w * frac * rng.uniform(0.8, 1.2), h * frac * rng.uniform(0.8, 1.2)
@@ -125,7 +126,7 @@ def write_generated(out: str | Path, rows_by_method: dict[str, list[dict[str, An
 def shift(img: np.ndarray, dx: int = 4, dy: int = 8) -> np.ndarray:
     """Translate by (dx away from the chest wall, dy down). A shift into the chest wall cuts tissue
     off and is a crop, which ``crop`` plants."""
-    from mammosynth.generators.breast_mask import breast_mask, chest_wall_side
+    from mammosynth.builders.core.breast_mask import breast_mask, chest_wall_side
 
     if chest_wall_side(breast_mask(np.sqrt(img / float(np.iinfo(img.dtype).max)))) == "R":
         dx = -dx
@@ -135,7 +136,7 @@ def shift(img: np.ndarray, dx: int = 4, dy: int = 8) -> np.ndarray:
 
 def crop(img: np.ndarray, frac: float = 0.05) -> np.ndarray:
     """Cut ``frac`` off every border except the chest wall, resized back to the original size."""
-    from mammosynth.generators.breast_mask import breast_mask, chest_wall_side
+    from mammosynth.builders.core.breast_mask import breast_mask, chest_wall_side
 
     h, w = img.shape
     left_wall = chest_wall_side(breast_mask(np.sqrt(img / 255.0))) == "L"

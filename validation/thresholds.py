@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from mammosynth.builders.config_io import StrictModel, load_model, validate_model
+from mammosynth.builders.core.config_io import StrictModel, load_model, validate_model
 
 
 class EffectLimits(StrictModel):

@@ -24,7 +24,7 @@ from typing import Callable
 import click
 import yaml
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 
 DEMO_SPEC = "demo-release.yaml"
 
@@ -68,8 +68,8 @@ def write_demo_spec(out: Path) -> Path:
 
 
 def _prepare_sources(out: Path, sizes: DemoSizes, echo: Callable[[str], None]) -> Path:
-    from mammosynth.builders.ingest import IngestOptions, ingest_dicom, ingest_vindr, merge_prepared, sample_dicom_dir
-    from mammosynth.builders.phantom import write_phantom
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_dicom, ingest_vindr, merge_prepared, sample_dicom_dir
+    from mammosynth.builders.sources.phantom import write_phantom
 
     prepared = out / "prepared"
     if (prepared / "ingest.json").is_file():
@@ -158,8 +158,8 @@ def sample_grid(generated: Path, failed: set[str], target: Path, per_method: int
 def run_demo(out: str | Path = "demo-out", sizes: DemoSizes | None = None,
              echo: Callable[[str], None] = click.echo) -> DemoResult:
     """Run the demo into ``out`` and return what it produced (the CLI prints the summary)."""
-    from mammosynth.builders.build import build
-    from mammosynth.builders.spec import load_spec
+    from mammosynth.builders.release.build import build
+    from mammosynth.builders.core.spec import load_spec
 
     sizes = sizes or DemoSizes()
     t0 = time.perf_counter()

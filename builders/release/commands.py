@@ -18,7 +18,7 @@ import click
 def build(spec: Path, push: bool, repo: str | None, drop_failed: bool, force: bool, reason: str | None,
           no_progress: bool) -> None:
     """generate -> validate -> card -> package (-> publish); rerun to resume."""
-    from mammosynth.builders.build import build as run_build
+    from mammosynth.builders.release.build import build as run_build
 
     run_build(spec, push=push, repo=repo, drop_failed=drop_failed, force=force, reason=reason,
               progress=not no_progress, echo=click.echo)
@@ -37,7 +37,7 @@ def build(spec: Path, push: bool, repo: str | None, drop_failed: bool, force: bo
 def publish(release: Path, repo: str, tag: str | None, private: bool | None, dry_run: bool, force: bool,
             allow_restricted_source: bool, reason: str | None) -> None:
     """Upload RELEASE (a `mammosynth build` folder) to the Hub and tag it."""
-    from mammosynth.builders.publish import publish as run_publish
+    from mammosynth.builders.release.publish import publish as run_publish
 
     run_publish(release, repo, tag=tag, private=private, dry_run=dry_run, force=force, reason=reason,
                 allow_restricted=allow_restricted_source, echo=click.echo)

@@ -19,12 +19,12 @@ from typing import Callable
 
 import yaml
 
-from mammosynth.builders.config_io import validate_model
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.package import (
+from mammosynth.builders.core.config_io import validate_model
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.release.package import (
     CHECKSUMS, git, git_commit_release, release_files, verify_checksums, write_checksums,
 )
-from mammosynth.builders.spec import REPO_ID, ReleaseSpec
+from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec
 
 # Folders whose files a new version replaces wholesale (stale shards of the previous one must go).
 REPLACED = ["data/**", "validation/**"]

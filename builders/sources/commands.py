@@ -17,7 +17,7 @@ import click
               show_default=True, help="Image size factor (1.0 = real vendor sizes, e.g. 3518x2800).")
 def phantom(out: Path, studies: int, seed: int, scale: float) -> None:
     """Write a synthetic VinDr-Mammo-format source (DICOM + CSVs) to OUT."""
-    from mammosynth.builders.phantom import write_phantom
+    from mammosynth.builders.sources.phantom import write_phantom
 
     write_phantom(out, studies, seed, size_scale=scale, progress=True)
     click.echo(f"wrote {studies} studies ({4 * studies} images) to {out}")
@@ -41,8 +41,8 @@ def _options(f):
 
 
 def _build_options(size, full_size, mode, bit_depth, flip_right, num_proc, png_compression, **extra):
-    from mammosynth.builders.config_io import validate_model
-    from mammosynth.builders.ingest import IngestOptions
+    from mammosynth.builders.core.config_io import validate_model
+    from mammosynth.builders.sources.ingest import IngestOptions
 
     data = dict(size=None if full_size else size, mode=mode, bit_depth=int(bit_depth),
                 flip_right=flip_right, num_proc=num_proc, png_compression=png_compression, **extra)
@@ -60,7 +60,7 @@ def ingest() -> None:
 @_options
 def vindr(src: Path, out: Path, **kw) -> None:
     """VinDr-Mammo layout (images/<study>/<image>.dicom + CSVs) or a phantom."""
-    from mammosynth.builders.ingest import ingest_vindr
+    from mammosynth.builders.sources.ingest import ingest_vindr
 
     _report(ingest_vindr(src, out, _build_options(**kw)))
 
@@ -74,7 +74,7 @@ def vindr(src: Path, out: Path, **kw) -> None:
 @click.option("--split", type=click.Choice(["training", "test"]), default="training", show_default=True)
 def dicom(src: Path, out: Path, **kw) -> None:
     """A folder of mammography DICOMs (laterality/view from the tags)."""
-    from mammosynth.builders.ingest import ingest_dicom
+    from mammosynth.builders.sources.ingest import ingest_dicom
 
     _report(ingest_dicom(src, out, _build_options(**kw)))
 
@@ -91,6 +91,6 @@ def _report(out: Path) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 def merge(out: Path, inputs: tuple[Path, ...]) -> None:
     """Combine prepared sets INPUTS... into one prepared set OUT (image ids must stay unique)."""
-    from mammosynth.builders.ingest import merge_prepared
+    from mammosynth.builders.sources.ingest import merge_prepared
 
     _report(merge_prepared(list(inputs), out))

@@ -18,20 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import BIRADS_NAMES, DENSITIES, LATERALITIES, METHODS, VIEWS, release_features
-from mammosynth.builders.spec import ReleaseSpec
-from mammosynth.generators.pipelines import checkpoint_name
-from mammosynth.generators.shard_writer import ShardWriter
-
-
-def strip_local_paths(value: Any) -> Any:
-    """Absolute local paths reduced to a short name: no machine paths in a published file."""
-    if isinstance(value, dict):
-        return {k: strip_local_paths(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strip_local_paths(v) for v in value]
-    return checkpoint_name(value) if isinstance(value, str) and value.startswith("/") else value
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.schema import BIRADS_NAMES, DENSITIES, LATERALITIES, METHODS, VIEWS, release_features
+from mammosynth.builders.core.spec import ReleaseSpec
+from mammosynth.builders.core.shard_writer import ShardWriter
 
 
 def generated_dir(spec: ReleaseSpec, method: str) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import datasets
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import PREPARED_COLUMNS
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.schema import PREPARED_COLUMNS
 
 
 def open_prepared(path: str | Path, *, field: str | None = None) -> datasets.Dataset:

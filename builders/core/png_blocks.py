@@ -6,7 +6,7 @@ deflated in independent blocks of ``BLOCK_ROWS`` rows, one IDAT chunk per block:
 from an empty dictionary and ends on a byte boundary with a sync flush (as parallel gzip does), and
 its first row uses the Sub filter (no reference to the block above) and the others the Up filter
 (cheap to undo with whole-row numpy adds, and ~8% smaller than Sub on mammograms). Any PNG decoder
-reads the result. The prepared set is written this way (``encode_png``), so:
+reads the result. The prepared set is written this way (``encode_blocked_png``), so:
 
 - ``BlockFile.rows`` decodes a row range by inflating only its blocks (a full decode this way is
   also ~2x faster than Pillow's);
@@ -16,7 +16,7 @@ reads the result. The prepared set is written this way (``encode_png``), so:
   (mod 65521), so changing a byte range shifts s1 and s2 by sums over that range only.
 
 The bytes depend only on the pixels and the deflate level: a patched file equals a fresh
-``encode_png`` of the patched image at the same level, whichever path made it. ``BlockFile.parse``
+``encode_blocked_png`` of the patched image at the same level, whichever path made it. ``BlockFile.parse``
 recognises the layout strictly (chunk sequence, zlib header, one IDAT per block) and returns None
 otherwise; a block that does not inflate to exactly its rows makes ``rows`` return None. Callers
 then fall back to a full decode.
@@ -205,7 +205,7 @@ class BlockPNG:
         return b"".join([self._head, *chunks, _chunk(b"IDAT", _FINAL + struct.pack(">I", adler)), _chunk(b"IEND", b"")])
 
 
-def encode_png(image: np.ndarray, level: int = LEVEL) -> bytes:
+def encode_blocked_png(image: np.ndarray, level: int = LEVEL) -> bytes:
     """Lossless PNG of a 2-D uint8/uint16 array in the block layout (threads for large images)."""
     return BlockPNG(image, level).encode()
 
@@ -227,7 +227,7 @@ class BlockFile:
 
     @classmethod
     def parse(cls, data: bytes) -> BlockFile | None:
-        """The file's layout, or None when it is not exactly the one ``encode_png`` writes."""
+        """The file's layout, or None when it is not exactly the one ``encode_blocked_png`` writes."""
         chunks, pos, n = [], len(_SIGNATURE), len(data)
         if data[:pos] != _SIGNATURE:
             return None

@@ -28,8 +28,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import DENSITIES
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.schema import DENSITIES
 
 BREAST_CSV = "breast-level_annotations.csv"
 FINDING_CSV = "finding_annotations.csv"

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 

@@ -11,8 +11,9 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field, field_validator, model_validator
 
-from mammosynth.builders.config_io import StrictModel, load_model
-from mammosynth.builders.schema import DENSITIES, LATERALITIES, METHODS, VIEWS, BiradsInt, Density, Laterality, View
+from mammosynth.builders.core.run_layout import RunLayout
+from mammosynth.builders.core.config_io import StrictModel, load_model
+from mammosynth.builders.core.schema import DENSITIES, LATERALITIES, METHODS, VIEWS, BiradsInt, Density, Laterality, View
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
@@ -196,6 +197,13 @@ class ReleaseSpec(StrictModel):
 
     def tag(self) -> str:
         return f"v{self.version}"
+
+    @property
+    def layout(self) -> RunLayout:
+        """The run's folders (generated, validation, card, release, stages, cache)."""
+        if self.output_dir is None:
+            raise ValueError("output_dir is unset: load the spec with load_spec()")
+        return RunLayout(Path(self.output_dir))
 
     def local_checkpoints(self) -> dict[str, str]:
         """Checkpoint references that name local folders (field -> path); hub ids are not included."""

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mammosynth.builders.errors import GateFailed, InputError
-from mammosynth.builders.package import package, spec_yaml
-from mammosynth.builders.release_data import (
+from mammosynth.builders.core.errors import GateFailed, InputError
+from mammosynth.builders.release.package import package, spec_yaml
+from mammosynth.builders.core.release_data import (
     ReleaseData, failed_ids_from_report, generated_dir, load_release_data,
 )
-from mammosynth.builders.spec import REPO_ID, ReleaseSpec, load_spec
+from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec, load_spec
 from mammosynth.generators.engine import shard_slices
-from mammosynth.generators.shard_writer import ShardWriter
+from mammosynth.builders.core.shard_writer import ShardWriter
 
 GenerateFn = Callable[[ReleaseSpec], Any]
 ValidateFn = Callable[[ReleaseSpec, Path], Any]  # (spec, report_dir) -> anything; writes report.json
@@ -76,7 +76,7 @@ def preflight(spec: ReleaseSpec, *, push: bool, repo: str | None, token: str | N
         repo_id = repo or spec.hub.repo_id
         if not repo_id or not REPO_ID.match(repo_id):
             raise InputError(f"malformed or missing repo id {repo_id!r}; set hub.repo_id (ORG/NAME)", field="hub.repo_id")
-        from mammosynth.builders.publish import resolve_token
+        from mammosynth.builders.release.publish import resolve_token
 
         if not resolve_token(token):
             raise InputError("no Hugging Face token for --push: set HF_TOKEN or log in", field="token")
@@ -201,7 +201,7 @@ def build(
 
     # 5. publish
     if push:
-        from mammosynth.builders.publish import publish
+        from mammosynth.builders.release.publish import publish
 
         result.published = publish(result.release, repo or spec.hub.repo_id or "", force=force, reason=reason,
                                    token=token, echo=echo)

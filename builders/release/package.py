@@ -25,10 +25,12 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
-from mammosynth.builders.errors import GateFailed, InputError
-from mammosynth.builders.release_data import ReleaseData, strip_local_paths
-from mammosynth.builders.schema import release_features
-from mammosynth.builders.spec import ReleaseSpec
+from mammosynth.builders.core.errors import GateFailed, InputError
+from mammosynth.builders.core.hashing import sha256_file
+from mammosynth.builders.core.provenance import strip_local_paths
+from mammosynth.builders.core.release_data import ReleaseData
+from mammosynth.builders.core.schema import release_features
+from mammosynth.builders.core.spec import ReleaseSpec
 
 ROW_GROUP_ROWS = 100  # datasets' row-group size for image data: keeps the viewer's reads small
 CHECKSUMS = "checksums.sha256"
@@ -75,14 +77,6 @@ def write_parquet_shards(
             writer.write_table(table.slice(start, stop - start).cast(schema), row_group_size=ROW_GROUP_ROWS)
         paths.append(path)
     return paths
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def release_files(folder: Path) -> list[Path]:

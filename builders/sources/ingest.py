@@ -33,12 +33,12 @@ import cv2
 import numpy as np
 import pydantic
 
-from mammosynth.builders import dicom_io
-from mammosynth.builders.config_io import StrictModel
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.phantom import BREAST_COLUMNS, BREAST_CSV, FINDING_COLUMNS, FINDING_CSV, METADATA_CSV
-from mammosynth.builders.schema import LATERALITIES, PREPARED_COLUMNS, SPLITS, VIEWS, parse_birads, parse_density
-from mammosynth.generators.png_blocks import encode_png
+from mammosynth.builders.sources import dicom_io
+from mammosynth.builders.core.config_io import StrictModel
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.sources.phantom import BREAST_COLUMNS, BREAST_CSV, FINDING_COLUMNS, FINDING_CSV, METADATA_CSV
+from mammosynth.builders.core.schema import LATERALITIES, PREPARED_COLUMNS, SPLITS, VIEWS, parse_birads, parse_density
+from mammosynth.builders.core.png_blocks import encode_blocked_png
 
 FORMAT_VERSION = 1
 DEFAULT_PSEUDONYM_KEY = "mammosynth-pseudonym-v1"
@@ -178,7 +178,7 @@ def process_record(record: Record, options: IngestOptions, key: str | None) -> d
     if flip:
         out = np.ascontiguousarray(out[:, ::-1])
     # block layout: generators read and patch a few rows of it without a full decode/encode
-    png = encode_png(out, options.png_compression)
+    png = encode_blocked_png(out, options.png_compression)
     findings = []
     for f in record.findings:
         box = transform_box(f.bbox, (h, w), (sx, sy), (ox, oy), out.shape, flip)
@@ -503,7 +503,7 @@ def _assemble(kind: str, src: Path, out: Path, work: Path, records: list[Record]
               options: IngestOptions, fingerprint: str) -> Path:
     import datasets
 
-    from mammosynth.builders.schema import prepared_features
+    from mammosynth.builders.core.schema import prepared_features
 
     cache = work / "records"
     all_skips = list(skips)
@@ -592,8 +592,8 @@ def merge_prepared(inputs: list[str | Path], out: str | Path) -> Path:
     """
     import datasets
 
-    from mammosynth.builders.prepared import open_prepared
-    from mammosynth.builders.schema import prepared_features
+    from mammosynth.builders.core.prepared import open_prepared
+    from mammosynth.builders.core.schema import prepared_features
 
     out = Path(out)
     if len(inputs) < 2:

@@ -9,9 +9,7 @@ Beside each shard: ``shard-0000k.json`` with per-shard statistics and the skippe
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,10 +19,11 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from mammosynth.builders.errors import InputError
-from mammosynth.builders.schema import RELEASE_COLUMNS, release_features
+from mammosynth.builders.core import atomic
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.imageio import encode_png
+from mammosynth.builders.core.schema import RELEASE_COLUMNS, release_features
 
 SHARD_GLOB = "shard-*.parquet"
 RUN_FILE = "run.json"
@@ -32,30 +31,6 @@ RUN_FILE = "run.json"
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
-
-
-def encode_png(image: np.ndarray | Image.Image) -> bytes:
-    """Lossless PNG bytes; uint16 arrays stay 16-bit (``I;16``), everything else 8-bit ``L``."""
-    if isinstance(image, np.ndarray):
-        if image.dtype == np.uint16:
-            if image.ndim != 2:
-                raise TypeError(f"16-bit images must be 2-D grey, got shape {image.shape}")
-            # frombytes: Pillow versions differ on fromarray(..., mode="I;16")
-            h, w = image.shape
-            image = Image.frombytes("I;16", (w, h), np.ascontiguousarray(image, dtype="<u2").tobytes())
-        elif image.dtype == np.uint8:
-            image = Image.fromarray(image)
-        else:
-            raise TypeError(f"image array must be uint8 or uint16, got {image.dtype}")
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -81,7 +56,7 @@ class ShardWriter:
                 )
             if recorded == fingerprint:
                 return
-        atomic_write_bytes(path, fingerprint.encode())
+        atomic.write_bytes(path, fingerprint.encode())
 
     def is_done(self, index: int) -> bool:
         return (self.out_dir / f"{shard_name(index)}.parquet").exists()
@@ -105,14 +80,13 @@ class ShardWriter:
             "per_view": dict(Counter(str(r["view"]) for r in rows)),
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        atomic_write_bytes(base.with_suffix(".json"), json.dumps(stats, indent=1).encode())
+        atomic.write_bytes(base.with_suffix(".json"), json.dumps(stats, indent=1).encode())
         # from_dict keeps the schema when every row of a shard was skipped
         table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in RELEASE_COLUMNS}, features=self.features)
-        tmp = base.with_name(f".{base.name}.parquet.tmp-{os.getpid()}")
         # pyarrow directly (same schema and feature metadata as ``to_parquet``, which would draw a
         # progress bar per shard under the run's own)
-        pq.write_table(table.data.table, tmp)
-        os.replace(tmp, base.with_suffix(".parquet"))
+        with atomic.atomic_file(base.with_suffix(".parquet")) as tmp:
+            pq.write_table(table.data.table, tmp)
         return base.with_suffix(".parquet")
 
     def shard_files(self) -> list[Path]:

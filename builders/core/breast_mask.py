@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from mammosynth.builders.errors import InputError
+from mammosynth.builders.core.errors import InputError
 
 WORK_SIZE = 512
 # A row/column at the image edge this full of "bright" is a film/scanner border, never breast:
