@@ -2,7 +2,7 @@ from pathlib import Path
 
 from mammosynth.builders.config_reference import MODELS, render
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_every_documented_model_imports() -> None:

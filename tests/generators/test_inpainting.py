@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gen_helpers import REFERENCE_BOXES, SIZE, inpainting_method, make_prepared, make_spec
+from helpers.gen_helpers import REFERENCE_BOXES, SIZE, inpainting_method, make_prepared, make_spec
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.generators import inpainting as inpainting_module

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import yaml
-from gen_helpers import make_prepared, make_spec, spec_dict, text2image_method
+from helpers.gen_helpers import make_prepared, make_spec, spec_dict, text2image_method
 
 from mammosynth.builders.cli import main
 from mammosynth.builders.core.errors import InputError

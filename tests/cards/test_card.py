@@ -17,8 +17,7 @@ from mammosynth.dataset_cards.card import Override, lint_card, parse_card, recor
 from mammosynth.dataset_cards.commands import write_card
 from mammosynth.dataset_cards.croissant import validate_croissant
 
-sys.path.insert(0, str(Path(__file__).parent))
-from release_helpers import make_release_inputs, write_report  # noqa: E402
+from helpers.release_helpers import make_release_inputs, write_report  # noqa: E402
 
 
 @pytest.fixture
@@ -94,7 +93,7 @@ def test_lint_catches_placeholders_and_empty_sections(release_inputs, tmp_path: 
 
 
 def test_card_cli_needs_generated_rows(tmp_path: Path) -> None:
-    from release_helpers import spec_dict, write_spec
+    from helpers.release_helpers import spec_dict, write_spec
 
     path = write_spec(tmp_path, spec_dict(tmp_path))
     with pytest.raises(InputError, match="no generated shards"):

@@ -21,8 +21,7 @@ from mammosynth.builders.core.release_data import load_release_data
 from mammosynth.builders.core.schema import BIRADS_NAMES, release_features
 from mammosynth.builders.core.spec import load_spec
 
-sys.path.insert(0, str(Path(__file__).parent))
-from release_helpers import generate_fake, spec_dict, write_report, write_spec  # noqa: E402
+from helpers.release_helpers import generate_fake, spec_dict, write_report, write_spec  # noqa: E402
 
 QUIET = {"progress": False, "echo": lambda s: None}
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from gen_helpers import make_spec
+from helpers.gen_helpers import make_spec
 
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.errors import InputError

@@ -13,10 +13,9 @@ from mammosynth.builders.release.build import preflight
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.spec import load_spec
 
-sys.path.insert(0, str(Path(__file__).parent))
-from release_helpers import spec_dict, write_spec  # noqa: E402
+from helpers.release_helpers import spec_dict, write_spec  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_examples_load_and_reproduce_the_paper_shape() -> None:

@@ -20,9 +20,8 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.release.publish import publish
 from mammosynth.builders.core.spec import load_spec
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hub_standin import HubStandin  # noqa: E402
-from release_helpers import generate_fake, spec_dict, write_report, write_spec  # noqa: E402
+from helpers.hub_standin import HubStandin  # noqa: E402
+from helpers.release_helpers import generate_fake, spec_dict, write_report, write_spec  # noqa: E402
 
 TOKEN = "hf_standin_secret_token"
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mammosynth.builders import cli
 from mammosynth.builders.core.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUBPACKAGES = ["builders", "generators", "training", "dataset_cards", "validation", "examples"]
 
 

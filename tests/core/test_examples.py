@@ -7,7 +7,7 @@ from pathlib import Path
 from mammosynth.builders.core.spec import load_spec
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig, load_config
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_training_examples_validate() -> None:

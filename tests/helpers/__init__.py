@@ -1,0 +1,1 @@
+"""What tests share: synthetic inputs, an in-process Hub stand-in."""
