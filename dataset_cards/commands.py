@@ -8,28 +8,21 @@ from pathlib import Path
 import click
 
 
-def write_card(spec_path: Path, *, drop_failed: bool = False, out: Path | None = None) -> Path:
-    """Render the card into ``out`` (default ``<output_dir>/card``); lint and validate before returning."""
+def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | None = None) -> Path:
+    """The card of SPEC's generated rows (less the failed ones with ``drop_failed``), written into
+    ``out`` (default the run's ``card/`` folder)."""
     from mammosynth.builders.core.release_data import failed_ids_from_report, load_release_data
     from mammosynth.builders.core.spec import load_spec
-    from mammosynth.dataset_cards.card import lint_card, previous_release_info, render_card
-    from mammosynth.dataset_cards.croissant import write_croissant
+    from mammosynth.dataset_cards.card import previous_release_info
+    from mammosynth.dataset_cards.write import write_card
 
     spec = load_spec(spec_path)
-    report_path = Path(spec.output_dir) / "validation" / "report.json"  # type: ignore[arg-type]
+    report_path = spec.layout.report_json
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     drop = failed_ids_from_report(report) if drop_failed and report else set()
     data = load_release_data(spec, drop)
     previous = previous_release_info(spec.previous_release) if spec.previous_release else None
-    text = render_card(spec, data, report, previous=previous)
-    out = out or Path(spec.output_dir) / "card"  # type: ignore[arg-type]
-    out.mkdir(parents=True, exist_ok=True)
-    lint_card(text, source=out / "README.md")
-    tmp = out / ".README.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out / "README.md")
-    write_croissant(spec, data, out / "croissant.json")
-    return out / "README.md"
+    return write_card(spec, data, report, out or spec.layout.card, previous=previous)
 
 
 @click.command("card")
@@ -38,5 +31,5 @@ def write_card(spec_path: Path, *, drop_failed: bool = False, out: Path | None =
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default <output_dir>/card).")
 def card(spec: Path, drop_failed: bool, out: Path | None) -> None:
     """Render the dataset card (README.md) and croissant.json for SPEC."""
-    path = write_card(spec, drop_failed=drop_failed, out=out)
+    path = card_for_spec(spec, drop_failed=drop_failed, out=out)
     click.echo(f"card written: {path} (+ croissant.json)")

@@ -24,11 +24,6 @@ from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.builders.core.shard_writer import ShardWriter
 
 
-def generated_dir(spec: ReleaseSpec, method: str) -> Path:
-    assert spec.output_dir is not None
-    return Path(spec.output_dir) / "generated" / method
-
-
 @dataclass
 class ReleaseData:
     """Arrow tables per method (ClassLabel columns as indices, images as embedded PNG bytes)."""
@@ -103,7 +98,7 @@ def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> Re
     dropped: dict[str, list[str]] = {}
     skipped: dict[str, list[dict[str, str]]] = {}
     for method in spec.methods:
-        writer = ShardWriter(generated_dir(spec, method))
+        writer = ShardWriter(spec.layout.generated(method))
         if not writer.shard_files():
             raise InputError(
                 f"no generated shards for method {method!r} in {writer.out_dir}; run `mammosynth generate` first",
@@ -127,4 +122,4 @@ def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> Re
     return data
 
 
-__all__ = ["ReleaseData", "load_release_data", "failed_ids_from_report", "generated_dir", "datasets"]
+__all__ = ["ReleaseData", "load_release_data", "failed_ids_from_report", "datasets"]

@@ -9,22 +9,20 @@ their own callables with the same signatures.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import GateFailed, InputError
-from mammosynth.builders.release.package import package, spec_yaml
-from mammosynth.builders.core.release_data import (
-    ReleaseData, failed_ids_from_report, generated_dir, load_release_data,
-)
-from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec, load_spec
-from mammosynth.generators.engine import shard_slices
+from mammosynth.builders.core.hashing import sha256_json
+from mammosynth.builders.core.release_data import ReleaseData, failed_ids_from_report, load_release_data
+from mammosynth.builders.core.run_layout import CARD_FILE
 from mammosynth.builders.core.shard_writer import ShardWriter
+from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec, load_spec
+from mammosynth.builders.release.package import CHECKSUMS, package, spec_yaml
+from mammosynth.generators.engine import shard_slices
 
 GenerateFn = Callable[[ReleaseSpec], Any]
 ValidateFn = Callable[[ReleaseSpec, Path], Any]  # (spec, report_dir) -> anything; writes report.json
@@ -39,25 +37,15 @@ class BuildResult:
     published: Any = None
 
 
-def _stamp_path(spec: ReleaseSpec, stage: str) -> Path:
-    return Path(spec.output_dir) / "stages" / f"{stage}.json"  # type: ignore[arg-type]
-
-
 def _up_to_date(spec: ReleaseSpec, stage: str, key: str, output: Path) -> bool:
-    path = _stamp_path(spec, stage)
+    path = spec.layout.stage_stamp(stage)
     return output.exists() and path.is_file() and json.loads(path.read_text()).get("key") == key
 
 
 def _stamp(spec: ReleaseSpec, stage: str, key: str) -> None:
-    path = _stamp_path(spec, stage)
+    path = spec.layout.stage_stamp(stage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"key": key}))
-    os.replace(tmp, path)
-
-
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    atomic.write_json(path, {"key": key})
 
 
 def _files_key(folder: Path, pattern: str = "**/*") -> list[tuple[str, int, int]]:
@@ -86,7 +74,7 @@ def generation_complete(spec: ReleaseSpec) -> bool:
     from mammosynth.generators.engine import plan
 
     for method in spec.methods:
-        writer = ShardWriter(generated_dir(spec, method))
+        writer = ShardWriter(spec.layout.generated(method))
         n = len(shard_slices(len(plan(spec, method)), spec.output.shard_size))
         if not all(writer.is_done(k) for k in range(n)):
             return False
@@ -102,8 +90,7 @@ def _default_generate(spec: ReleaseSpec) -> Any:
 def _default_validate(spec: ReleaseSpec, report_dir: Path) -> Any:
     from mammosynth.validation.gate import validate_release
 
-    return validate_release(Path(spec.output_dir) / "generated", spec.source.prepared, spec=spec,  # type: ignore[arg-type]
-                            report_dir=report_dir)
+    return validate_release(spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir)
 
 
 def build(
@@ -121,16 +108,16 @@ def build(
     echo: Callable[[str], None] = print,
 ) -> BuildResult:
     """Run the release chain for ``spec``; returns where the release is and which stages ran."""
-    from mammosynth.dataset_cards.card import Override, lint_card, previous_release_info, render_card
-    from mammosynth.dataset_cards.croissant import write_croissant
+    from mammosynth.dataset_cards.card import Override, previous_release_info
+    from mammosynth.dataset_cards.write import write_card
 
     if not isinstance(spec, ReleaseSpec):
         spec = load_spec(spec)
     if force and not (reason and reason.strip()):
         raise InputError("--force needs --reason \"...\" (it is recorded in the card)", field="--reason")
     preflight(spec, push=push, repo=repo, token=token)
-    out = Path(spec.output_dir)  # type: ignore[arg-type]
-    result = BuildResult(release=out / "release")
+    layout = spec.layout
+    result = BuildResult(release=layout.release)
 
     # 1. generate (the generator itself skips finished shards; this skips loading models at all)
     if generation_complete(spec):
@@ -143,18 +130,18 @@ def build(
         result.ran.append("generate")
 
     # 2. validate
-    report_dir = out / "validation"
-    gen_key = _hash(spec_yaml(spec), [_files_key(generated_dir(spec, m), "shard-*") for m in spec.methods])
-    if _up_to_date(spec, "validate", gen_key, report_dir / "report.json"):
+    report_dir = layout.validation
+    gen_key = sha256_json(spec_yaml(spec), [_files_key(layout.generated(m), "shard-*") for m in spec.methods])
+    if _up_to_date(spec, "validate", gen_key, layout.report_json):
         result.skipped.append("validate")
     else:
         echo("validate ...")
         (validate_fn or _default_validate)(spec, report_dir)
-        if not (report_dir / "report.json").is_file():
-            raise RuntimeError(f"validation wrote no report.json in {report_dir}")
+        if not layout.report_json.is_file():
+            raise RuntimeError(f"validation wrote no {layout.report_json.name} in {report_dir}")
         _stamp(spec, "validate", gen_key)
         result.ran.append("validate")
-    report = json.loads((report_dir / "report.json").read_text())
+    report = json.loads(layout.report_json.read_text())
     overrides: list[Override] = []
     if not report.get("passed"):
         if not (drop_failed or force):
@@ -169,28 +156,20 @@ def build(
     result.dropped = sum(len(v) for v in data.dropped.values())
     if result.dropped:
         echo(f"dropping {result.dropped} row(s) that failed validation")
-    card_dir = out / "card"
+    card_dir = layout.card
     previous = previous_release_info(spec.previous_release) if spec.previous_release else None
-    card_key = _hash(gen_key, data.fingerprint(), report, [o.__dict__ for o in overrides], previous)
-    if _up_to_date(spec, "card", card_key, card_dir / "README.md"):
+    card_key = sha256_json(gen_key, data.fingerprint(), report, [o.__dict__ for o in overrides], previous)
+    if _up_to_date(spec, "card", card_key, card_dir / CARD_FILE):
         result.skipped.append("card")
     else:
         echo("card ...")
-        tmp = card_dir.with_name(".card.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        text = render_card(spec, data, report, overrides=overrides, previous=previous)
-        lint_card(text, source=tmp / "README.md")
-        (tmp / "README.md").write_text(text, encoding="utf-8")
-        write_croissant(spec, data, tmp / "croissant.json")
-        shutil.rmtree(card_dir, ignore_errors=True)
-        os.replace(tmp, card_dir)
+        write_card(spec, data, report, card_dir, overrides=overrides, previous=previous)
         _stamp(spec, "card", card_key)
         result.ran.append("card")
 
     # 4. package (+ load_dataset round trip; a failure raises and leaves the previous release intact)
-    pkg_key = _hash(card_key, _files_key(card_dir), _files_key(report_dir))
-    if _up_to_date(spec, "package", pkg_key, result.release / "checksums.sha256"):
+    pkg_key = sha256_json(card_key, _files_key(card_dir), _files_key(report_dir))
+    if _up_to_date(spec, "package", pkg_key, result.release / CHECKSUMS):
         result.skipped.append("package")
     else:
         echo("package ...")

@@ -24,7 +24,10 @@ from typing import Callable
 import click
 import yaml
 
+from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.run_layout import REPORT_MD
+from mammosynth.builders.core.shard_writer import ShardWriter
 
 DEMO_SPEC = "demo-release.yaml"
 
@@ -45,6 +48,7 @@ class DemoResult:
     out: Path
     release: Path
     spec: Path
+    report_md: Path | None = None
     generated: dict[str, int] = field(default_factory=dict)
     packaged: dict[str, int] = field(default_factory=dict)
     failed_reasons: Counter = field(default_factory=Counter)
@@ -125,17 +129,18 @@ def sample_grid(generated: Path, failed: set[str], target: Path, per_method: int
     import pyarrow.parquet as pq
     from PIL import Image, ImageDraw, ImageOps
 
+    from mammosynth.builders.core.imageio import decode_grey
+
     tiles = []
     for method_dir in sorted(p for p in generated.iterdir() if p.is_dir()):
         rows = []
-        for shard in sorted(method_dir.glob("shard-*.parquet")):
+        for shard in ShardWriter(method_dir).shard_files():
             table = pq.read_table(shard, columns=["image", "image_id"]).to_pylist()
             rows.extend(table)
             if len(rows) >= per_method:
                 break
         for row in rows[:per_method]:
-            img = Image.open(__import__("io").BytesIO(row["image"]["bytes"]))
-            arr = np.asarray(img)
+            arr = decode_grey(row["image"])
             if arr.dtype != np.uint8:
                 arr = (arr / max(int(arr.max()), 1) * 255).astype(np.uint8)
             tile = ImageOps.pad(Image.fromarray(arr).convert("RGB"), (thumb, thumb), color=(0, 0, 0))
@@ -151,7 +156,8 @@ def sample_grid(generated: Path, failed: set[str], target: Path, per_method: int
     grid = Image.new("RGB", (cols * size[0], rows_n * size[1]))
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % cols) * size[0], (i // cols) * size[1]))
-    grid.save(target)
+    with atomic.atomic_file(target) as tmp:
+        grid.save(tmp, format="PNG")
     return target
 
 
@@ -176,18 +182,18 @@ def run_demo(out: str | Path = "demo-out", sizes: DemoSizes | None = None,
     built = build(spec, drop_failed=True, echo=lambda s: echo(f"    {s}"))
     _step(echo, 4, total, "summary")
 
-    report = json.loads((Path(spec.output_dir) / "validation" / "report.json").read_text())
+    report = json.loads(spec.layout.report_json.read_text())
     failed = set(report.get("failed_image_ids", []))
-    result = DemoResult(out=out, release=built.release, spec=spec_path)
+    result = DemoResult(out=out, release=built.release, spec=spec_path, report_md=spec.layout.validation / REPORT_MD)
     result.gates = {name: g.get("status", "?") for name, g in report.get("gates", {}).items()}
     for flag in report.get("flagged", []):
         if flag["image_id"] in failed:
             result.failed_reasons[flag["check"]] += 1
-    generated = Path(spec.output_dir) / "generated"
+    generated = spec.layout.generated()
     import pyarrow.parquet as pq
 
     for method in spec.methods:
-        files = sorted((generated / method).glob("shard-*.parquet"))
+        files = ShardWriter(spec.layout.generated(method)).shard_files()
         ids = [i for f in files for i in pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist()]
         result.generated[method] = len(ids)
         result.failed_by_method[method] = sum(1 for i in ids if i in failed)
@@ -244,11 +250,10 @@ def format_summary(r: DemoResult) -> str:
         lines.append("  (a release of a few images from untrained models fails the distribution gates, as it should;")
         lines.append("  `mammosynth publish` refuses it without --force --reason)")
     lines.append("")
-    report_dir = r.release.parent / "validation"
     lines += [
         f"  release (git repo, tag v*):  {r.release}",
         f"  dataset card:                {r.release / 'README.md'}",
-        f"  validation report:           {report_dir / 'report.md'}",
+        f"  validation report:           {r.report_md}",
         f"  sample grid (red = rejected): {r.grid}",
         f"  spec:                        {r.spec}",
         "",

@@ -26,7 +26,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from mammosynth.builders.core.errors import GateFailed, InputError
+from mammosynth.builders.core import atomic
 from mammosynth.builders.core.hashing import sha256_file
+from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON
 from mammosynth.builders.core.provenance import strip_local_paths
 from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.schema import release_features
@@ -185,21 +187,18 @@ def package(
     progress: bool = True,
 ) -> Path:
     """Build the release folder ``out`` (default ``<output_dir>/release``) and return it."""
-    out = Path(out) if out else Path(spec.output_dir) / "release"  # type: ignore[arg-type]
-    for name in ("README.md", "croissant.json"):
+    out = Path(out) if out else spec.layout.release
+    for name in (CARD_FILE, CROISSANT_FILE):
         if not (card_dir / name).is_file():
             raise InputError("card not rendered; run `mammosynth card` first", file=card_dir / name)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    # a failure anywhere (including the load_dataset round trip) leaves the previous release intact
+    with atomic.atomic_dir(out) as tmp:
         max_bytes = int(spec.output.max_shard_mb * 1_000_000)
         for m in tqdm(data.methods, desc="package", unit="config", disable=not progress):
             write_parquet_shards(data.tables[m], tmp / "data" / m, max_bytes)
-        for name in ("README.md", "croissant.json"):
+        for name in (CARD_FILE, CROISSANT_FILE):
             shutil.copy2(card_dir / name, tmp / name)
-        if report_dir is not None and (report_dir / "report.json").is_file():
+        if report_dir is not None and (report_dir / REPORT_JSON).is_file():
             shutil.copytree(report_dir, tmp / "validation", ignore=shutil.ignore_patterns(".*", "*.tmp*"))
         (tmp / "spec.yaml").write_text(spec_yaml(spec), encoding="utf-8")
         (tmp / ".gitattributes").write_text("*.parquet binary\n*.png binary\n")
@@ -207,16 +206,6 @@ def package(
         if verify:
             verify_release(tmp, data)
         git_commit_release(tmp, spec.tag(), f"Release {spec.tag()}: {spec.pretty_name}")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

@@ -10,21 +10,15 @@ The token is passed to the client and never printed or logged.
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from mammosynth.builders.core.config_io import validate_model
 from mammosynth.builders.core.errors import InputError
-from mammosynth.builders.release.package import (
-    CHECKSUMS, git, git_commit_release, release_files, verify_checksums, write_checksums,
-)
 from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec
+from mammosynth.builders.release.package import CHECKSUMS, git, git_commit_release, write_checksums
+from mammosynth.builders.release.release import Release
 
 # Folders whose files a new version replaces wholesale (stale shards of the previous one must go).
 REPLACED = ["data/**", "validation/**"]
@@ -60,27 +54,6 @@ class PublishResult:
     already_published: bool = False
 
 
-def read_release_spec(release: Path) -> ReleaseSpec:
-    path = release / "spec.yaml"
-    if not path.is_file():
-        raise InputError("not a release folder (no spec.yaml); run `mammosynth build` first", file=path)
-    return validate_model(ReleaseSpec, yaml.safe_load(path.read_text()) or {}, source=path)
-
-
-def read_report(release: Path) -> dict | None:
-    path = release / "validation" / "report.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"cannot parse: {exc}", file=path) from None
-
-
-def released_methods(release: Path) -> list[str]:
-    return sorted(p.name for p in (release / "data").iterdir() if p.is_dir() and any(p.glob("*.parquet")))
-
-
 def resolve_token(token: str | None) -> str | None:
     if token:
         return token
@@ -100,28 +73,28 @@ def plan_publish(
     allow_restricted: bool = False,
 ) -> tuple[PublishPlan, ReleaseSpec]:
     """All refusal checks; returns what would be done. Writes nothing."""
-    release = Path(release)
+    rel = Release(release)
     if not REPO_ID.match(repo_id or ""):
         raise InputError(f"malformed repo id {repo_id!r}; expected ORG/NAME", field="--repo")
     if (force or allow_restricted) and not (reason and reason.strip()):
         raise InputError("an override needs --reason \"...\" (it is recorded in the card)", field="--reason")
-    spec = read_release_spec(release)
-    verify_checksums(release)
+    spec = rel.spec
+    rel.verify()
     tag = tag or spec.tag()
     visibility = "private" if private else spec.hub.visibility if private is None else "public"
     if private is False and spec.hub.visibility == "gated":
         visibility = "gated"
     overrides: list[tuple[str, str]] = []
-    report = read_report(release)
+    report = rel.report
     if report is None or not report.get("passed"):
         what = "missing" if report is None else "failed"
         if not force:
             raise InputError(
                 f"validation report is {what}; fix the release or pass --force --reason \"...\"",
-                file=release / "validation" / "report.json",
+                file=rel.report_path,
             )
         overrides.append(("validation", reason or ""))
-    pixels = [m for m in released_methods(release) if m in ("inpainting", "poisson")]
+    pixels = [m for m in rel.methods if m in ("inpainting", "poisson")]
     if visibility != "private" and pixels and not spec.source.redistribution_allowed:
         if not allow_restricted:
             raise InputError(
@@ -131,8 +104,8 @@ def plan_publish(
                 field="source.redistribution_allowed",
             )
         overrides.append(("licence", reason or ""))
-    files = [p.relative_to(release).as_posix() for p in release_files(release)] + [CHECKSUMS]
-    size = sum((release / f).stat().st_size for f in files)
+    files = rel.files()
+    size = sum((rel.folder / f).stat().st_size for f in files)
     return PublishPlan(repo_id, tag, visibility, files, size, overrides), spec
 
 
@@ -225,4 +198,4 @@ def publish(
     return PublishResult(url, commit.oid, plan.tag, load_line)
 
 
-__all__ = ["publish", "plan_publish", "PublishPlan", "PublishResult", "os"]
+__all__ = ["publish", "plan_publish", "PublishPlan", "PublishResult"]

@@ -14,7 +14,7 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.release_data import load_release_data
 from mammosynth.builders.core.schema import release_features
 from mammosynth.dataset_cards.card import Override, lint_card, parse_card, record_override, render_card
-from mammosynth.dataset_cards.commands import write_card
+from mammosynth.dataset_cards.commands import card_for_spec as write_card
 from mammosynth.dataset_cards.croissant import validate_croissant
 
 from helpers.release_helpers import make_release_inputs, write_report  # noqa: E402

@@ -1,0 +1,88 @@
+"""A packaged release folder as one object: what it holds (spec, validation report, methods,
+files), whether it is intact, how to load it and how to publish it."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mammosynth.builders.core.config_io import validate_model
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.run_layout import REPORT_JSON
+from mammosynth.builders.core.spec import ReleaseSpec
+from mammosynth.builders.release.package import CHECKSUMS, release_files, verify_checksums
+
+SPEC_FILE = "spec.yaml"
+REPORT_DIR = "validation"
+
+
+class Release:
+    """``Release(folder)``: the Hub-layout folder ``mammosynth build`` writes (``data/<config>/``,
+    ``README.md``, ``validation/``, ``spec.yaml``, ``checksums.sha256``)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def __repr__(self) -> str:
+        return f"Release({str(self.folder)!r})"
+
+    @cached_property
+    def spec(self) -> ReleaseSpec:
+        path = self.folder / SPEC_FILE
+        if not path.is_file():
+            raise InputError("not a release folder (no spec.yaml); run `mammosynth build` first", file=path)
+        return validate_model(ReleaseSpec, yaml.safe_load(path.read_text()) or {}, source=path)
+
+    @property
+    def report_path(self) -> Path:
+        return self.folder / REPORT_DIR / REPORT_JSON
+
+    @cached_property
+    def report(self) -> dict[str, Any] | None:
+        """The validation report shipped with the release, or None when there is none."""
+        path = self.report_path
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"cannot parse: {exc}", file=path) from None
+
+    @property
+    def tag(self) -> str:
+        return self.spec.tag()
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods with at least one parquet shard, sorted."""
+        data = self.folder / "data"
+        if not data.is_dir():
+            return []
+        return sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+
+    def files(self) -> list[str]:
+        """Every file a push uploads, relative to the folder (the manifest included)."""
+        return [p.relative_to(self.folder).as_posix() for p in release_files(self.folder)] + [CHECKSUMS]
+
+    def verify(self) -> None:
+        """Raise InputError when a file changed, appeared or went missing since packaging."""
+        verify_checksums(self.folder)
+
+    def load(self, config: str = "all", split: str = "train", **kwargs: Any):
+        """The release as a consumer sees it: ``datasets.load_dataset(folder, config)``."""
+        import datasets
+
+        return datasets.load_dataset(str(self.folder), config, split=split, **kwargs)
+
+    def publish(self, repo_id: str, **kwargs: Any):
+        """Push to the Hub and tag it (see ``publish.publish`` for the refusals and options)."""
+        from mammosynth.builders.release.publish import publish
+
+        return publish(self.folder, repo_id, **kwargs)
+
+
+__all__ = ["Release", "SPEC_FILE"]

@@ -1,0 +1,40 @@
+"""Writing a release's card: the one function ``mammosynth card`` and ``mammosynth build`` call, so
+both produce the same README.md and croissant.json from the same inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mammosynth.builders.core import atomic
+from mammosynth.builders.core.release_data import ReleaseData
+from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE
+from mammosynth.builders.core.spec import ReleaseSpec
+from mammosynth.dataset_cards.card import Override, lint_card, render_card
+from mammosynth.dataset_cards.croissant import write_croissant
+
+
+def write_card(
+    spec: ReleaseSpec,
+    data: ReleaseData,
+    report: dict[str, Any] | None,
+    out: str | Path,
+    *,
+    overrides: Sequence[Override] = (),
+    previous: dict[str, Any] | None = None,
+) -> Path:
+    """Render, lint and write ``README.md`` + ``croissant.json`` into the folder ``out``. Both are
+    checked before either replaces its old version (lint, Croissant validation), so a failure
+    leaves the previous card; other files in ``out`` are left alone."""
+    text = render_card(spec, data, report, overrides=list(overrides), previous=previous)
+    out = Path(out)
+    lint_card(text, source=out / CARD_FILE)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_file(out / CROISSANT_FILE) as croissant:
+        write_croissant(spec, data, croissant)
+        atomic.write_text(out / CARD_FILE, text)
+    return out / CARD_FILE
+
+
+__all__ = ["write_card"]
