@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean bench
+.PHONY: demo test lint format install clean bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,7 +20,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mammosynth demo --out $(OUT)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: $(STAMP) lint
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 
 clean:

@@ -109,3 +109,21 @@ def test_no_module_imports_from_a_floor_above_or_beside() -> None:
 def test_the_check_catches_upward_and_sideways_imports(source: str, bad: bool) -> None:
     floors = floors_from_doc(DOC.read_text())
     assert bool(violations(floors, {"generators.poisson": source})) is bad
+
+
+def private_imports(modules: dict[str, str]) -> list[str]:
+    """'module:line: name from other' for each underscore name imported from another module."""
+    found = []
+    for module, source in modules.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mammosynth."):
+                other = node.module.removeprefix("mammosynth.")
+                for alias in node.names:
+                    if alias.name.startswith("_") and other != module:
+                        found.append(f"{module}:{node.lineno}: {alias.name} from {other}")
+    return found
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    assert private_imports(package_modules()) == []
+    assert private_imports({"generators.poisson": "from mammosynth.generators.inpainting import _decode\n"})
