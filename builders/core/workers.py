@@ -22,11 +22,24 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
 def exit_with_parent(parent: int) -> None:
-    """Start a daemon thread that ends this process once it is re-parented."""
+    """Start a daemon thread that ends this process once ``parent`` (the process that made the
+    pool) is gone or this process is re-parented. A forkserver worker's own parent is the fork
+    server, which leaves when the pool's owner dies; both signs are watched."""
+    first_ppid = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == first_ppid and not _gone(parent):
             time.sleep(0.5)
         os._exit(1)
 
