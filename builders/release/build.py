@@ -17,6 +17,7 @@ from typing import Any, Callable
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core.hashing import sha256_json
+from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.release_data import ReleaseData, failed_ids_from_report, load_release_data
 from mammosynth.builders.core.run_layout import CARD_FILE
 from mammosynth.builders.core.shard_writer import ShardWriter
@@ -107,15 +108,25 @@ def build(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> BuildResult:
-    """Run the release chain for ``spec``; returns where the release is and which stages ran."""
-    from mammosynth.dataset_cards.card import Override, previous_release_info
-    from mammosynth.dataset_cards.write import write_card
-
+    """Run the release chain for ``spec``; returns where the release is and which stages ran.
+    One build per output folder at a time (a second one exits 2 naming the first's pid)."""
     if not isinstance(spec, ReleaseSpec):
         spec = load_spec(spec)
     if force and not (reason and reason.strip()):
         raise InputError("--force needs --reason \"...\" (it is recorded in the card)", field="--reason")
     preflight(spec, push=push, repo=repo, token=token)
+    with folder_lock(spec.layout.root, "build"):
+        return _run_stages(spec, push=push, drop_failed=drop_failed, force=force, reason=reason, repo=repo,
+                           token=token, generate_fn=generate_fn, validate_fn=validate_fn, progress=progress,
+                           echo=echo)
+
+
+def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool, reason: str | None,
+                repo: str | None, token: str | None, generate_fn: GenerateFn | None,
+                validate_fn: ValidateFn | None, progress: bool, echo: Callable[[str], None]) -> BuildResult:
+    from mammosynth.dataset_cards.card import Override, previous_release_info
+    from mammosynth.dataset_cards.write import write_card
+
     layout = spec.layout
     result = BuildResult(release=layout.release)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec
 from mammosynth.builders.release.package import CHECKSUMS, git, git_commit_release, write_checksums
 from mammosynth.builders.release.release import Release
@@ -140,6 +141,17 @@ def publish(
     echo: Callable[[str], None] = print,
 ) -> PublishResult | PublishPlan:
     release = Path(release)
+    if dry_run:
+        return _publish(release, repo_id, tag=tag, private=private, dry_run=True, force=force, reason=reason,
+                        allow_restricted=allow_restricted, token=token, echo=echo)
+    with folder_lock(release, "publish"):  # overrides amend the release's commit: one publisher at a time
+        return _publish(release, repo_id, tag=tag, private=private, dry_run=False, force=force, reason=reason,
+                        allow_restricted=allow_restricted, token=token, echo=echo)
+
+
+def _publish(release: Path, repo_id: str, *, tag: str | None, private: bool | None, dry_run: bool, force: bool,
+             reason: str | None, allow_restricted: bool, token: str | None,
+             echo: Callable[[str], None]) -> PublishResult | PublishPlan:
     plan, spec = plan_publish(release, repo_id, tag=tag, private=private, force=force, reason=reason,
                               allow_restricted=allow_restricted)
     if dry_run:

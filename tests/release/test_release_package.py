@@ -112,3 +112,20 @@ def test_failed_round_trip_stops_the_build_and_keeps_the_previous_release(tmp_pa
         build(spec, generate_fn=generate_fake, validate_fn=lambda s, d: write_report(d), **QUIET)
     assert (ok.release / "checksums.sha256").read_text() == before
     assert not list(ok.release.parent.glob(".release.tmp-*"))
+
+
+def test_second_build_on_one_folder_exits_2_naming_the_first(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    hold = ("import sys, time\nfrom mammosynth.builders.core.locks import folder_lock\n"
+            "with folder_lock(sys.argv[1], 'build'):\n    print('held', flush=True)\n    time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(spec.layout.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = subprocess.run([sys.executable, "-m", "mammosynth.builders.cli", "build", str(tmp_path / "spec.yaml")],
+                             capture_output=True, text=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.returncode == 2, run.stderr
+    assert f"in use by pid {holder.pid} (build)" in run.stderr and "Traceback" not in run.stderr
+    assert not spec.layout.generated().exists()  # nothing was written
