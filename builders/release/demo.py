@@ -72,7 +72,9 @@ def write_demo_spec(out: Path) -> Path:
 
 
 def _prepare_sources(out: Path, sizes: DemoSizes, echo: Callable[[str], None]) -> Path:
-    from mammosynth.builders.sources.ingest import IngestOptions, ingest_dicom, ingest_vindr, merge_prepared, sample_dicom_dir
+    from mammosynth.builders.sources.dicom_folder import sample_dicom_dir
+    from mammosynth.builders.sources.ingest import IngestOptions, ingest_dicom, ingest_vindr
+    from mammosynth.builders.sources.merge import merge_prepared
     from mammosynth.builders.sources.phantom import write_phantom
 
     prepared = out / "prepared"

@@ -1,5 +1,5 @@
 """`mammosynth phantom` and `mammosynth ingest vindr|dicom`: thin click layers over
-`phantom.write_phantom` and `ingest.ingest_vindr` / `ingest.ingest_dicom`."""
+`phantom.write_phantom`, `ingest.ingest_vindr` / `ingest.ingest_dicom` and `merge.merge_prepared`."""
 
 from __future__ import annotations
 
@@ -80,10 +80,10 @@ def dicom(src: Path, out: Path, **kw) -> None:
 
 
 def _report(out: Path) -> None:
-    import json
+    from mammosynth.builders.core.prepared import SKIPPED_CSV, read_ingest_info
 
-    counts = json.loads((out / "ingest.json").read_text())["counts"]
-    click.echo(f"{counts['images']} images -> {out} ({counts['skipped']} skipped, see {out / 'skipped.csv'})")
+    counts = read_ingest_info(out)["counts"]
+    click.echo(f"{counts['images']} images -> {out} ({counts['skipped']} skipped, see {out / SKIPPED_CSV})")
 
 
 @ingest.command("merge")
@@ -91,6 +91,6 @@ def _report(out: Path) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 def merge(out: Path, inputs: tuple[Path, ...]) -> None:
     """Combine prepared sets INPUTS... into one prepared set OUT (image ids must stay unique)."""
-    from mammosynth.builders.sources.ingest import merge_prepared
+    from mammosynth.builders.sources.merge import merge_prepared
 
     _report(merge_prepared(list(inputs), out))

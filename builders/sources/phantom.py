@@ -17,8 +17,6 @@ already contain every class; both are arguments.
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,22 +24,19 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
+from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.schema import DENSITIES
-
-BREAST_CSV = "breast-level_annotations.csv"
-FINDING_CSV = "finding_annotations.csv"
-METADATA_CSV = "metadata.csv"
-BREAST_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height",
-                  "width", "breast_birads", "breast_density", "split")
-FINDING_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height",
-                   "width", "breast_birads", "breast_density", "finding_categories",
-                   "finding_birads", "xmin", "ymin", "xmax", "ymax", "split")
-METADATA_COLUMNS = ("SOP Instance UID", "Series Instance UID", "Patient's Age", "Rows", "Columns",
-                    "Photometric Interpretation", "Pixel Padding Value", "Window Center",
-                    "Window Width", "Manufacturer", "Manufacturer's Model Name")
+from mammosynth.builders.sources.vindr import (
+    BREAST_COLUMNS,
+    BREAST_CSV,
+    FINDING_COLUMNS,
+    FINDING_CSV,
+    METADATA_COLUMNS,
+    METADATA_CSV,
+)
 
 PHANTOM_BIRADS_WEIGHTS = (0.40, 0.20, 0.15, 0.15, 0.10)
 PHANTOM_DENSITY_WEIGHTS = (0.10, 0.25, 0.40, 0.25)
@@ -282,103 +277,99 @@ def write_phantom(
         raise InputError("must be in (0, 1]", field="size_scale")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError("output directory exists and is not empty", file=out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
     unknown = set(vendors or ()) - {v.manufacturer for v in VENDORS}
     if unknown:
         raise InputError(f"unknown vendor(s) {sorted(unknown)}; known: "
                          f"{[v.manufacturer for v in VENDORS]}", field="vendors")
     vendor_p = np.array([v.weight if not vendors or v.manufacturer in vendors else 0.0 for v in VENDORS])
-    breast_rows: list[dict] = []
-    finding_rows: list[dict] = []
-    meta_rows: list[dict] = []
-    iterator = range(studies)
-    if progress:
-        from tqdm import tqdm
+    rng = np.random.default_rng(seed)
+    with atomic_dir(out_dir) as tmp:  # an existing out_dir is empty (checked above)
+        (tmp / "images").mkdir(parents=True)
+        breast_rows: list[dict] = []
+        finding_rows: list[dict] = []
+        meta_rows: list[dict] = []
+        iterator = range(studies)
+        if progress:
+            from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="phantom", unit="study")
-    for s in iterator:
-        study_id = _hex_id(rng)
-        vendor = VENDORS[rng.choice(len(VENDORS), p=vendor_p / vendor_p.sum())]
-        rows = max(64, round(vendor.rows * size_scale))
-        cols = max(48, round(int(rng.integers(vendor.columns[0], vendor.columns[1] + 1)) * size_scale))
-        density = DENSITIES[rng.choice(4, p=np.asarray(density_weights) / sum(density_weights))]
-        split = "test" if rng.random() < test_fraction else "training"
-        age = f"{int(rng.integers(35, 80)):03d}Y" if rng.random() < 0.6 else ""
-        (tmp / "images" / study_id).mkdir()
-        for lat in ("L", "R"):
-            series_id = _hex_id(rng)
-            birads = int(rng.choice(5, p=np.asarray(birads_weights) / sum(birads_weights))) + 1
-            if s < 3 and lat == "L" and studies >= 3:
-                birads = 5 - s  # guarantee BI-RADS 5, 4 and 3 in any phantom of three studies or more
-            for view in ("CC", "MLO"):
-                image_id = _hex_id(rng)
-                img, mask = _render(rng, rows, cols, view, density)
-                findings = []
-                median_box = 0.08 * cols
-                if birads >= 3:
-                    kinds = ["Mass"] if rng.random() < 0.6 else ["Suspicious Calcification"]
-                    if birads == 5 and rng.random() < 0.4:
-                        kinds = ["Mass", "Suspicious Calcification"]
-                    box_px = median_box * (1.0 + 0.6 * (birads - 3)) * rng.uniform(0.7, 1.3)
-                    box = (_add_mass(rng, img, mask, box_px, birads == 5) if "Mass" in kinds
-                           else _add_calcifications(rng, img, mask, box_px))
-                    if box is not None:
-                        findings.append((kinds, birads, box))
-                elif birads == 2 and rng.random() < 0.5:
-                    box = _add_mass(rng, img, mask, median_box * 0.5, False)
-                    if box is not None:  # lymph nodes carry no finding BI-RADS in VinDr
-                        findings.append((["Suspicious Lymph Node"], None, box))
-                label = f"{lat}{view}"
-                if lat == "R":
-                    img = img[:, ::-1].copy()
-                    mask = mask[:, ::-1]
-                    findings = [(k, b, (cols - x1, y0, cols - x0, y1)) for k, b, (x0, y0, x1, y1) in findings]
-                _burn_label(img, label, right=lat == "R")
-                pixels, center, width = _to_stored(rng, img, mask, vendor)
-                windows_c = [center + 150 * i for i in range(vendor.windows)]
-                windows_w = [width - 300 * i for i in range(vendor.windows)]
-                _write_dicom(tmp / "images" / study_id / f"{image_id}.dicom", pixels, vendor=vendor,
-                             study_id=study_id, series_id=series_id, image_id=image_id,
-                             laterality=lat, view=view, center=center, width=width, age=age)
-                base = {"study_id": study_id, "series_id": series_id, "image_id": image_id,
-                        "laterality": lat, "view_position": view, "height": rows, "width": cols,
-                        "breast_birads": f"BI-RADS {birads}", "breast_density": f"DENSITY {density}"}
-                breast_rows.append({**base, "split": split})
-                if not findings:
-                    finding_rows.append({**base, "finding_categories": "['No Finding']",
-                                         "finding_birads": "", "xmin": "", "ymin": "", "xmax": "",
-                                         "ymax": "", "split": split})
-                for kinds, fb, (x0, y0, x1, y1) in findings:
-                    # VinDr quirk: boxes of lesions near the edge spill up to ~40 px past it.
-                    over = float(rng.uniform(5, 40)) * size_scale
-                    x0 = -over if x0 < 3 * over else x0
-                    y0 = -over if y0 < 3 * over else y0
-                    x1 = cols + over if x1 > cols - 3 * over else x1
-                    y1 = rows + over if y1 > rows - 3 * over else y1
-                    finding_rows.append({
-                        **base, "finding_categories": str(kinds),
-                        "finding_birads": f"BI-RADS {fb}" if fb else "",
-                        "xmin": f"{x0:.2f}", "ymin": f"{y0:.2f}", "xmax": f"{x1:.2f}",
-                        "ymax": f"{y1:.2f}", "split": split})
-                meta_rows.append({
-                    "SOP Instance UID": image_id, "Series Instance UID": series_id,
-                    "Patient's Age": age, "Rows": rows, "Columns": cols,
-                    "Photometric Interpretation": vendor.photometric,
-                    "Pixel Padding Value": vendor.padding if vendor.padding is not None else "",
-                    "Window Center": _window_cell(windows_c), "Window Width": _window_cell(windows_w),
-                    "Manufacturer": vendor.manufacturer,
-                    "Manufacturer's Model Name": vendor.model_name})
-    for name, columns, rows_ in ((BREAST_CSV, BREAST_COLUMNS, breast_rows),
-                                 (FINDING_CSV, FINDING_COLUMNS, finding_rows),
-                                 (METADATA_CSV, METADATA_COLUMNS, meta_rows)):
-        with open(tmp / name, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows_)
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked above)
-    os.replace(tmp, out_dir)
+            iterator = tqdm(iterator, desc="phantom", unit="study")
+        for s in iterator:
+            study_id = _hex_id(rng)
+            vendor = VENDORS[rng.choice(len(VENDORS), p=vendor_p / vendor_p.sum())]
+            rows = max(64, round(vendor.rows * size_scale))
+            cols = max(48, round(int(rng.integers(vendor.columns[0], vendor.columns[1] + 1)) * size_scale))
+            density = DENSITIES[rng.choice(4, p=np.asarray(density_weights) / sum(density_weights))]
+            split = "test" if rng.random() < test_fraction else "training"
+            age = f"{int(rng.integers(35, 80)):03d}Y" if rng.random() < 0.6 else ""
+            (tmp / "images" / study_id).mkdir()
+            for lat in ("L", "R"):
+                series_id = _hex_id(rng)
+                birads = int(rng.choice(5, p=np.asarray(birads_weights) / sum(birads_weights))) + 1
+                if s < 3 and lat == "L" and studies >= 3:
+                    birads = 5 - s  # guarantee BI-RADS 5, 4 and 3 in any phantom of three studies or more
+                for view in ("CC", "MLO"):
+                    image_id = _hex_id(rng)
+                    img, mask = _render(rng, rows, cols, view, density)
+                    findings = []
+                    median_box = 0.08 * cols
+                    if birads >= 3:
+                        kinds = ["Mass"] if rng.random() < 0.6 else ["Suspicious Calcification"]
+                        if birads == 5 and rng.random() < 0.4:
+                            kinds = ["Mass", "Suspicious Calcification"]
+                        box_px = median_box * (1.0 + 0.6 * (birads - 3)) * rng.uniform(0.7, 1.3)
+                        box = (_add_mass(rng, img, mask, box_px, birads == 5) if "Mass" in kinds
+                               else _add_calcifications(rng, img, mask, box_px))
+                        if box is not None:
+                            findings.append((kinds, birads, box))
+                    elif birads == 2 and rng.random() < 0.5:
+                        box = _add_mass(rng, img, mask, median_box * 0.5, False)
+                        if box is not None:  # lymph nodes carry no finding BI-RADS in VinDr
+                            findings.append((["Suspicious Lymph Node"], None, box))
+                    label = f"{lat}{view}"
+                    if lat == "R":
+                        img = img[:, ::-1].copy()
+                        mask = mask[:, ::-1]
+                        findings = [(k, b, (cols - x1, y0, cols - x0, y1)) for k, b, (x0, y0, x1, y1) in findings]
+                    _burn_label(img, label, right=lat == "R")
+                    pixels, center, width = _to_stored(rng, img, mask, vendor)
+                    windows_c = [center + 150 * i for i in range(vendor.windows)]
+                    windows_w = [width - 300 * i for i in range(vendor.windows)]
+                    _write_dicom(tmp / "images" / study_id / f"{image_id}.dicom", pixels, vendor=vendor,
+                                 study_id=study_id, series_id=series_id, image_id=image_id,
+                                 laterality=lat, view=view, center=center, width=width, age=age)
+                    base = {"study_id": study_id, "series_id": series_id, "image_id": image_id,
+                            "laterality": lat, "view_position": view, "height": rows, "width": cols,
+                            "breast_birads": f"BI-RADS {birads}", "breast_density": f"DENSITY {density}"}
+                    breast_rows.append({**base, "split": split})
+                    if not findings:
+                        finding_rows.append({**base, "finding_categories": "['No Finding']",
+                                             "finding_birads": "", "xmin": "", "ymin": "", "xmax": "",
+                                             "ymax": "", "split": split})
+                    for kinds, fb, (x0, y0, x1, y1) in findings:
+                        # VinDr quirk: boxes of lesions near the edge spill up to ~40 px past it.
+                        over = float(rng.uniform(5, 40)) * size_scale
+                        x0 = -over if x0 < 3 * over else x0
+                        y0 = -over if y0 < 3 * over else y0
+                        x1 = cols + over if x1 > cols - 3 * over else x1
+                        y1 = rows + over if y1 > rows - 3 * over else y1
+                        finding_rows.append({
+                            **base, "finding_categories": str(kinds),
+                            "finding_birads": f"BI-RADS {fb}" if fb else "",
+                            "xmin": f"{x0:.2f}", "ymin": f"{y0:.2f}", "xmax": f"{x1:.2f}",
+                            "ymax": f"{y1:.2f}", "split": split})
+                    meta_rows.append({
+                        "SOP Instance UID": image_id, "Series Instance UID": series_id,
+                        "Patient's Age": age, "Rows": rows, "Columns": cols,
+                        "Photometric Interpretation": vendor.photometric,
+                        "Pixel Padding Value": vendor.padding if vendor.padding is not None else "",
+                        "Window Center": _window_cell(windows_c), "Window Width": _window_cell(windows_w),
+                        "Manufacturer": vendor.manufacturer,
+                        "Manufacturer's Model Name": vendor.model_name})
+        for name, columns, rows_ in ((BREAST_CSV, BREAST_COLUMNS, breast_rows),
+                                     (FINDING_CSV, FINDING_COLUMNS, finding_rows),
+                                     (METADATA_CSV, METADATA_COLUMNS, meta_rows)):
+            with open(tmp / name, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows_)
     return out_dir

@@ -9,8 +9,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from mammosynth.builders.sources.dicom_folder import sample_dicom_dir
 from mammosynth.builders.sources.dicom_io import DicomError, first_value, read_display, read_header
-from mammosynth.builders.sources.ingest import sample_dicom_dir
 
 
 def _write(path, pixels, **tags):

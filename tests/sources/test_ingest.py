@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
-from pathlib import Path
 
 import datasets
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 
-from mammosynth.builders.sources.ingest import pseudonymize, sample_dicom_dir
+from mammosynth.builders.sources.dicom_folder import sample_dicom_dir
+from mammosynth.builders.sources.records import pseudonymize
 
 
 def test_prepared_set_matches_csvs(prepared_set, phantom_source):
@@ -239,30 +237,31 @@ def test_output_holding_other_dataset(source, tmp_path):
 
 def test_failure_mid_run_resumes_without_redoing(source, tmp_path):
     from mammosynth.builders.sources import ingest as ing
+    from mammosynth.builders.sources import vindr
 
     out = tmp_path / "out"
-    records, skips = ing.vindr_records(source)
+    records, skips = vindr.vindr_records(source)
     calls = []
 
     def failing(job):
         if len(calls) == 5:
             raise RuntimeError("injected crash")
         calls.append(job[0].key)
-        return ing._work(job)
+        return ing.cache_record(job)
 
     with pytest.raises(RuntimeError, match="injected"):
-        ing.run_ingest("vindr", source, out, records, skips, SMALL, progress=False, worker=failing)
+        ing.run_ingest(vindr.SOURCE, source, out, records, skips, SMALL, progress=False, worker=failing)
     assert not out.exists()
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError):
         datasets.load_from_disk(str(out))
     done = set(calls)
     redo = []
 
     def counting(job):
         redo.append(job[0].key)
-        return ing._work(job)
+        return ing.cache_record(job)
 
-    ing.run_ingest("vindr", source, out, records, skips, SMALL, progress=False, worker=counting)
+    ing.run_ingest(vindr.SOURCE, source, out, records, skips, SMALL, progress=False, worker=counting)
     assert len(redo) == len(records) - 5 and not done & set(redo)
     assert len(datasets.load_from_disk(str(out))) == 12
     assert not out.with_name("out.partial").exists()
@@ -288,6 +287,7 @@ def test_killed_process_resumes(source, tmp_path):
     import time
 
     from mammosynth.builders.sources import ingest as ing
+    from mammosynth.builders.sources import vindr
 
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(out)])
@@ -303,10 +303,10 @@ def test_killed_process_resumes(source, tmp_path):
 
     def counting(job):
         redo.append(job)
-        return ing._work(job)
+        return ing.cache_record(job)
 
-    records, skips = ing.vindr_records(source)
-    ing.run_ingest("vindr", source, out, records, skips, SMALL, progress=False, worker=counting)
+    records, skips = vindr.vindr_records(source)
+    ing.run_ingest(vindr.SOURCE, source, out, records, skips, SMALL, progress=False, worker=counting)
     assert len(redo) == 12 - cached
     assert len(datasets.load_from_disk(str(out))) == 12
 

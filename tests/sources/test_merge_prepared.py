@@ -7,7 +7,7 @@ import datasets
 import pytest
 
 from mammosynth.builders.core.errors import InputError
-from mammosynth.builders.sources.ingest import merge_prepared
+from mammosynth.builders.sources.merge import merge_prepared
 
 
 def test_merge_keeps_every_row_and_records_sources(prepared_set, cbis_prepared, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pydicom
 import pytest
 
 from mammosynth.builders.sources.dicom_io import read_display
-from mammosynth.builders.sources.phantom import BREAST_COLUMNS, FINDING_COLUMNS, write_phantom
+from mammosynth.builders.sources.phantom import write_phantom
+from mammosynth.builders.sources.vindr import BREAST_COLUMNS, FINDING_COLUMNS
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
