@@ -10,7 +10,11 @@ The token is passed to the client and never printed or logged.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,6 +24,9 @@ from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec
 from mammosynth.builders.release.package import CHECKSUMS, git, git_commit_release, write_checksums
 from mammosynth.builders.release.release import Release
+
+# A release tag: v1.0, v1.0.2, v2.1-rc1 (never a branch name like "main", a path or whitespace)
+TAG = re.compile(r"^v\d+(\.\d+){1,2}(-[0-9A-Za-z]+)?$")
 
 # Folders whose files a new version replaces wholesale (stale shards of the previous one must go).
 REPLACED = ["data/**", "validation/**"]
@@ -55,6 +62,30 @@ class PublishResult:
     already_published: bool = False
 
 
+@contextlib.contextmanager
+def hub_errors(endpoint: str) -> Iterator[None]:
+    """Hub refusals and network faults as one line naming the endpoint (exit 2), not a traceback."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise InputError("HF_HUB_OFFLINE is set; unset it to publish", file=endpoint) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise InputError(f"the Hub refused the token ({status}); check HF_TOKEN or run `hf auth login`",
+                             file=endpoint, field="token") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"the Hub answered {status}: {first}", file=endpoint) from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise InputError(f"cannot reach the Hub ({type(exc).__name__})", file=endpoint) from None
+    except Exception as exc:
+        if any(c.__name__ in ("TransportError", "ConnectError", "TimeoutException") for c in type(exc).__mro__):
+            raise InputError(f"cannot reach the Hub ({type(exc).__name__})", file=endpoint) from None
+        raise
+
+
 def resolve_token(token: str | None) -> str | None:
     if token:
         return token
@@ -82,6 +113,8 @@ def plan_publish(
     spec = rel.spec
     rel.verify()
     tag = tag or spec.tag()
+    if not TAG.match(tag):
+        raise InputError(f"tag {tag!r} is not a release tag; use v<version>, e.g. {spec.tag()}", field="--tag")
     visibility = "private" if private else spec.hub.visibility if private is None else "public"
     if private is False and spec.hub.visibility == "gated":
         visibility = "gated"
@@ -160,51 +193,52 @@ def _publish(release: Path, repo_id: str, *, tag: str | None, private: bool | No
         return plan
     token = resolve_token(token)
     if not token:
-        raise InputError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`", field="token")
+        raise InputError("no Hugging Face token: set HF_TOKEN or run `hf auth login`", field="token")
 
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
-    api = HfApi(token=token)
-    load_line = f'load_dataset("{repo_id}", "all", revision="{plan.tag}")'
-    url = f"{api.endpoint}/datasets/{repo_id}"
-    # A tag is immutable: same content -> nothing to do; different content -> refuse.
-    try:
-        tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type="dataset").tags}
-    except RepositoryNotFoundError:
-        tags = {}
-    if plan.tag in tags:
-        with tempfile.TemporaryDirectory() as cache:
-            try:
-                remote = Path(hf_hub_download(repo_id, CHECKSUMS, repo_type="dataset", revision=plan.tag,
-                                              cache_dir=cache, token=token)).read_text()
-            except EntryNotFoundError:
-                remote = None
-        apply_local = plan.overrides and remote is not None
-        if remote is not None and remote == (release / CHECKSUMS).read_text() and not apply_local:
-            echo(f"{repo_id}@{plan.tag} is already published with the same content: {url}")
-            echo(load_line)
-            return PublishResult(url, tags[plan.tag], plan.tag, load_line, already_published=True)
-        raise InputError(
-            f"{repo_id} already has tag {plan.tag} with different content; bump the version in the spec",
-            field="version",
+    with hub_errors(os.environ.get("HF_ENDPOINT", "https://huggingface.co")):
+        api = HfApi(token=token)
+        load_line = f'load_dataset("{repo_id}", "all", revision="{plan.tag}")'
+        url = f"{api.endpoint}/datasets/{repo_id}"
+        # A tag is immutable: same content -> nothing to do; different content -> refuse.
+        try:
+            tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type="dataset").tags}
+        except RepositoryNotFoundError:
+            tags = {}
+        if plan.tag in tags:
+            with tempfile.TemporaryDirectory() as cache:
+                try:
+                    remote = Path(hf_hub_download(repo_id, CHECKSUMS, repo_type="dataset", revision=plan.tag,
+                                                  cache_dir=cache, token=token)).read_text()
+                except EntryNotFoundError:
+                    remote = None
+            apply_local = plan.overrides and remote is not None
+            if remote is not None and remote == (release / CHECKSUMS).read_text() and not apply_local:
+                echo(f"{repo_id}@{plan.tag} is already published with the same content: {url}")
+                echo(load_line)
+                return PublishResult(url, tags[plan.tag], plan.tag, load_line, already_published=True)
+            raise InputError(
+                f"{repo_id} already has tag {plan.tag} with different content; bump the version in the spec",
+                field="version",
+            )
+        apply_overrides(release, plan)
+        for line in plan.lines():
+            echo(line)
+        api.create_repo(repo_id, repo_type="dataset", private=plan.visibility == "private", exist_ok=True)
+        if plan.visibility == "gated":
+            api.update_repo_settings(repo_id, repo_type="dataset", gated="auto")
+        commit = api.upload_folder(
+            folder_path=str(release),
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message=f"Release {plan.tag}: {spec.pretty_name}",
+            delete_patterns=REPLACED,
+            ignore_patterns=[".git/**", ".gitattributes"],
         )
-    apply_overrides(release, plan)
-    for line in plan.lines():
-        echo(line)
-    api.create_repo(repo_id, repo_type="dataset", private=plan.visibility == "private", exist_ok=True)
-    if plan.visibility == "gated":
-        api.update_repo_settings(repo_id, repo_type="dataset", gated="auto")
-    commit = api.upload_folder(
-        folder_path=str(release),
-        repo_id=repo_id,
-        repo_type="dataset",
-        commit_message=f"Release {plan.tag}: {spec.pretty_name}",
-        delete_patterns=REPLACED,
-        ignore_patterns=[".git/**", ".gitattributes"],
-    )
-    api.create_tag(repo_id, tag=plan.tag, revision=commit.oid, repo_type="dataset",
-                   tag_message=f"Release {plan.tag}")
+        api.create_tag(repo_id, tag=plan.tag, revision=commit.oid, repo_type="dataset",
+                       tag_message=f"Release {plan.tag}")
     echo(f"published {url} at {plan.tag} ({commit.oid})")
     echo(load_line)
     return PublishResult(url, commit.oid, plan.tag, load_line)

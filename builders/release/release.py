@@ -35,7 +35,13 @@ class Release:
         path = self.folder / SPEC_FILE
         if not path.is_file():
             raise InputError("not a release folder (no spec.yaml); run `mammosynth build` first", file=path)
-        return validate_model(ReleaseSpec, yaml.safe_load(path.read_text()) or {}, source=path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", file=path) from None
+        if not isinstance(data, dict):
+            raise InputError("expected a mapping of spec fields", file=path)
+        return validate_model(ReleaseSpec, data, source=path)
 
     @property
     def report_path(self) -> Path:

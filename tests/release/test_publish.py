@@ -138,3 +138,24 @@ def test_refusals_before_any_network(tmp_path: Path, monkeypatch: pytest.MonkeyP
         publish(release, "org/x", dry_run=True, echo=lambda s: None)
     with pytest.raises(InputError, match="needs --reason"):
         publish(release, "org/x", dry_run=True, force=True, echo=lambda s: None)
+
+
+def test_hub_and_input_failures_are_one_line_exit_2(tmp_path: Path, hub: HubStandin) -> None:
+    release = _build(tmp_path)
+    wrong = _cli(hub, str(release), "--repo", "org/x", token="hf_wrong")
+    assert wrong.returncode == 2 and "refused the token (401)" in wrong.stderr and hub.url in wrong.stderr
+    assert "Traceback" not in wrong.stderr and "hf_wrong" not in wrong.stderr
+
+    class Gone:  # an endpoint nobody listens on
+        url, home = "http://127.0.0.1:9", hub.home
+
+    unreachable = _cli(Gone, str(release), "--repo", "org/x")  # type: ignore[arg-type]
+    assert unreachable.returncode == 2 and "cannot reach the Hub" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    for tag in ("main", "../x y"):
+        bad = _cli(hub, str(release), "--repo", "org/x", "--tag", tag)
+        assert bad.returncode == 2 and "field '--tag'" in bad.stderr and "not a release tag" in bad.stderr
+    assert "org/x" not in hub.state.repos  # nothing was created by any of them
+    (release / "spec.yaml").write_text("name: [unclosed\n")
+    broken = _cli(hub, str(release), "--repo", "org/x")
+    assert broken.returncode == 2 and "spec.yaml: not valid YAML" in broken.stderr
