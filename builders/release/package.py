@@ -130,6 +130,36 @@ def git_commit_release(folder: Path, tag: str, message: str) -> str:
     return git(folder, "rev-parse", "HEAD")
 
 
+def check_images(data: ReleaseData, *, progress: bool = True) -> int:
+    """Decode every row's image before anything is packaged: a truncated or corrupt PNG is refused
+    (exit 2, naming the row), whatever validation said. Threads: OpenCV decodes without the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mammosynth.builders.core.imageio import UnreadableImage, decode
+
+    def bad(item: tuple[str, bytes]) -> str | None:
+        try:
+            decode(item[1])
+        except UnreadableImage as exc:
+            return f"{item[0]}: {exc}"
+        return None
+
+    n = 0
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        for m in data.methods:
+            table = data.tables[m]
+            ids = table.column("image_id").to_pylist()
+            images = table.column("image").combine_chunks().field("bytes").to_pylist()
+            for problem in tqdm(pool.map(bad, zip(ids, images), chunksize=16), total=len(ids),
+                                desc=f"check {m} images", unit="img", disable=not progress):
+                if problem is not None:
+                    image_id, _, why = problem.partition(": ")
+                    raise InputError(f"image does not decode ({why}); regenerate or drop the row",
+                                     record=image_id, field="image")
+            n += len(ids)
+    return n
+
+
 def verify_release(folder: Path, data: ReleaseData, *, sample: int = 8, seed: int = 0) -> dict[str, int]:
     """Load every config with ``load_dataset`` from a fresh cache and compare with ``data``.
 
@@ -191,6 +221,7 @@ def package(
     for name in (CARD_FILE, CROISSANT_FILE):
         if not (card_dir / name).is_file():
             raise InputError("card not rendered; run `mammosynth card` first", file=card_dir / name)
+    check_images(data, progress=progress)
     # a failure anywhere (including the load_dataset round trip) leaves the previous release intact
     with atomic.atomic_dir(out) as tmp:
         max_bytes = int(spec.output.max_shard_mb * 1_000_000)

@@ -129,3 +129,29 @@ def test_second_build_on_one_folder_exits_2_naming_the_first(tmp_path: Path) -> 
     assert run.returncode == 2, run.stderr
     assert f"in use by pid {holder.pid} (build)" in run.stderr and "Traceback" not in run.stderr
     assert not spec.layout.generated().exists()  # nothing was written
+
+
+def test_forced_build_refuses_an_undecodable_image(tmp_path: Path) -> None:
+    from mammosynth.builders.core.errors import InputError
+
+    spec = _spec(tmp_path)
+
+    def generate_truncated(s) -> None:
+        generate_fake(s)
+        shard = sorted(s.layout.generated("poisson").glob("shard-*.parquet"))[0]
+        table = pq.read_table(shard)
+        images = table.column("image").to_pylist()
+        victim = table.column("image_id")[0].as_py()
+        images[0] = {"bytes": images[0]["bytes"][:60], "path": None}  # a PNG cut off mid-stream
+        import pyarrow as pa
+
+        table = table.set_column(table.schema.get_field_index("image"), "image",
+                                 pa.array(images, type=table.schema.field("image").type))
+        pq.write_table(table, shard)
+        (tmp_path / "victim").write_text(victim)
+
+    with pytest.raises(InputError, match="does not decode") as info:
+        build(spec, generate_fn=generate_truncated, validate_fn=lambda s, d: write_report(d, passed=False),
+              force=True, reason="test", **QUIET)
+    assert info.value.record == (tmp_path / "victim").read_text() and info.value.field == "image"
+    assert not spec.layout.release.exists()
