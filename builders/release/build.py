@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import GateFailed, InputError
-from mammosynth.builders.core.hashing import sha256_json
+from mammosynth.builders.core.hashing import sha256_file, sha256_json
 from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.release_data import ReleaseData, failed_ids_from_report, load_release_data
 from mammosynth.builders.core.run_layout import CARD_FILE
@@ -39,14 +39,19 @@ class BuildResult:
 
 
 def _up_to_date(spec: ReleaseSpec, stage: str, key: str, output: Path) -> bool:
+    """The stage ran with these inputs AND its output is byte for byte what it wrote: an edited
+    report.json, README.md or release makes the stage run again instead of being trusted."""
     path = spec.layout.stage_stamp(stage)
-    return output.exists() and path.is_file() and json.loads(path.read_text()).get("key") == key
+    if not (output.is_file() and path.is_file()):
+        return False
+    stamp = json.loads(path.read_text())
+    return stamp.get("key") == key and stamp.get("output") == sha256_file(output)
 
 
-def _stamp(spec: ReleaseSpec, stage: str, key: str) -> None:
+def _stamp(spec: ReleaseSpec, stage: str, key: str, output: Path) -> None:
     path = spec.layout.stage_stamp(stage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path, {"key": key})
+    atomic.write_json(path, {"key": key, "output": sha256_file(output)})
 
 
 def _files_key(folder: Path, pattern: str = "**/*") -> list[tuple[str, int, int]]:
@@ -150,7 +155,7 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
         (validate_fn or _default_validate)(spec, report_dir)
         if not layout.report_json.is_file():
             raise RuntimeError(f"validation wrote no {layout.report_json.name} in {report_dir}")
-        _stamp(spec, "validate", gen_key)
+        _stamp(spec, "validate", gen_key, layout.report_json)
         result.ran.append("validate")
     report = json.loads(layout.report_json.read_text())
     overrides: list[Override] = []
@@ -175,7 +180,7 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
     else:
         echo("card ...")
         write_card(spec, data, report, card_dir, overrides=overrides, previous=previous)
-        _stamp(spec, "card", card_key)
+        _stamp(spec, "card", card_key, card_dir / CARD_FILE)
         result.ran.append("card")
 
     # 4. package (+ load_dataset round trip; a failure raises and leaves the previous release intact)
@@ -185,7 +190,7 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
     else:
         echo("package ...")
         package(spec, data, card_dir=card_dir, report_dir=report_dir, out=result.release, progress=progress)
-        _stamp(spec, "package", pkg_key)
+        _stamp(spec, "package", pkg_key, result.release / CHECKSUMS)
         result.ran.append("package")
     echo(f"release ready: {result.release}")
 

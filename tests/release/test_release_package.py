@@ -155,3 +155,23 @@ def test_forced_build_refuses_an_undecodable_image(tmp_path: Path) -> None:
               force=True, reason="test", **QUIET)
     assert info.value.record == (tmp_path / "victim").read_text() and info.value.field == "image"
     assert not spec.layout.release.exists()
+
+
+def test_an_edited_report_is_validated_again_not_trusted(tmp_path: Path) -> None:
+    import json
+
+    spec = _spec(tmp_path)
+    calls: list[int] = []
+
+    def failing(s, d) -> None:
+        calls.append(1)
+        write_report(d, passed=False)
+
+    with pytest.raises(GateFailed):
+        build(spec, generate_fn=generate_fake, validate_fn=failing, **QUIET)
+    report = json.loads(spec.layout.report_json.read_text())
+    report["passed"] = True
+    spec.layout.report_json.write_text(json.dumps(report))  # a hand edit (or an attacker)
+    with pytest.raises(GateFailed):
+        build(spec, generate_fn=generate_fake, validate_fn=failing, **QUIET)
+    assert len(calls) == 2 and not spec.layout.release.exists()
