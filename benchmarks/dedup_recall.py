@@ -19,14 +19,14 @@ from pathlib import Path
 
 import datasets
 
+from mammosynth.builders.core.imageio import decode
 from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
 from mammosynth.builders.sources.phantom import write_phantom
 from mammosynth.validation import synthetic as S
+from mammosynth.validation.checks import COPY_CHECKS
 from mammosynth.validation.gate import validate_release
-from mammosynth.validation.image_features import decode
 
 PERTURBATIONS = (S.jpeg, S.shift, S.noise, S.contrast, S.crop, S.mirror)
-COPY_CHECKS = ("exact_copy", "near_duplicate_phash", "memorization")
 
 
 def _rows(path: Path) -> datasets.Dataset:

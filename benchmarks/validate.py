@@ -36,7 +36,7 @@ def _tile_index(index, n: int, rng):
         **{k: take(getattr(index, k)) for k in ("study_ids", "views", "lateralities", "birads", "density", "manufacturer", "heights", "widths", "area", "side", "hist", "nn_other", "phash_other")},
         image_ids=np.array([f"synthetic-{i}" for i in range(n)]), pixel_hashes=np.array([f"{i:032x}" for i in range(n)]),
         emb=emb, phash=ph,
-    )  # fmt: skip
+    )
 
 
 def _earlier_runs(out: Path) -> list[dict]:
@@ -59,7 +59,7 @@ def _earlier_runs(out: Path) -> list[dict]:
          "whole_validation_images_per_s": r["whole_validation"]["images_per_s"], "cleanvision_images_per_s": r["cleanvision"]["images_per_s"],
          "note": "previous run of this benchmark (earlier code), smaller release"}
         for r in prev.get("other_release_sizes", [])
-    ]  # fmt: skip
+    ]
     return [head, *small, *prev.get("other_runs", [])][:12]
 
 
@@ -114,7 +114,7 @@ def _interleaved(rel: Path, ref: Path, files: list[Path], n_ref: int, rounds: in
     return {
         "release_images": n,
         "whole_validation": {"seconds": round(o, 2), "images_per_s": round(n / o, 2), "timings_s": timings[mid],
-                             "rounds_s": [round(x, 3) for x in ours]},  # fmt: skip
+                             "rounds_s": [round(x, 3) for x in ours]},
         "cleanvision": {"seconds": round(c, 2), "images_per_s": round(n / c, 2), "rounds_s": [round(x, 3) for x in cv]},
         "ratio_vs_cleanvision": round(c / o, 2),
         "ratio_per_round": [round(b / a, 2) for a, b in zip(ours, cv)],
@@ -169,7 +169,7 @@ def main() -> None:
                   "reference": "20k index tiled from 40 analysed 1024-px images with perturbed embeddings", "embedding_dim": int(big.emb.shape[1]),
                   "cleanvision": "Imagelab.find_issues(n_jobs=1), default issue types, same PNG files",
                   "timed": "both tools after their imports; ours includes the JSON/Markdown report and plots",
-                  "rounds": args.rounds, "figures": "medians of the interleaved rounds; timings_s from our median round"},  # fmt: skip
+                  "rounds": args.rounds, "figures": "medians of the interleaved rounds; timings_s from our median round"},
         "whole_validation": head["whole_validation"],
         "cleanvision": head["cleanvision"],
         "ratio_vs_cleanvision": head["ratio_vs_cleanvision"],
@@ -179,7 +179,7 @@ def main() -> None:
             "queries": args.queries, "reference": args.ref, "seconds": round(dd, 2),
             "extrapolated_50000x20000_s": round(dd * 50000 / args.queries, 1),
             "note": "measured at the stated query count; 50k figure is a linear extrapolation (flat search is linear in queries)",
-        },  # fmt: skip
+        },
         "gpu": "not used (CPU-only checks)",
     }
     ratio, dd50 = result["ratio_vs_cleanvision"], result["dedup_search"]["extrapolated_50000x20000_s"]

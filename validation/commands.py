@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mammosynth.builders.core.errors import GateFailed
+from mammosynth.builders.core.run_layout import REPORT_MD, RunLayout, report_json
 
 
 @click.command("validate")
@@ -25,12 +26,12 @@ def validate(release: str, reference: Path, baseline: str | None, spec: Path | N
     from mammosynth.validation.gate import validate_release
 
     if report_dir is None:
-        report_dir = Path(release) / "validation" if Path(release).is_dir() else Path("validation-report")
+        report_dir = RunLayout(Path(release)).validation if Path(release).is_dir() else Path("validation-report")
     report = validate_release(
         release, reference, baseline=baseline, spec=spec, config=config, report_dir=report_dir, progress=not no_progress
     )
     for name, gate in report.gates.items():
         click.echo(f"{gate.status:>4}  {name}: {gate.summary}")
-    click.echo(f"report: {report_dir / 'report.json'}")
+    click.echo(f"report: {report_json(report_dir)}")
     if not report.passed:
-        raise GateFailed(f"gate(s) failed: {', '.join(report.failed_gates())}; see {report_dir / 'report.md'}")
+        raise GateFailed(f"gate(s) failed: {', '.join(report.failed_gates())}; see {report_dir / REPORT_MD}")

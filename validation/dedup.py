@@ -43,7 +43,7 @@ def search(
     out = Neighbours(
         np.full((q, k), np.inf, np.float32), np.full((q, k), -1, np.int64),
         np.full((q, k), 10**6, np.int32), np.full((q, k), -1, np.int64),
-    )  # fmt: skip
+    )
     if q == 0 or len(db_emb) == 0:
         return out
     flat = faiss.IndexFlatL2(db_emb.shape[1])

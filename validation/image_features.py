@@ -16,7 +16,7 @@ import xxhash
 from scipy.fft import dctn
 
 from mammosynth.builders.core import breast_mask as bm
-from mammosynth.builders.core.imageio import UnreadableImage, decode, dtype_max, grey_channel
+from mammosynth.builders.core.imageio import decode, dtype_max, grey_channel
 
 ANALYSIS_SIDE = 512
 PHASH_BITS = 256  # 16 x 16 low-frequency DCT coefficients

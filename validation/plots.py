@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,12 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mammosynth.builders.core.atomic import atomic_file  # noqa: E402
+
 
 def _save(fig, path: Path) -> str:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:  # the temporary's name has no .png: the format is given
+            fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return str(path)
 
 

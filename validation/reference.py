@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.prepared import open_prepared
 from mammosynth.builders.core.schema import prepared_features
@@ -143,16 +143,9 @@ def content_hash(ds: datasets.Dataset, memo_file: Path | None) -> str:
                     if buf is not None:
                         total.update(memoryview(buf))
     if changed and memo_file is not None:
-        _atomic_write(memo_file, json.dumps(memo).encode())
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(memo_file, memo)
     return total.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 def cache_dir_for(reference: Path) -> Path:
@@ -176,14 +169,13 @@ _ARRAYS = [
     "image_ids", "study_ids", "views", "lateralities", "birads", "density", "manufacturer", "heights",
     "widths", "area", "side", "pixel_hashes", "phash", "emb", "hist", "box_birads", "box_w", "box_h",
     "nn_other", "phash_other",
-]  # fmt: skip
+]
 
 
 def save_index(index: ReferenceIndex, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, meta=np.array(json.dumps(index.meta)), **{k: getattr(index, k) for k in _ARRAYS})
-    os.replace(tmp, path)
+    # through a file object: given a name, np.savez would append ".npz" to the temporary's
+    with atomic.atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, meta=np.array(json.dumps(index.meta)), **{k: getattr(index, k) for k in _ARRAYS})
 
 
 def load_index(path: Path) -> ReferenceIndex:
@@ -265,7 +257,7 @@ def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, p
         box_birads=np.array(box_b, np.int16), box_w=np.array(box_w, np.float32), box_h=np.array(box_h, np.float32),
         nn_other=np.zeros(0, np.float32), phash_other=np.zeros(0, np.int32),
         meta={"n": n, "embed_size": embed_size, "bins": bins, "unreadable": unreadable, "index_version": INDEX_VERSION},
-    )  # fmt: skip
+    )
     index.nn_other, index.phash_other = calibrate(index)
     return index
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.schema import METHODS, RELEASE_COLUMNS, release_features
+from mammosynth.builders.core.run_layout import RunLayout
 from mammosynth.builders.core.spec import REPO_ID
 from mammosynth.builders.core.shard_writer import SHARD_GLOB
 
@@ -72,8 +73,10 @@ def _generated_shards(path: Path) -> tuple[list[Path], list[dict[str, str]]] | N
     if list(path.glob(SHARD_GLOB)):
         method_dirs = [path]
     else:
-        root = path / "generated" if (path / "generated").is_dir() else path
-        method_dirs = [root / m for m in METHODS if list((root / m).glob(SHARD_GLOB))]
+        run = RunLayout(path)
+        in_run = run.generated().is_dir()  # else ``path`` is the generated folder itself
+        candidates = [run.generated(m) if in_run else path / m for m in METHODS]
+        method_dirs = [d for d in candidates if list(d.glob(SHARD_GLOB))]
     if not method_dirs:
         return None
     files: list[Path] = []

@@ -1,13 +1,36 @@
-"""The typed validation report and its JSON / Markdown renderings."""
+"""The typed validation report: reading report.json back, and writing it with report.md and the
+plots.
+
+Other stages (the card, the release build, publishing) read reports through
+``ValidationReport.read``, so this module stays light to import: OpenCV, faiss and matplotlib are
+imported only by the functions that draw the plots.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+from collections import Counter, defaultdict
+from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pydantic
+
+from mammosynth.builders.core import atomic
+from mammosynth.builders.core.config_io import read_mapping, validate_model
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.run_layout import REPORT_JSON, REPORT_MD, report_json
+
+if TYPE_CHECKING:
+    import datasets
+
+    from mammosynth.builders.core.spec import ReleaseSpec
+    from mammosynth.validation.analysis import Analysed, Rows
+    from mammosynth.validation.reference import ReferenceIndex
+    from mammosynth.validation.release_io import LoadedRelease
+
+Status = Literal["pass", "warn", "fail"]
 
 
 class Gate(pydantic.BaseModel):
@@ -15,11 +38,15 @@ class Gate(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="allow")
 
-    status: Literal["pass", "warn", "fail"]
+    status: Status
     summary: str = ""
 
 
 class Flag(pydantic.BaseModel):
+    """One finding on one image. Older reports' flags carry a ``severity``; it is kept as an extra."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
     image_id: str
     check: str
     reason: str
@@ -30,32 +57,51 @@ class Flag(pydantic.BaseModel):
 
 
 class ValidationReport(pydantic.BaseModel):
+    """report.json. Everything but ``passed`` and ``gates`` has a default, so that the reports of
+    older versions (and hand-written ones) still read."""
+
     passed: bool
-    created: str
-    release: dict[str, Any]
-    reference: dict[str, Any]
+    created: str = ""
+    release: dict[str, Any] = {}
+    reference: dict[str, Any] = {}
     baseline: dict[str, Any] | None = None
-    implementations: dict[str, str]
-    thresholds: dict[str, Any]
-    n_rows: int
+    implementations: dict[str, str] = {}
+    thresholds: dict[str, Any] = {}
+    n_rows: int = 0
     gates: dict[str, Gate]
-    flagged: list[Flag]
-    failed_image_ids: list[str]
+    flagged: list[Flag] = []
+    failed_image_ids: list[str] = []
     timings_s: dict[str, float] = {}
     plots: list[str] = []
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ValidationReport":
+        """The report in ``path`` (a report.json); a missing, unreadable or malformed file is an
+        InputError naming the file (and the field, when one is wrong)."""
+        path = Path(path)
+        try:
+            data = read_mapping(path)
+        except OSError as exc:
+            raise InputError(f"cannot read the validation report: {exc.strerror or exc}", file=path) from None
+        return validate_model(cls, data, source=path)
 
     def failed_gates(self) -> list[str]:
         return [k for k, g in self.gates.items() if g.status == "fail"]
 
+    def failed_ids(self) -> set[str]:
+        """The image ids that failed validation: ``failed_image_ids``, or, where that list is empty
+        (reports older than it), the flags whose ``severity`` is "fail" (or that have none)."""
+        ids = set(self.failed_image_ids)
+        if not ids:
+            ids = {f.image_id for f in self.flagged if (f.model_extra or {}).get("severity", "fail") == "fail"}
+        return ids
+
+
+# --- writing -------------------------------------------------------------------------------------
+
 
 def write_json(report: ValidationReport, path: Path) -> None:
-    _atomic_text(path, json.dumps(report.model_dump(mode="json"), indent=1, default=str))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, report.model_dump(mode="json"), indent=1, default=str)
 
 
 _ICON = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail"}
@@ -83,7 +129,7 @@ def render_markdown(report: ValidationReport, plots_rel: str = "") -> str:
         for f in report.flagged[:25]:
             lines.append(f"| {f.image_id} | {f.check} | {f.reason.replace('|', '/')} | {f.nearest_training_id or ''} |")
         if len(report.flagged) > 25:
-            lines.append(f"| … | | {len(report.flagged) - 25} more in report.json | |")
+            lines.append(f"| … | | {len(report.flagged) - 25} more in {REPORT_JSON} | |")
     lines += [
         "",
         "Implementations: " + ", ".join(f"{k}: {v}" for k, v in report.implementations.items()) + ".",
@@ -95,10 +141,111 @@ def render_markdown(report: ValidationReport, plots_rel: str = "") -> str:
 
 
 def write_markdown(report: ValidationReport, path: Path) -> str:
+    """report.md; also appended to the CI job's summary page when there is one."""
     text = render_markdown(report)
-    _atomic_text(path, text)
+    atomic.write_text(path, text)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as fh:
             fh.write(text)
     return text
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+FLAGGED_GRID_ROWS = 12  # flagged images drawn beside their nearest training image
+
+
+def _data_plot_jobs(rows: Rows, an: Analysed, index: ReferenceIndex, spec: ReleaseSpec | None, out: Path) -> list[tuple[str, tuple, Path]]:
+    """The plots that need only the analysis (not the findings): (plots function, args, file)."""
+    from mammosynth.validation.stats import expected_counts  # scipy: not needed to read a report
+
+    ok = [k for k in range(len(rows.ids)) if an.feats[k] is not None]
+    per_m = defaultdict(lambda: np.zeros(an.feats[ok[0]].hist.shape if ok else 1))
+    for k in ok:
+        per_m[rows.method[k]] = per_m[rows.method[k]] + an.feats[k].hist
+    rb: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for b in sorted({rows.birads[k] for k in ok if rows.bbox[k]}):
+        bx = [(x1 - x0) / an.feats[k].width for k in ok if rows.birads[k] == b for x0, _, x1, _ in rows.bbox[k]]
+        by = [(y1 - y0) / an.feats[k].height for k in ok if rows.birads[k] == b for _, y0, _, y1 in rows.bbox[k]]
+        rb[b] = (np.array(bx), np.array(by))
+    refb = {int(b): (index.box_w[index.box_birads == b], index.box_h[index.box_birads == b]) for b in np.unique(index.box_birads)}
+    label = lambda c: f"{c[0]} B{c[1]} {c[2]} {c[3]}"  # noqa: E731
+    obs = Counter(label((rows.method[k], rows.birads[k], rows.view[k], rows.laterality[k])) for k in range(len(rows.ids)))
+    exp = {label(c): v for c, v in expected_counts(spec).items()} if spec is not None else None
+    return [
+        ("intensity_histograms", (dict(per_m), index.hist[index.side != ""].sum(0)), out / "intensity_histograms.png"),
+        ("box_sizes", (rb, refb), out / "box_sizes.png"),
+        ("class_counts", (dict(obs), exp), out / "class_counts.png"),
+    ]
+
+
+def _render(name: str, args: tuple, path: Path) -> str:
+    """Draw one plot (in this process or on a pool worker); returns its file."""
+    from mammosynth.validation import plots
+
+    return getattr(plots, name)(*args, path)
+
+
+class DataPlots:
+    """The data plots, started early: on a process pool when one is given (they then draw while
+    the caller runs the checks and statistics), else drawn when ``files`` is asked for."""
+
+    def __init__(self, rows: Rows, an: Analysed, index: ReferenceIndex, spec: ReleaseSpec | None, out: Path,
+                 pool: Executor | None = None) -> None:
+        self.jobs = _data_plot_jobs(rows, an, index, spec, out)
+        # absolute paths: a worker's working directory is the one its pool started in
+        self.futures: list[Future] | None = (
+            [pool.submit(_render, name, args, path.resolve()) for name, args, path in self.jobs] if pool is not None else None
+        )
+
+    def files(self) -> list[str]:
+        if self.futures is None:
+            return [_render(*j) for j in self.jobs]
+        for f in self.futures:
+            f.result()
+        return [str(path) for _, _, path in self.jobs]
+
+
+def _flagged_pairs(report: ValidationReport, rows: Rows, index: ReferenceIndex, ref_ds: datasets.Dataset,
+                   rel: LoadedRelease) -> list[tuple[str, Any, str | None, Any]]:
+    """(label, flagged image, nearest training id, its image) for the first flagged images."""
+    from mammosynth.builders.core.imageio import UnreadableImage, decode, grey_channel
+    from mammosynth.validation.reference import reference_image
+
+    pairs = []
+    row_of, pos = index.row_of(), {i: k for k, i in enumerate(rows.ids)}
+    seen = set()
+    for f in report.flagged:
+        if f.image_id in seen or len(pairs) >= FLAGGED_GRID_ROWS:
+            continue
+        seen.add(f.image_id)
+        try:
+            img = grey_channel(decode(rel.dataset[pos[f.image_id]]["image"]))
+        except (UnreadableImage, ValueError):
+            continue
+        ref = None
+        if f.nearest_training_id and row_of.get(f.nearest_training_id, ref_ds.num_rows) < ref_ds.num_rows:
+            ref = grey_channel(reference_image(ref_ds, row_of[f.nearest_training_id]))
+        pairs.append((f"{f.image_id}\n{f.check}", img, f.nearest_training_id, ref))
+    return pairs
+
+
+def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analysed, index: ReferenceIndex,
+                  ref_ds: datasets.Dataset, rel: LoadedRelease, spec: ReleaseSpec | None, plots: bool = True,
+                  started: DataPlots | None = None) -> None:
+    """report.json, report.md and (with ``plots``) the PNGs into ``out``; ``report.plots`` lists them."""
+    out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        from mammosynth.validation.plots import flagged_grid
+
+        pairs = _flagged_pairs(report, rows, index, ref_ds, rel)
+        grid = flagged_grid(pairs, out / "flagged.png") if pairs else None
+        files = (started or DataPlots(rows, an, index, spec, out)).files()
+        report.plots = files + ([grid] if grid else [])
+    write_json(report, report_json(out))
+    write_markdown(report, out / REPORT_MD)
+
+
+__all__ = ["Gate", "Flag", "ValidationReport", "Status", "write_json", "render_markdown", "write_markdown",
+           "DataPlots", "write_reports"]

@@ -8,13 +8,16 @@ so comparing a resample with the very values it was drawn from would understate 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 from scipy import stats as sst
 from scipy.spatial.distance import jensenshannon
 
 from mammosynth.validation.thresholds import EffectLimits
+
+if TYPE_CHECKING:
+    from mammosynth.builders.core.spec import ReleaseSpec
 
 STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
 
@@ -135,6 +138,21 @@ def histograms(hists: np.ndarray, ref_hists: np.ndarray, limits: EffectLimits, b
     }
 
 
+def quantiles(x: np.ndarray | None) -> dict[str, float] | None:
+    """The low tail and the median of ``x`` (where copies would show), None when it is empty."""
+    if x is None or len(x) == 0:
+        return None
+    qs = np.quantile(x.astype(np.float64), [0, 0.01, 0.05, 0.5])
+    return {"min": round(float(qs[0]), 4), "p1": round(float(qs[1]), 4), "p5": round(float(qs[2]), 4), "median": round(float(qs[3]), 4), "n": int(len(x))}
+
+
+def expected_counts(spec: ReleaseSpec | None) -> dict[tuple[str, int, str, str], int] | None:
+    """Rows the spec asks for per (method, BI-RADS, view, laterality); None without a spec."""
+    if spec is None:
+        return None
+    return {(m, b, v, lat): n for m in spec.methods for (b, v, lat), n in spec.cell_counts(m).items()}
+
+
 def count_gate(
     observed: Counter,
     expected: dict[tuple[str, int, str, str], int] | None,
@@ -166,7 +184,7 @@ def count_gate(
             "method": cell[0], "birads": cell[1], "view": cell[2], "laterality": cell[3],
             "expected": want, "observed": got, "skipped_with_reason": why,
             "status": st, "skips": reasons.get(cell, [])[:20],
-        })  # fmt: skip
+        })
     return {
         "status": status,
         "expected_total": sum(expected.values()),

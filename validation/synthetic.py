@@ -86,7 +86,7 @@ def prepared_rows(n_studies: int, seed: int, h: int = 320, w: int = 256, prefix:
                     "laterality": lat, "view": view, "birads": birads, "density": density,
                     "manufacturer": "PHANTOM", "model_name": "synthetic", "split": "training",
                     "orig_height": h, "orig_width": w, "findings": findings, "flipped": False,
-                })  # fmt: skip
+                })
     return rows
 
 
@@ -101,7 +101,7 @@ def write_prepared(out: str | Path, n_studies: int = 10, seed: int = 0, h: int =
 
 def release_row(img: np.ndarray, image_id: str, method: str, birads: int, view: str, laterality: str, *,
                 density: str | None = "C", bbox: list[list[float]] | None = None, source_image: str | None = None,
-                prompt: str | None = None) -> dict[str, Any]:  # fmt: skip
+                prompt: str | None = None) -> dict[str, Any]:
     if prompt is None:
         prompt = text2image_prompt(laterality, view, density, birads) if method == "text2image" else inpainting_prompt(birads)
     return {
@@ -109,7 +109,7 @@ def release_row(img: np.ndarray, image_id: str, method: str, birads: int, view: 
         "image_id": image_id, "method": method, "birads": f"BI-RADS {birads}", "view": view, "laterality": laterality,
         "density": density, "bbox": bbox or [], "seed": 1, "mask_seed": 2, "prompt": prompt,
         "source_image": source_image, "lesion_source": None, "manufacturer": "PHANTOM", "generator": "test",
-    }  # fmt: skip
+    }
 
 
 def write_generated(out: str | Path, rows_by_method: dict[str, list[dict[str, Any]]], skipped: dict[str, list[dict[str, str]]] | None = None) -> Path:

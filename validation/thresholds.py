@@ -126,7 +126,7 @@ def load_thresholds(path: str | Path | None = None, overrides: dict[str, Any] | 
     """Defaults, then the file (``--config``), then spec overrides on top (deep-merged)."""
     base = load_model(Thresholds, path).model_dump() if path is not None else {}
     if overrides:
-        base = _deep_merge(base, overrides)
+        base = deep_merge(base, overrides)
     return validate_model(Thresholds, base, source=path)
 
 
@@ -135,8 +135,9 @@ def validate_overrides(overrides: dict[str, Any], *, source: str | Path | None =
     return validate_model(Thresholds, overrides or {}, source=source)
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` over ``a``: nested mappings merged key by key, anything else replaced (inputs unchanged)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datasets
 import pytest
 
+from mammosynth.builders.core.imageio import decode
 from mammosynth.validation import synthetic as S
 from mammosynth.validation.gate import validate_release
-from mammosynth.validation.image_features import decode
 from mammosynth.validation.thresholds import Thresholds
 
 pytestmark = pytest.mark.slow

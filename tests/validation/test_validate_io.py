@@ -37,7 +37,7 @@ def _spec(counts: list[dict]) -> ReleaseSpec:
         "name": "t", "version": "1.0", "pretty_name": "t", "description": "t", "authors": ["a"],
         "source": {"name": "s", "prepared": "p", "license": "cc0", "redistribution_allowed": True},
         "methods": {"text2image": {"counts": counts, "text2image": {"base_model": "x", "resolution": 320}}},
-    })  # fmt: skip
+    })
 
 
 @pytest.fixture(scope="module")

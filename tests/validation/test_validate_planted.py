@@ -6,9 +6,10 @@ import datasets
 import numpy as np
 import pytest
 
+from mammosynth.builders.core.imageio import decode
 from mammosynth.validation import synthetic as S
 from mammosynth.validation.gate import validate_release
-from mammosynth.validation.image_features import analyse, decode
+from mammosynth.validation.image_features import analyse
 
 
 def _ref_rows(path):
@@ -18,7 +19,7 @@ def _ref_rows(path):
 def _as_release_row(r, image_id, img=None, method="text2image", laterality=None, bbox=None, source=None):
     img = decode(r["image"]) if img is None else img
     return S.release_row(img, image_id, method, int(r["birads"]), r["view"], laterality or r["laterality"],
-                         density=r["density"] or None, bbox=bbox, source_image=source)  # fmt: skip
+                         density=r["density"] or None, bbox=bbox, source_image=source)
 
 
 @pytest.fixture(scope="module")
