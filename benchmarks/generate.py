@@ -191,12 +191,15 @@ def bench_method(method: str, args, work: Path, device: str, dtype) -> dict:
     # baseline: one plain call per image, default scheduler and settings
     if method == "inpainting":
         placed = [sampler.place(t) for t in tasks]
-        from mammosynth.generators.box_sampling import box_mask
+        from mammosynth.builders.core.box_mask import box_mask
+
+        def mask_image(pl) -> Image.Image:  # the pipeline's "inpaint here": 255 inside the box
+            return Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255))
 
         def baseline():
             for pl in placed:
                 pipe(prompt="A mammogram with BI-RADS 4 lesion.", image=Image.fromarray(pl.image).convert("RGB"),
-                     mask_image=Image.fromarray(box_mask(pl.image.shape, pl.box)), height=res, width=res,
+                     mask_image=mask_image(pl), height=res, width=res,
                      num_inference_steps=steps, guidance_scale=7.0)
     else:
         def baseline():
@@ -212,7 +215,7 @@ def bench_method(method: str, args, work: Path, device: str, dtype) -> dict:
     # baseline first, on the untouched pipeline (ours changes scheduler, memory format, compiles)
     if method == "inpainting":
         pipe(prompt="x", image=Image.fromarray(placed[0].image).convert("RGB"),
-             mask_image=Image.fromarray(box_mask(placed[0].image.shape, placed[0].box)), height=res, width=res, num_inference_steps=2)
+             mask_image=mask_image(placed[0]), height=res, width=res, num_inference_steps=2)
     else:
         pipe(prompt="x", height=res, width=res, num_inference_steps=2)  # warm-up
     # Ours gets its own copy on CPU so the runs can be interleaved (the shared CPU's load then

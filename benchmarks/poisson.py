@@ -32,6 +32,7 @@ Run: python benchmarks/poisson.py [--rounds R]   -> benchmarks/results/poisson.j
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -43,15 +44,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.generators import engine
 from mammosynth.builders.core.breast_mask import poisson_mask
-from mammosynth.generators.inpainting import _decode, _image_size
-from mammosynth.builders.core.imageio import as_bit_depth
+from mammosynth.builders.core.imageio import as_bit_depth, encode_png, image_size
 from mammosynth.generators.placement import place
-from mammosynth.generators.poisson import PoissonSampler, blend, choose_lesion, exact_poisson_edit
-from mammosynth.builders.core.imageio import encode_png
+from mammosynth.generators.poisson import PoissonSampler, choose_lesion
+from mammosynth.generators.poisson_solver import blend, exact_poisson_edit
 
 BACKGROUND_BIRADS = [1, 2]
 
@@ -64,12 +65,19 @@ def make_spec(prepared: Path, out: Path, per_cell: int) -> ReleaseSpec:
         output_dir=str(out)))
 
 
+def pillow_decode(encoded: dict) -> np.ndarray:
+    """The baseline decodes the whole PNG with Pillow, as ``datasets`` does by default."""
+    with Image.open(io.BytesIO(encoded["bytes"])) as im:
+        arr = np.asarray(im)
+    return arr.astype(np.uint16) if arr.dtype.itemsize > 1 else arr.astype(np.uint8)
+
+
 def naive(sampler: PoissonSampler, tasks: list[engine.SampleTask]) -> tuple[list[bytes], int]:
     out, skipped = [], 0
     p = sampler.params
     for task in tasks:
         bg = sampler.background_for(task)
-        img = _decode(sampler.ds[bg.row]["image"])
+        img = pillow_decode(sampler.ds[bg.row]["image"])
         breast = poisson_mask(img)
         rng = np.random.default_rng(task.seed)
         lesion = choose_lesion(sampler.pools[task.birads], bg.manufacturer, p, rng)
@@ -133,7 +141,7 @@ def bench(prepared: Path, work: Path, size: int, tasks_per_bg: int, rounds: int)
                 t_naive.append(time.perf_counter() - t0)
     to, tn, t1, tc = (float(np.median(t)) for t in (t_ours, t_naive, t_one, t_cv))
     used = {ref.background_for(t).row for t in tasks}
-    shapes = Counter("x".join(map(str, _image_size(ref.ds[row]["image"])[::-1])) for row in sorted(used))
+    shapes = Counter("x".join(map(str, image_size(ref.ds[row]["image"])[::-1])) for row in sorted(used))
     return {"long_side": size, "background_hw": dict(shapes.most_common()), "tasks": len(tasks), "backgrounds": n_bg,
             "rounds": rounds, "workers": ref.workers, "ours_rows": rows_ours, "ours_skipped": skip_ours, "naive_rows": len(outs),
             "naive_skipped": skip_naive, "ours_s": t_ours, "ours_1_worker_s": t_one, "ours_opencv_s": t_cv, "naive_s": t_naive,

@@ -33,11 +33,6 @@ def distributed_rank() -> tuple[int, int]:
     return int(index), int(world)
 
 
-def output_folder(spec: ReleaseSpec, method: str) -> Path:
-    assert spec.output_dir is not None, "load the spec with load_spec() so output_dir is set"
-    return Path(spec.output_dir) / "generated" / method
-
-
 def make_sampler(spec: ReleaseSpec, method: str, *, runtime: Runtime | None = None, spec_file: str | Path | None = None) -> Sampler:
     """The sampler of ``method``, constructed (and so validated against its inputs)."""
     module_name, attr = SAMPLERS[method].split(":")
@@ -78,7 +73,7 @@ def generate(
         results[m] = run(
             plan(spec, m),
             sampler,
-            output_folder(spec, m),
+            spec.layout.generated(m),
             shard_size=spec.output.shard_size,
             process_index=process_index,
             num_processes=num_processes,
@@ -89,4 +84,4 @@ def generate(
 
 def load_generated(spec: ReleaseSpec, method: str):
     """The rows generated so far for ``method``, as one ``datasets.Dataset`` in plan order."""
-    return ShardWriter(output_folder(spec, method)).load()
+    return ShardWriter(spec.layout.generated(method)).load()

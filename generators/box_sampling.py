@@ -92,10 +92,3 @@ def sample_box(region: np.ndarray, sizes: SizeRange, seed: int, max_tries: int =
             return box
     return None
 
-
-def box_mask(shape: tuple[int, int], box: Box) -> np.ndarray:
-    """uint8 mask, 255 inside the box (the pipeline's "inpaint here")."""
-    mask = np.zeros(shape, np.uint8)
-    x0, y0, x1, y1 = box
-    mask[y0:y1, x0:x1] = 255
-    return mask

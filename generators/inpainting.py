@@ -13,7 +13,6 @@ the prepared set's labels, before a single weight is loaded.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,11 +26,13 @@ from PIL import Image
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.spec import InpaintingParams, ReleaseSpec
-from mammosynth.generators.box_sampling import Box, SizeRange, box_mask, sample_box, scaled_box_size, size_range
+from mammosynth.builders.core.box_mask import box_mask
 from mammosynth.builders.core.breast_mask import allowed_region
-from mammosynth.generators.engine import SampleTask, Skip
-from mammosynth.builders.core.provenance import checkpoint_identity
 from mammosynth.builders.core.imageio import as_bit_depth, rgb_to_grey
+from mammosynth.builders.core.provenance import checkpoint_identity
+from mammosynth.generators.backgrounds import Background, backgrounds_by_view, class_size_ranges, decode_row, load_prepared
+from mammosynth.generators.box_sampling import Box, sample_box
+from mammosynth.generators.engine import SampleTask, Skip
 from mammosynth.generators.pipelines import (
     Runtime,
     check_resolution,
@@ -43,69 +44,6 @@ from mammosynth.generators.pipelines import (
 )
 
 FIELD = "methods.inpainting.inpainting"
-
-
-@dataclass(frozen=True)
-class Background:
-    row: int
-    image_id: str
-    density: str | None
-    manufacturer: str | None
-    flipped: bool
-
-
-def load_prepared(path: Path):
-    """The prepared training set with images left encoded (decoding is per background, on demand)."""
-    import datasets
-
-    from mammosynth.builders.core.prepared import open_prepared
-
-    return open_prepared(path, field="source.prepared").cast_column("image", datasets.Image(decode=False))
-
-
-def _image_size(encoded: dict[str, Any]) -> tuple[int, int]:
-    """(width, height) from the PNG header without decoding the pixels."""
-    src = io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded["path"]
-    with Image.open(src) as im:
-        return im.size
-
-
-def _decode(encoded: dict[str, Any]) -> np.ndarray:
-    src = io.BytesIO(encoded["bytes"]) if encoded.get("bytes") else encoded["path"]
-    with Image.open(src) as im:
-        arr = np.asarray(im)
-    if arr.ndim == 3:  # an RGB rendering of a grey image
-        arr = arr[..., 0]
-    return arr.astype(np.uint16) if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 else arr.astype(np.uint8)
-
-
-def backgrounds_by_view(ds, birads: list[int]) -> dict[tuple[str, str], list[Background]]:
-    """(view, laterality) -> backgrounds of the given BI-RADS, sorted by image_id."""
-    cols = ds.select_columns(["image_id", "view", "laterality", "birads", "density", "manufacturer", "flipped"])[:]
-    groups: dict[tuple[str, str], list[Background]] = defaultdict(list)
-    for row in range(len(ds)):
-        if cols["birads"][row] in birads:
-            groups[(cols["view"][row], cols["laterality"][row])].append(
-                Background(row, cols["image_id"][row], cols["density"][row], cols["manufacturer"][row], bool(cols["flipped"][row]))
-            )
-    return {k: sorted(v, key=lambda b: b.image_id) for k, v in groups.items()}
-
-
-def class_size_ranges(ds, classes: list[int], resolution: int) -> dict[int, SizeRange | None]:
-    """Per class, the real box-size range (IQR-trimmed) scaled to ``resolution``² output."""
-    findings = ds.select_columns(["findings"])["findings"]
-    sizes: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in classes}
-    for row, fs in enumerate(findings):
-        boxes = [(f["bbox"], f["finding_birads"]) for f in fs or [] if f.get("finding_birads") in sizes and f.get("bbox")]
-        if not boxes:
-            continue
-        image_size = _image_size(ds[row]["image"])
-        for bbox, b in boxes:
-            w, h = scaled_box_size(bbox, image_size, (resolution, resolution))
-            if w > 0 and h > 0:
-                sizes[b][0].append(w)
-                sizes[b][1].append(h)
-    return {b: size_range(*sizes[b]) for b in classes}
 
 
 @dataclass
@@ -198,7 +136,7 @@ class InpaintingSampler:
 
     def background_image(self, bg: Background) -> np.ndarray:
         """Background at output size and bit depth, in its true orientation (un-mirrored)."""
-        image = _decode(self.dataset[bg.row]["image"])
+        image = decode_row(self.dataset, bg.row)
         if bg.flipped:
             image = np.ascontiguousarray(image[:, ::-1])
         res = self.params.resolution
@@ -247,7 +185,8 @@ class InpaintingSampler:
 
         p = self.params
         images = [Image.fromarray(as_bit_depth(pl.image, 8)).convert("RGB") for pl in batch]
-        masks = [Image.fromarray(box_mask(pl.image.shape, pl.box)) for pl in batch]
+        # the pipeline's "inpaint here": 255 inside the box
+        masks = [Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255)) for pl in batch]
         with torch.inference_mode():
             out = self.pipeline(birads)(
                 prompt=[schema.inpainting_prompt(birads)] * len(batch),

@@ -24,8 +24,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.atomic import temp_path
 from mammosynth.builders.core.breast_mask import poisson_mask
+from mammosynth.builders.core.errors import InputError
+from mammosynth.generators.backgrounds import decode_row, load_prepared
 
 BANK_VERSION = 1
 MIN_SIDE_PX = 6  # boxes smaller than this (in prepared pixels) carry no usable lesion texture
@@ -129,12 +131,15 @@ class LesionBank:
         return self.lesions[0].crop.dtype if self.lesions else None
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``folder`` atomically (temporary folder, then rename); an existing bank is kept."""
+        """Write ``folder`` atomically (temporary folder, then rename); an existing bank is kept.
+
+        Not ``atomic_dir``, which replaces an existing target: the first process to finish
+        publishes the bank, others may be reading it already, and a later one's is identical."""
         folder = Path(folder)
         if (folder / "bank.json").exists():
             return folder
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        tmp = temp_path(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         arrays = {}
@@ -177,16 +182,14 @@ def bank_fingerprint(prepared: str | Path, birads: list[int], pad_frac: float) -
 
 def build_lesion_bank(prepared: str | Path, birads: list[int] | tuple[int, ...] = (5,), pad_frac: float = 0.25) -> LesionBank:
     """Crop every finding of the given BI-RADS classes (with ``pad_frac`` context around the box)."""
-    from mammosynth.generators.inpainting import _decode, load_prepared
-
-    ds = load_prepared(Path(prepared))
+    ds = load_prepared(prepared)
     meta = ds.select_columns(["image_id", "manufacturer", "view", "laterality", "findings"])[:]
     lesions: list[Lesion] = []
     for row, findings in enumerate(meta["findings"]):
         wanted = [(k, f) for k, f in enumerate(findings or []) if f.get("finding_birads") in birads and f.get("bbox")]
         if not wanted:
             continue
-        image = _decode(ds[row]["image"])
+        image = decode_row(ds, row)
         breast = poisson_mask(image)
         window = intensity_window(image, breast)
         h, w = image.shape

@@ -1,17 +1,15 @@
 """`mammosynth train sd35-lora|inpaint CONFIG`: thin click layer over the trainers' Python API.
 
-The same commands run under ``accelerate launch -m mammosynth.training.sd35_lora|inpaint`` for
-multi-GPU / multi-node training.
+The same group runs as ``accelerate launch -m mammosynth.training sd35-lora|inpaint CONFIG`` for
+multi-GPU / multi-node training (``training/__main__.py``). Imports go one way: this layer imports
+the trainers, never the reverse.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
-
-from mammosynth.builders.core.errors import InputError
 
 _resume = click.option("--resume", default=None, metavar="latest|DIR",
                        help="Continue from the newest checkpoint ('latest') or a checkpoint folder.")
@@ -66,15 +64,3 @@ def _report(result) -> None:
     else:
         click.echo(f"stopped at step {result.global_step}; rerun with --resume latest to continue")
 
-
-def run_standalone(command: click.Command, args: list[str], prog_name: str) -> None:
-    """Entry for ``python -m`` / ``accelerate launch -m``: same exit codes as the mammosynth CLI."""
-    try:
-        command.main(args=args, prog_name=prog_name, standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
-    except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    sys.exit(0)

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from mammosynth.builders.core import schema
+from mammosynth.builders.core.box_mask import box_mask
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.imageio import image_size
 from mammosynth.builders.core.prepared import open_prepared
 
 META_COLUMNS = ("image_id", "laterality", "view", "birads", "density", "manufacturer", "split", "findings", "flipped")
@@ -67,17 +69,8 @@ def data_hash(ds: datasets.Dataset, rows: list[dict]) -> str:
 
 def image_sizes(ds: datasets.Dataset, indices: list[int]) -> list[tuple[int, int]]:
     """(width, height) of prepared images from their PNG headers, without decoding pixels."""
-    import io
-
-    from PIL import Image
-
     raw = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False)).select(indices)
-    out = []
-    for item in raw["image"]:
-        src = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-        with Image.open(src) as im:
-            out.append(im.size)
-    return out
+    return [image_size(item) for item in raw["image"]]
 
 
 def caption(row: dict, laterality: str, *, vendor: bool = False) -> str:
@@ -139,16 +132,6 @@ def to_model_rgb(image: np.ndarray) -> torch.Tensor:
     """HxW in [0, 1] -> 3xHxW in [-1, 1] (the VAE's input range)."""
     t = torch.from_numpy(np.ascontiguousarray(image) * 2.0 - 1.0)
     return t.unsqueeze(0).expand(3, -1, -1).contiguous()
-
-
-def box_mask(boxes: np.ndarray, size: int, margin: int = 0) -> np.ndarray:
-    mask = np.zeros((size, size), dtype=np.float32)
-    for x0, y0, x1, y1 in boxes:
-        xa, ya = max(0, int(np.floor(x0)) - margin), max(0, int(np.floor(y0)) - margin)
-        xb, yb = min(size, int(np.ceil(x1)) + margin), min(size, int(np.ceil(y1)) + margin)
-        if xb > xa and yb > ya:
-            mask[ya:yb, xa:xb] = 1.0
-    return mask
 
 
 @dataclass
@@ -287,9 +270,9 @@ class InpaintData(torch.utils.data.Dataset):
         elif u < self.full + self.random:
             rw, rh = self.rel_sizes[rng.integers(len(self.rel_sizes))] * size
             x0, y0 = rng.uniform(0, max(1e-6, size - rw)), rng.uniform(0, max(1e-6, size - rh))
-            mask = box_mask(np.array([[x0, y0, x0 + rw, y0 + rh]]), size)
+            mask = box_mask((size, size), [[x0, y0, x0 + rw, y0 + rh]]).astype(np.float32)
         else:
-            mask = box_mask(boxes, size, self.box_margin)
+            mask = box_mask((size, size), boxes, self.box_margin).astype(np.float32)
         pixels = to_model_rgb(arr)
         mask_t = torch.from_numpy(mask).unsqueeze(0)
         # what the inpainting pipeline feeds: the image with the region to fill set to 0 (mid-grey)

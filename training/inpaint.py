@@ -3,19 +3,18 @@
 noise-prediction (or v-prediction, per the scheduler config) MSE on images with lesions of one class.
 
     mammosynth train inpaint CONFIG --birads 3|4|5 [--resume latest]
-    accelerate launch -m mammosynth.training.inpaint CONFIG --birads 4
+    accelerate launch -m mammosynth.training inpaint CONFIG --birads 4
 """
 
 from __future__ import annotations
 
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mammosynth.builders.core import schema
+from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.errors import InputError
 from mammosynth.training import data as tdata
 from mammosynth.training import runtime
@@ -183,23 +182,23 @@ def _write_final(unet, config: InpaintConfig, birads: int, ds, rows, local, step
     from diffusers import StableDiffusionInpaintPipeline
 
     final = config.output_dir / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=config.output_dir))
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(
-        config.base_model, revision=config.revision, unet=_plain_unet(unet, config.use_lora),
-        safety_checker=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    runtime.write_metadata(tmp, {
-        "kind": "inpaint",
-        "birads": birads,
-        "prompt": schema.inpainting_prompt(birads),
-        **runtime.base_identity(config.base_model, config.revision, local),
-        "data_sha256": tdata.data_hash(ds, rows),
-        "num_images": len(rows),
-        "steps": step,
-        "config": config.model_dump(mode="json"),
-    })
-    return runtime.publish_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            config.base_model, revision=config.revision, unet=_plain_unet(unet, config.use_lora),
+            safety_checker=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        runtime.write_metadata(tmp, {
+            "kind": "inpaint",
+            "birads": birads,
+            "prompt": schema.inpainting_prompt(birads),
+            **runtime.base_identity(config.base_model, config.revision, local),
+            "data_sha256": tdata.data_hash(ds, rows),
+            "num_images": len(rows),
+            "steps": step,
+            "config": config.model_dump(mode="json"),
+        })
+    return final
 
 
 @torch.no_grad()
@@ -230,13 +229,3 @@ def _validation_images(unet, vae, prompt_hidden, negative, batch, config: Inpain
     unet.train(was_training)
     return written
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``accelerate launch -m mammosynth.training.inpaint CONFIG --birads N [--resume latest]``."""
-    from mammosynth.training.commands import inpaint_command, run_standalone
-
-    run_standalone(inpaint_command, sys.argv[1:] if argv is None else argv, "mammosynth.training.inpaint")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,6 @@ trained artefact."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mammosynth.builders.core.atomic import write_json
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import hash_tree
 from mammosynth.training.config import TrainingConfig, resume_fingerprint
@@ -230,7 +230,10 @@ def resolve_resume(config: TrainingConfig, resume: str | None, *, force: bool = 
 
 
 def save_checkpoint(accelerator, config: TrainingConfig, step: int, *, extra: dict | None = None) -> Path:
-    """accelerator.save_state into a temporary folder, then rename; prune old checkpoints."""
+    """accelerator.save_state into a temporary folder, then rename; prune old checkpoints.
+
+    Not ``atomic_dir``: every rank writes its own files into the one staging folder, so its name
+    is the step's (not a process id) and only the main process renames it."""
     root = config.output_dir / CHECKPOINTS
     final = root / f"checkpoint-{step}"
     tmp = root / f".tmp-checkpoint-{step}"
@@ -242,7 +245,7 @@ def save_checkpoint(accelerator, config: TrainingConfig, step: int, *, extra: di
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {"global_step": step, "fingerprint": {**resume_fingerprint(config), **(extra or {})}}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_json(tmp / STATE_FILE, state, indent=2)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -348,15 +351,7 @@ def run_steps(
 
 
 def write_metadata(folder: Path, data: dict[str, Any]) -> None:
-    (folder / METADATA_FILE).write_text(json.dumps(data, indent=2, default=str))
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Rename a completed output folder into place (replacing an older one)."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    write_json(folder / METADATA_FILE, data, indent=2, default=str)
 
 
 def free_memory() -> None:

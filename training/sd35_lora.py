@@ -3,20 +3,20 @@ transformer's attention projections, frozen text encoders whose prompt embedding
 for the distinct captions and then freed.
 
     mammosynth train sd35-lora CONFIG [--resume latest]
-    accelerate launch -m mammosynth.training.sd35_lora CONFIG [--resume latest]
+    accelerate launch -m mammosynth.training sd35-lora CONFIG [--resume latest]
 """
 
 from __future__ import annotations
 
 import copy
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from mammosynth.builders.core import schema
+from mammosynth.builders.core.atomic import atomic_dir
+from mammosynth.builders.core.errors import InputError
 from mammosynth.training import data as tdata
 from mammosynth.training import runtime
 from mammosynth.training.config import SD35LoraConfig
@@ -36,7 +36,7 @@ def encode_prompts(base: str, revision: str | None, prompts: list[str], device, 
     try:
         pipe = StableDiffusion3Pipeline.from_pretrained(base, transformer=None, vae=None, revision=revision, torch_dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise runtime.InputError(f"cannot load text encoders: {exc}".splitlines()[0], file=base, field="base_model") from None
+        raise InputError(f"cannot load text encoders: {exc}".splitlines()[0], file=base, field="base_model") from None
     pipe.to(device)
     embeds, pooled = [], []
     for start in range(0, len(prompts), batch_size):
@@ -227,28 +227,18 @@ def _write_final(transformer, config: SD35LoraConfig, ds, meta, local, step: int
     from peft.utils import get_peft_model_state_dict
 
     final = config.output_dir / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=config.output_dir))
-    layers = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(transformer).items()}
-    StableDiffusion3Pipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS)
-    runtime.save_adapter(transformer, tmp)
-    runtime.write_metadata(tmp, {
-        "kind": "sd35-lora",
-        **runtime.base_identity(config.base_model, config.revision, local),
-        "data_sha256": tdata.data_hash(ds, meta),
-        "num_images": len(meta),
-        "steps": step,
-        "prompt_template": schema.TEXT2IMAGE_TEMPLATE,
-        "config": config.model_dump(mode="json"),
-    })
-    return runtime.publish_dir(tmp, final)
+    with atomic_dir(final) as tmp:
+        layers = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(transformer).items()}
+        StableDiffusion3Pipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS)
+        runtime.save_adapter(transformer, tmp)
+        runtime.write_metadata(tmp, {
+            "kind": "sd35-lora",
+            **runtime.base_identity(config.base_model, config.revision, local),
+            "data_sha256": tdata.data_hash(ds, meta),
+            "num_images": len(meta),
+            "steps": step,
+            "prompt_template": schema.TEXT2IMAGE_TEMPLATE,
+            "config": config.model_dump(mode="json"),
+        })
+    return final
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``accelerate launch -m mammosynth.training.sd35_lora CONFIG [--resume latest] [--force]``."""
-    from mammosynth.training.commands import run_standalone, sd35_lora_command
-
-    run_standalone(sd35_lora_command, sys.argv[1:] if argv is None else argv, "mammosynth.training.sd35_lora")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mammosynth.builders.core.breast_mask import distance_to_edge
-from mammosynth.generators.inpainting import _decode, load_prepared
+from mammosynth.builders.core.imageio import decode_grey
+from mammosynth.generators.backgrounds import load_prepared
 from mammosynth.generators.placement import Placement, PlacementConfig, analyse_background, place
 
 
@@ -18,7 +19,7 @@ def _disk_mask(r: int) -> np.ndarray:
 def _images(path, n=None):
     ds = load_prepared(path)
     rows = range(len(ds)) if n is None else range(min(n, len(ds)))
-    return [(ds[i]["view"], _decode(ds[i]["image"])) for i in rows]
+    return [(ds[i]["view"], decode_grey(ds[i]["image"])) for i in rows]
 
 
 @pytest.mark.parametrize("which", ["prepared_set", "cbis_prepared"])

@@ -16,18 +16,12 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.generators import engine
 from mammosynth.builders.core.breast_mask import poisson_mask
-from mammosynth.generators.inpainting import _decode, load_prepared
+from mammosynth.builders.core.imageio import decode_grey
+from mammosynth.generators.backgrounds import load_prepared
 from mammosynth.generators.lesion_bank import build_lesion_bank
 from mammosynth.generators.placement import PlacementConfig, analyse_background, place
-from mammosynth.generators.poisson import (
-    PoissonSampler,
-    band_width,
-    blend,
-    exact_poisson_edit,
-    lesion_size,
-    poisson_correction,
-    transform_lesion,
-)
+from mammosynth.generators.poisson import PoissonSampler, lesion_size, transform_lesion
+from mammosynth.generators.poisson_solver import band_width, blend, exact_poisson_edit, poisson_correction
 
 
 def _spec_dict(prepared, out, counts=None, **poisson) -> dict:
@@ -204,7 +198,7 @@ def test_sampler_deterministic_bbox_in_breast_vendor_policy(prepared_set, tmp_pa
         # the difference from the background stays near the lesion box
         src = load_prepared(prepared_set)
         idx = src["image_id"].index(row["source_image"])
-        bg = _decode(src[idx]["image"])
+        bg = decode_grey(src[idx]["image"])
         diff = np.argwhere(img != bg)
         pad = 0.6 * max(x1 - x0, y1 - y0) + 4
         assert diff[:, 1].min() >= x0 - pad and diff[:, 1].max() <= x1 + pad
@@ -222,7 +216,7 @@ def test_sampler_opencv_engine(prepared_set, tmp_path):
     src = load_prepared(prepared_set)
     for a, b in pairs:
         assert a["bbox"] == b["bbox"] and a["lesion_source"] == b["lesion_source"] and a["generator"] != b["generator"]
-        bg = _decode(src[src["image_id"].index(a["source_image"])]["image"])
+        bg = decode_grey(src[src["image_id"].index(a["source_image"])]["image"])
         ia, ib = (np.asarray(Image.open(io.BytesIO(r["image"]["bytes"]))) for r in (a, b))
         x0, y0, x1, y1 = (int(v) for v in a["bbox"][0])
         outside = np.ones(bg.shape, bool)
@@ -300,7 +294,7 @@ def test_real_cbis_backgrounds(cbis_prepared, prepared_set):
     cfg = PlacementConfig()
     done = 0
     for i in range(len(ds)):
-        img = _decode(ds[i]["image"])
+        img = decode_grey(ds[i]["image"])
         info = analyse_background(img, ds[i]["view"], cfg)
         les = bank.lesions[i % len(bank)]
         pl = place(info, les.mask, les.context_std, np.random.default_rng(700 + i), cfg)
@@ -339,19 +333,19 @@ def test_sampler_pool_and_png_paths_give_the_same_bytes(prepared_set, tmp_path, 
     monkeypatch.undo()
     for r in rows:  # outputs keep the block layout and decode to what a full decode gives
         f = BlockFile.parse(r["image"]["bytes"])
-        assert f is not None and np.array_equal(f.rows(), _decode(r["image"]))
+        assert f is not None and np.array_equal(f.rows(), decode_grey(r["image"]))
 
 
 @pytest.mark.slow
 def test_sampler_pool_without_fork(prepared_set, tmp_path, monkeypatch):
     """Where fork is not available (macOS, Windows) the workers are spawned and rebuild the sampler
     from the spec; the bytes are the same as in one process."""
-    import mammosynth.generators.poisson as poisson_mod
+    import multiprocessing
 
     spec = _spec(prepared_set, tmp_path, counts=[{"birads": 5, "n": 3}])
     tasks = engine.plan(spec, "poisson")
     one = PoissonSampler(spec, workers=1).generate(tasks)
-    monkeypatch.setattr(poisson_mod.mp, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     with PoissonSampler(spec, workers=2) as pooled:
         spawned = pooled.generate(tasks)
         assert pooled._executor is not None and pooled._executor._mp_context.get_start_method() == "spawn"
@@ -456,7 +450,7 @@ def test_sampler_16_bit(prepared16, tmp_path):
     src = load_prepared(prepared16)
     for row in rows:
         img = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
-        bg = _decode(src[src["image_id"].index(row["source_image"])]["image"])
+        bg = decode_grey(src[src["image_id"].index(row["source_image"])]["image"])
         assert img.dtype == np.uint16 and bg.dtype == np.uint16 and img.shape == bg.shape
         x0, y0, x1, y1 = (int(v) for v in row["bbox"][0])
         diff = np.argwhere(img != bg)

@@ -149,7 +149,7 @@ def test_two_process_run_on_cpu(tiny_prepared, tiny_sd3, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "mammosynth.training.sd35_lora", str(cfg)],
+         "-m", "mammosynth.training", "sd35-lora", str(cfg)],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
