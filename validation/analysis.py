@@ -83,10 +83,7 @@ ANALYSIS_WORKERS = 2  # processes for the per-image pass (the work is per-image 
 MIN_ROWS_FOR_POOL = 16  # below this the pool's hand-off costs more than it saves
 _CHUNK = 8  # images per task handed to a worker
 _BATCH = 64  # rows read from the release at a time
-# forkserver (safe after torch/OpenCV threads) once builders.core.workers supports it: its watch
-# for a dead parent compares against the validating process, but forkserver workers are children
-# of the fork server, so they would exit at once. spawn is the designed fallback meanwhile.
-POOL_METHOD = "spawn"
+POOL_METHOD = "forkserver"  # safe after torch/OpenCV threads; the fork server leaves with its owner
 _POOL: ProcessPoolExecutor | None = None
 
 
