@@ -25,6 +25,7 @@ from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.schema import BIRADS_NAMES, LATERALITIES, METHODS, VIEWS, release_features
 from mammosynth.builders.core.spec import PoissonParams, ReleaseSpec
 from mammosynth.dataset_cards.citations import SOURCE_PAPERS
+from mammosynth.validation.report import ValidationReport
 
 TEMPLATES = Path(__file__).parent / "templates"
 OVERRIDES_RE = re.compile(r"(<!-- mammosynth:overrides -->\n)(.*?)(\n<!-- /mammosynth:overrides -->)", re.S)
@@ -131,23 +132,20 @@ def card_metadata(spec: ReleaseSpec, data: ReleaseData) -> dict[str, Any]:
     return meta
 
 
-def _validation_summary(report: dict[str, Any] | None) -> tuple[str, str]:
+def _validation_summary(report: ValidationReport | None) -> tuple[str, str]:
     if report is None:
         return ("No validation report was produced for this release.",
                 "No memorization check was run; treat every image as possibly memorized.")
-    lines = [f"Overall: **{'passed' if report.get('passed') else 'FAILED'}**.", "", "| gate | status |", "|---|---|"]
-    for name, gate in sorted((report.get("gates") or {}).items()):
-        status = gate.get("status", "?") if isinstance(gate, dict) else str(gate)
-        lines.append(f"| {name} | {status} |")
-    flagged = report.get("flagged") or []
-    by_check = Counter(f.get("check", "?") for f in flagged)
+    lines = [f"Overall: **{'passed' if report.passed else 'FAILED'}**.", "", "| gate | status |", "|---|---|"]
+    for name, gate in sorted(report.gates.items()):
+        lines.append(f"| {name} | {gate.status} |")
+    flagged = report.flagged
+    by_check = Counter(f.check for f in flagged)
     if flagged:
         lines += ["", "Flagged rows per check: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_check.items())) + "."]
-    memo_checks = [f for f in flagged if "dup" in f.get("check", "") or "memor" in f.get("check", "")
-                   or "nearest" in f.get("check", "")]
-    memo_gates = {k: v for k, v in (report.get("gates") or {}).items()
-                  if any(w in k for w in ("dup", "memor", "nearest"))}
-    if memo_gates or memo_checks or report.get("passed") is not None:
+    memo_checks = [f for f in flagged if "dup" in f.check or "memor" in f.check or "nearest" in f.check]
+    memo_gates = {k: v for k, v in report.gates.items() if any(w in k for w in ("dup", "memor", "nearest"))}
+    if memo_gates or memo_checks or report.passed is not None:
         memo = (
             f"Every image was compared with every training image of the prepared source set (exact pixel hash, "
             f"perceptual hash and nearest-neighbour distance inside the breast, thresholds calibrated on real "
@@ -218,7 +216,7 @@ def previous_release_info(ref: str | Path | None) -> dict[str, Any] | None:
 def render_card(
     spec: ReleaseSpec,
     data: ReleaseData,
-    report: dict[str, Any] | None,
+    report: ValidationReport | None,
     *,
     overrides: list[Override] = (),  # type: ignore[assignment]
     previous: dict[str, Any] | None = None,

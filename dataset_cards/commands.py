@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,15 +10,16 @@ import click
 def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | None = None) -> Path:
     """The card of SPEC's generated rows (less the failed ones with ``drop_failed``), written into
     ``out`` (default the run's ``card/`` folder)."""
-    from mammosynth.builders.core.release_data import failed_ids_from_report, load_release_data
+    from mammosynth.builders.core.release_data import load_release_data
     from mammosynth.builders.core.spec import load_spec
     from mammosynth.dataset_cards.card import previous_release_info
     from mammosynth.dataset_cards.write import write_card
+    from mammosynth.validation.report import ValidationReport
 
     spec = load_spec(spec_path)
     report_path = spec.layout.report_json
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    drop = failed_ids_from_report(report) if drop_failed and report else set()
+    report = ValidationReport.read(report_path) if report_path.is_file() else None
+    drop = report.failed_ids() if drop_failed and report else set()
     data = load_release_data(spec, drop)
     previous = previous_release_info(spec.previous_release) if spec.previous_release else None
     return write_card(spec, data, report, out or spec.layout.card, previous=previous)

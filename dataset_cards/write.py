@@ -13,12 +13,13 @@ from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.dataset_cards.card import Override, lint_card, render_card
 from mammosynth.dataset_cards.croissant import write_croissant
+from mammosynth.validation.report import ValidationReport
 
 
 def write_card(
     spec: ReleaseSpec,
     data: ReleaseData,
-    report: dict[str, Any] | None,
+    report: ValidationReport | None,
     out: str | Path,
     *,
     overrides: Sequence[Override] = (),

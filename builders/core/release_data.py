@@ -84,13 +84,6 @@ class ReleaseData:
         return h.hexdigest()
 
 
-def failed_ids_from_report(report: dict) -> set[str]:
-    ids = set(report.get("failed_image_ids") or [])
-    if not ids:  # older reports only list flags
-        ids = {f["image_id"] for f in report.get("flagged", []) if f.get("severity", "fail") == "fail"}
-    return ids
-
-
 def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> ReleaseData:
     """Read every requested method's generated shards; rows whose image_id is in ``drop_ids`` go."""
     features = release_features()
@@ -122,4 +115,4 @@ def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> Re
     return data
 
 
-__all__ = ["ReleaseData", "load_release_data", "failed_ids_from_report", "datasets"]
+__all__ = ["ReleaseData", "load_release_data", "datasets"]

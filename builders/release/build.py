@@ -18,7 +18,7 @@ from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core.hashing import sha256_file, sha256_json
 from mammosynth.builders.core.locks import folder_lock
-from mammosynth.builders.core.release_data import ReleaseData, failed_ids_from_report, load_release_data
+from mammosynth.builders.core.release_data import ReleaseData, load_release_data
 from mammosynth.builders.core.run_layout import CARD_FILE
 from mammosynth.builders.core.shard_writer import ShardWriter
 from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec, load_spec
@@ -131,6 +131,7 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
                 validate_fn: ValidateFn | None, progress: bool, echo: Callable[[str], None]) -> BuildResult:
     from mammosynth.dataset_cards.card import Override, previous_release_info
     from mammosynth.dataset_cards.write import write_card
+    from mammosynth.validation.report import ValidationReport
 
     layout = spec.layout
     result = BuildResult(release=layout.release)
@@ -157,9 +158,9 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
             raise RuntimeError(f"validation wrote no {layout.report_json.name} in {report_dir}")
         _stamp(spec, "validate", gen_key, layout.report_json)
         result.ran.append("validate")
-    report = json.loads(layout.report_json.read_text())
+    report = ValidationReport.read(layout.report_json)
     overrides: list[Override] = []
-    if not report.get("passed"):
+    if not report.passed:
         if not (drop_failed or force):
             raise GateFailed(f"validation failed (see {report_dir / 'report.md'}); use --drop-failed to package "
                              "only the rows that passed, or --force --reason")
@@ -167,14 +168,14 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
             overrides.append(Override("validation", reason or ""))
 
     # 3. card
-    drop = failed_ids_from_report(report) if drop_failed else set()
+    drop = report.failed_ids() if drop_failed else set()
     data: ReleaseData = load_release_data(spec, drop)
     result.dropped = sum(len(v) for v in data.dropped.values())
     if result.dropped:
         echo(f"dropping {result.dropped} row(s) that failed validation")
     card_dir = layout.card
     previous = previous_release_info(spec.previous_release) if spec.previous_release else None
-    card_key = sha256_json(gen_key, data.fingerprint(), report, [o.__dict__ for o in overrides], previous)
+    card_key = sha256_json(gen_key, data.fingerprint(), report.model_dump(mode="json"), [o.__dict__ for o in overrides], previous)
     if _up_to_date(spec, "card", card_key, card_dir / CARD_FILE):
         result.skipped.append("card")
     else:

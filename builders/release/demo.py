@@ -14,7 +14,6 @@ complete, so a killed demo resumes where it stopped.
 from __future__ import annotations
 
 import importlib.resources
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -168,6 +167,7 @@ def run_demo(out: str | Path = "demo-out", sizes: DemoSizes | None = None,
     """Run the demo into ``out`` and return what it produced (the CLI prints the summary)."""
     from mammosynth.builders.release.build import build
     from mammosynth.builders.core.spec import load_spec
+    from mammosynth.validation.report import ValidationReport
 
     sizes = sizes or DemoSizes()
     t0 = time.perf_counter()
@@ -184,13 +184,13 @@ def run_demo(out: str | Path = "demo-out", sizes: DemoSizes | None = None,
     built = build(spec, drop_failed=True, echo=lambda s: echo(f"    {s}"))
     _step(echo, 4, total, "summary")
 
-    report = json.loads(spec.layout.report_json.read_text())
-    failed = set(report.get("failed_image_ids", []))
+    report = ValidationReport.read(spec.layout.report_json)
+    failed = report.failed_ids()
     result = DemoResult(out=out, release=built.release, spec=spec_path, report_md=spec.layout.validation / REPORT_MD)
-    result.gates = {name: g.get("status", "?") for name, g in report.get("gates", {}).items()}
-    for flag in report.get("flagged", []):
-        if flag["image_id"] in failed:
-            result.failed_reasons[flag["check"]] += 1
+    result.gates = {name: g.status for name, g in report.gates.items()}
+    for flag in report.flagged:
+        if flag.image_id in failed:
+            result.failed_reasons[flag.check] += 1
     generated = spec.layout.generated()
     import pyarrow.parquet as pq
 

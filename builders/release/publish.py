@@ -120,7 +120,7 @@ def plan_publish(
         visibility = "gated"
     overrides: list[tuple[str, str]] = []
     report = rel.report
-    if report is None or not report.get("passed"):
+    if report is None or not report.passed:
         what = "missing" if report is None else "failed"
         if not force:
             raise InputError(

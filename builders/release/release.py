@@ -3,7 +3,6 @@ files), whether it is intact, how to load it and how to publish it."""
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.run_layout import REPORT_JSON
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.builders.release.package import CHECKSUMS, release_files, verify_checksums
+from mammosynth.validation.report import ValidationReport
 
 SPEC_FILE = "spec.yaml"
 REPORT_DIR = "validation"
@@ -48,15 +48,9 @@ class Release:
         return self.folder / REPORT_DIR / REPORT_JSON
 
     @cached_property
-    def report(self) -> dict[str, Any] | None:
+    def report(self) -> ValidationReport | None:
         """The validation report shipped with the release, or None when there is none."""
-        path = self.report_path
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"cannot parse: {exc}", file=path) from None
+        return ValidationReport.read(self.report_path) if self.report_path.is_file() else None
 
     @property
     def tag(self) -> str:

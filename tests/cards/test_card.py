@@ -14,6 +14,7 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.release_data import load_release_data
 from mammosynth.builders.core.schema import release_features
 from mammosynth.dataset_cards.card import Override, lint_card, parse_card, record_override, render_card
+from mammosynth.validation.report import ValidationReport
 from mammosynth.dataset_cards.commands import card_for_spec as write_card
 from mammosynth.dataset_cards.croissant import validate_croissant
 
@@ -61,8 +62,8 @@ def test_dropped_rows_and_overrides_are_recorded(release_inputs) -> None:
     spec, spec_path = release_inputs
     report_path = write_report(Path(spec.output_dir) / "validation", passed=False,
                                failed=["poisson-b5-mlo-l-00000", "inpainting-b3-cc-l-00001"])
-    report = json.loads(report_path.read_text())
-    data = load_release_data(spec, set(report["failed_image_ids"]))
+    report = ValidationReport.read(report_path)
+    data = load_release_data(spec, report.failed_ids())
     assert data.num_examples("poisson") == 3 and data.num_examples("all") == 18
     text = render_card(spec, data, report, overrides=[Override("validation", "pilot study")])
     lint_card(text)
