@@ -27,6 +27,7 @@ from skimage.filters import threshold_otsu
 from mammosynth.builders.core.atomic import temp_path
 from mammosynth.builders.core.breast_mask import poisson_mask
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.hashing import dataset_content_hash
 from mammosynth.generators.backgrounds import decode_row, load_prepared
 
 BANK_VERSION = 1
@@ -172,11 +173,11 @@ class LesionBank:
         return cls(lesions, meta.get("fingerprint", ""))
 
 
-def bank_fingerprint(prepared: str | Path, birads: list[int], pad_frac: float) -> str:
-    """Content key: the prepared set's arrow files (name + size + mtime) and the bank options."""
-    prepared = Path(prepared)
-    files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in prepared.glob("*.arrow"))
-    blob = json.dumps([BANK_VERSION, files, sorted(birads), pad_frac])
+def bank_fingerprint(prepared: str | Path, birads: list[int], pad_frac: float,
+                     memo_file: Path | None = None) -> str:
+    """Content key: the prepared set's content hash and the bank options (not file times, which
+    change on every ingest of the same data and would change the Poisson rows' ``generator``)."""
+    blob = json.dumps([BANK_VERSION, dataset_content_hash(load_prepared(prepared), memo_file), sorted(birads), pad_frac])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -225,7 +226,7 @@ def load_or_build(prepared: str | Path, birads: list[int], cache_dir: str | Path
     """The bank for ``prepared`` and ``birads``: loaded from ``cache_dir`` when saved there before."""
     if cache_dir is None:
         return build_lesion_bank(prepared, birads, pad_frac)
-    key = bank_fingerprint(prepared, birads, pad_frac)
+    key = bank_fingerprint(prepared, birads, pad_frac, Path(cache_dir) / "prepared-digests.json")
     folder = Path(cache_dir) / f"lesion_bank-{key}"
     if (folder / "bank.json").exists():
         return LesionBank.load(folder)

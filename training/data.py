@@ -22,6 +22,7 @@ import torch
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.box_mask import box_mask
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.hashing import dataset_content_hash
 from mammosynth.builders.core.imageio import image_size
 from mammosynth.builders.core.prepared import open_prepared
 
@@ -61,8 +62,10 @@ def class_boxes(row: dict, birads: int | None) -> np.ndarray:
 
 
 def data_hash(ds: datasets.Dataset, rows: list[dict]) -> str:
-    """Identity of the training data: the saved set's fingerprint plus the selected image ids."""
-    h = hashlib.sha256(str(getattr(ds, "_fingerprint", "")).encode())
+    """Identity of the training data: the prepared set's content hash plus the selected image ids.
+    (Not ``ds._fingerprint``: datasets draws it anew when a set is written, so the same data would
+    give the checkpoint, and every row generated from it, a different identity on each ingest.)"""
+    h = hashlib.sha256(dataset_content_hash(ds).encode())
     h.update(json.dumps([r["image_id"] for r in rows]).encode())
     return h.hexdigest()
 

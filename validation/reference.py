@@ -21,6 +21,7 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.prepared import open_prepared
 from mammosynth.builders.core.schema import prepared_features
 from mammosynth.validation.dedup import tolerant_distance
+from mammosynth.builders.core.hashing import dataset_content_hash
 from mammosynth.builders.core.imageio import UnreadableImage, decode
 from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, analyse
 
@@ -110,44 +111,6 @@ def load_reference_dataset(path: str | Path) -> datasets.Dataset:
     return ds
 
 
-def content_hash(ds: datasets.Dataset, memo_file: Path | None) -> str:
-    """blake2b over the dataset's arrow files. Per-file digests are memoized by (size, mtime) so
-    an unchanged multi-GB reference is not re-read on every run."""
-    memo: dict[str, Any] = {}
-    if memo_file is not None and memo_file.is_file():
-        try:
-            memo = json.loads(memo_file.read_text())
-        except json.JSONDecodeError:
-            memo = {}
-    files = sorted({f["filename"] for f in ds.cache_files})
-    total = hashlib.blake2b(digest_size=16)
-    total.update(f"rows={ds.num_rows}".encode())
-    changed = False
-    for fn in files:
-        st = os.stat(fn)
-        key = f"{st.st_size}:{st.st_mtime_ns}"
-        entry = memo.get(fn)
-        if not entry or entry.get("key") != key:
-            h = hashlib.blake2b(digest_size=16)
-            with open(fn, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(chunk)
-            entry = {"key": key, "digest": h.hexdigest()}
-            memo[fn] = entry
-            changed = True
-        total.update(entry["digest"].encode())
-    if not files:  # an in-memory dataset: hash the table itself
-        for batch in ds.data.to_batches():
-            for col in batch.columns:
-                for buf in col.buffers():
-                    if buf is not None:
-                        total.update(memoryview(buf))
-    if changed and memo_file is not None:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(memo_file, memo)
-    return total.hexdigest()
-
-
 def cache_dir_for(reference: Path) -> Path:
     """Beside the reference when writable, else the user cache (reference folders may be read-only)."""
     here = reference / CACHE_DIR_NAME
@@ -196,7 +159,7 @@ def reference_index(
     ds = load_reference_dataset(reference)
     cache = cache_dir_for(reference)
     # Hash the saved files themselves, before any cast (a cast may add cache files beside them).
-    digest = content_hash(ds, cache / "file-digests.json")
+    digest = dataset_content_hash(ds, cache / "file-digests.json")
     ds = ds.cast_column("image", datasets.Image(decode=False))
     key = hashlib.blake2b(f"{digest}:v{INDEX_VERSION}:e{embed_size}:b{bins}:{PIXEL_HASH}".encode(), digest_size=12).hexdigest()
     path = cache / f"index-{key}.npz"

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from mammosynth.builders.core import atomic
 
 
 def sha256_file(path: str | Path) -> str:
@@ -50,4 +53,43 @@ def content_hash(path: str | Path) -> str:
     return tree_hash(path)[:12]
 
 
-__all__ = ["sha256_file", "sha256_bytes", "sha256_json", "hash_tree", "tree_hash", "content_hash"]
+def dataset_content_hash(ds: Any, memo_file: Path | None = None) -> str:
+    """The identity of a ``datasets.Dataset``'s content: blake2b over its arrow files (and its row
+    count), independent of where it lies or when it was written. Per-file digests are memoized in
+    ``memo_file`` by (size, mtime), so an unchanged multi-GB set is not re-read on every run."""
+    memo: dict[str, Any] = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except json.JSONDecodeError:
+            memo = {}
+    files = sorted({f["filename"] for f in ds.cache_files})
+    total = hashlib.blake2b(digest_size=16)
+    total.update(f"rows={ds.num_rows}".encode())
+    changed = False
+    for fn in files:
+        st = os.stat(fn)
+        key = f"{st.st_size}:{st.st_mtime_ns}"
+        entry = memo.get(fn)
+        if not entry or entry.get("key") != key:
+            h = hashlib.blake2b(digest_size=16)
+            with open(fn, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+            entry = {"key": key, "digest": h.hexdigest()}
+            memo[fn] = entry
+            changed = True
+        total.update(entry["digest"].encode())
+    if not files:  # an in-memory dataset: hash the table itself
+        for batch in ds.data.to_batches():
+            for col in batch.columns:
+                for buf in col.buffers():
+                    if buf is not None:
+                        total.update(memoryview(buf))
+    if changed and memo_file is not None:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(memo_file, memo)
+    return total.hexdigest()
+
+
+__all__ = ["sha256_file", "sha256_bytes", "sha256_json", "hash_tree", "tree_hash", "content_hash", "dataset_content_hash"]
