@@ -91,9 +91,17 @@ def release_features() -> datasets.Features:
 RELEASE_COLUMNS: tuple[str, ...] = tuple(release_features().keys())
 
 
-def prepared_features() -> datasets.Features:
-    """Features of the prepared (local, never published) training set."""
-    return datasets.Features(
+SOURCE_COLUMN = "source"  # prepared column: the name of the source a row came from (ingest.json ``sources`` key)
+
+
+def prepared_features(*, with_source: bool = False) -> datasets.Features:
+    """Features of the prepared (local, never published) training set.
+
+    ``with_source`` adds the `SOURCE_COLUMN` that `mammosynth ingest` and `ingest merge` write, so
+    that every row's licence can be looked up (`core.prepared.row_source`). It is optional: older
+    sets and hand-made test sets (``Dataset.from_list(rows, features=prepared_features())``) have
+    only the required `PREPARED_COLUMNS`."""
+    features = datasets.Features(
         {
             "image": datasets.Image(),
             "image_id": datasets.Value("string"),
@@ -117,8 +125,12 @@ def prepared_features() -> datasets.Features:
             "flipped": datasets.Value("bool"),
         }
     )
+    if with_source:
+        features[SOURCE_COLUMN] = datasets.Value("string")
+    return features
 
 
+# The columns every prepared set has (the optional SOURCE_COLUMN is not among them).
 PREPARED_COLUMNS: tuple[str, ...] = tuple(prepared_features().keys())
 
 

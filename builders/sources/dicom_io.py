@@ -1,5 +1,6 @@
 """Read a mammography DICOM into a display-ready array: modality + VOI LUT (or window), MONOCHROME1
-inversion, padding to black, with truncated and non-DICOM files reported as `DicomError`.
+inversion, padding to black, with truncated, non-DICOM, non-mammography (Modality other than MG)
+and over-16-bit files reported as `DicomError`.
 
 The VOI transform is evaluated once per file on the range of stored values (a lookup table built
 with pydicom's own `apply_modality_lut` / `apply_voi_lut`) and then applied by indexing, which is
@@ -17,6 +18,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 DISPLAY_MAX = 65535  # display-ready arrays are uint16, 0 = black (no tissue), 65535 = white
+MAX_BITS = 16  # the display table has one entry per stored value: 2**16 at most
+MAMMOGRAPHY = "MG"
 
 
 class DicomError(Exception):
@@ -58,6 +61,33 @@ def first_value(value: object) -> float | None:
     return float(text.strip().strip("'\""))
 
 
+def check_supported(ds: pydicom.Dataset) -> None:
+    """A mammogram of at most 16 stored bits, from the header alone. A missing Modality passes
+    (some exports drop it); a stated other one (CT, MR, OT...) does not."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality and modality != MAMMOGRAPHY:
+        raise DicomError(f"Modality {modality!r} is not mammography ({MAMMOGRAPHY})", "Modality")
+    for key in ("BitsAllocated", "BitsStored"):
+        value = ds.get(key)
+        if value is None:
+            continue
+        try:
+            bits = int(value)
+        except (TypeError, ValueError):
+            raise DicomError(f"{key} {value!r} is not a number", key) from None
+        if not 1 <= bits <= MAX_BITS:
+            raise DicomError(f"{key} {bits} is not supported (1 to {MAX_BITS} bits)", key)
+
+
+def window_is_valid(ds: pydicom.Dataset) -> bool:
+    """A first WindowCenter/WindowWidth pair that pydicom can apply (width >= 1, both numbers)."""
+    try:
+        center, width = first_value(ds.get("WindowCenter")), first_value(ds.get("WindowWidth"))
+    except (TypeError, ValueError):
+        return False
+    return center is not None and width is not None and np.isfinite([center, width]).all() and width >= 1
+
+
 def _check_length(ds: pydicom.Dataset) -> None:
     """Real downloads contain files whose pixel data is shorter than Rows x Columns."""
     for key in ("Rows", "Columns", "BitsAllocated", "PixelData"):
@@ -78,14 +108,24 @@ def display_lut(ds: pydicom.Dataset, raw: np.ndarray) -> np.ndarray:
     """uint16 table mapping every stored value to display intensity (0 black .. 65535 white)."""
     if raw.dtype.kind == "i":
         raise DicomError("signed pixel data is not supported for mammograms", "PixelRepresentation")
+    if raw.dtype.itemsize * 8 > MAX_BITS:  # whatever the header says: never a 2**32-entry table
+        raise DicomError(f"{raw.dtype.itemsize * 8}-bit pixel data is not supported (at most {MAX_BITS})",
+                         "BitsAllocated")
     # The whole stored range, so the table's extremes are the window's output extremes.
-    bits = int(ds.get("BitsStored", 16) or 16)
+    bits = min(int(ds.get("BitsStored", MAX_BITS) or MAX_BITS), MAX_BITS)
     levels = np.arange(max(1 << bits, int(raw.max()) + 1), dtype=np.uint32)
     values = apply_modality_lut(levels, ds)
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    # A window of width 0 (or one that is not a number) cannot be applied: such an image is shown
+    # like one without a window, stretched over the range it uses, rather than skipped; its pixels
+    # are fine, only the display hint is broken. A VOI LUT sequence, when present, wins over it.
+    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds and window_is_valid(ds))
     if has_voi:
         # First window of multi-valued tags (IMS); apply_voi_lut already prefers index 0.
-        values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+        try:
+            values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            field = "VOILUTSequence" if "VOILUTSequence" in ds else "WindowWidth"
+            raise DicomError(f"cannot apply the VOI transform: {exc}".splitlines()[0], field) from None
         lo, hi = float(values.min()), float(values.max())
     else:
         # No window: stretch the range the image actually uses (e.g. the CBIS-DDSM scans).
@@ -117,6 +157,7 @@ def read_display(path: str | Path) -> DisplayImage:
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
         raise DicomError(f"not a readable DICOM file ({type(exc).__name__}: {exc})".splitlines()[0],
                          "file") from None
+    check_supported(ds)
     _check_length(ds)
     try:
         raw = ds.pixel_array

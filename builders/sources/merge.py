@@ -1,60 +1,140 @@
 """`mammosynth ingest merge`: several prepared sets (e.g. a VinDr ingest and a DICOM folder) as one,
-so that training and validation see a single set while ``ingest.json`` keeps every input's
-source and licence."""
+so that training and validation see a single set while every row keeps its source (the ``source``
+column) and ``ingest.json`` keeps every source's licence (``sources``, the union of the inputs').
+
+Everything is checked before anything is written: each input opens (a truncated arrow file or a
+malformed ``ingest.json`` is named), all inputs share one bit depth, a source name means one
+licence in every input, image ids stay unique, and OUT is a new or empty folder outside the inputs.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.prepared import (
     FORMAT_VERSION,
     INGEST_INFO,
+    UNKNOWN_LICENCE,
+    SourceLicence,
     open_prepared,
+    prepared_bit_depth,
     read_ingest_info,
     read_skipped,
+    source_licences,
     verify_prepared,
     write_skipped,
 )
-from mammosynth.builders.core.schema import PREPARED_COLUMNS, prepared_features
+from mammosynth.builders.core.schema import PREPARED_COLUMNS, SOURCE_COLUMN, prepared_features
+from mammosynth.builders.sources.ingest import refuse_nested, remove_own_temporaries
 
 
-def merge_prepared(inputs: list[str | Path], out: str | Path) -> Path:
+def _input_info(src: Path) -> dict[str, Any]:
+    """An input's ``ingest.json``; a hand-made set without one reads as one source named after its
+    folder, licence unknown, redistribution not allowed."""
+    if (src / INGEST_INFO).exists():
+        return read_ingest_info(src)
+    return {"source": {"kind": "unknown", "path": str(src)},
+            "sources": {src.name: SourceLicence(UNKNOWN_LICENCE, False).to_json()}}
+
+
+def _union_licences(terms: list[tuple[Path, dict[str, SourceLicence]]]) -> dict[str, SourceLicence]:
+    """One licence per source name across the inputs; two different ones for a name are refused."""
+    union: dict[str, SourceLicence] = {}
+    seen_in: dict[str, Path] = {}
+    for src, lic in terms:
+        for name, value in lic.items():
+            if name in union and union[name] != value:
+                raise InputError(f"source {name!r} has licence {union[name].licence!r} in {seen_in[name]} "
+                                 f"but {value.licence!r} here (or other terms); give one of them another "
+                                 "source name (ingest --source-name)", file=src / INGEST_INFO,
+                                 field=f"sources.{name}")
+            union.setdefault(name, value)
+            seen_in.setdefault(name, src)
+    return union
+
+
+def merge_prepared(inputs: list[str | Path], out: str | Path, *, progress: bool = True) -> Path:
     """Combine prepared sets into one at ``out``.
 
-    Image ids must stay unique; the skipped records of every input are kept, and ``ingest.json``
-    lists each input's source and licence. Written to a temporary folder and renamed when complete.
-    """
+    Image ids must stay unique and the inputs share one bit depth; the skipped records of every
+    input are kept, each row keeps its source, and ``ingest.json`` lists each input's source and
+    the licence of every source. Written to a temporary folder and renamed when complete, holding
+    OUT's folder lock."""
     import datasets
 
     out = Path(out)
-    if len(inputs) < 2:
+    sources = [Path(p) for p in inputs]
+    if len(sources) < 2:
         raise InputError("merge needs at least two prepared sets", field="inputs")
-    if out.exists() and any(out.iterdir()):
-        raise InputError("output directory is not empty", file=out)
-    parts, infos, skipped_rows = [], [], []
-    for src in map(Path, inputs):
-        parts.append(open_prepared(src).select_columns(list(PREPARED_COLUMNS)).cast(prepared_features()))
-        infos.append(read_ingest_info(src) if (src / INGEST_INFO).is_file() else {"source": {"path": str(src)}})
-        skipped_rows.extend(read_skipped(src))
+    if out.is_file():
+        raise InputError("exists and is a file, not a folder for the merged set", file=out)
+    for src in sources:
+        refuse_nested(out, src, what="input")
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        with folder_lock(out, "ingest"):
+            remove_own_temporaries(out)
+            if out.exists() and any(out.iterdir()):
+                raise InputError("output directory is not empty", file=out)
+            return _merge(sources, out)
+    finally:
+        if not progress and not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def _merge(sources: list[Path], out: Path) -> Path:
+    import datasets
+
+    opened, infos, terms, depths = [], [], [], []
+    for src in sources:
+        ds = open_prepared(src)
+        info = _input_info(src)
+        lic = source_licences(info, file=src / INGEST_INFO)
+        if SOURCE_COLUMN not in ds.column_names and len(lic) != 1:
+            raise InputError(f"{INGEST_INFO} lists {len(lic)} sources but the rows have no '{SOURCE_COLUMN}' "
+                             "column to tell them apart", file=src, field=SOURCE_COLUMN)
+        opened.append(ds)
+        infos.append(info)
+        terms.append((src, lic))
+        depths.append(prepared_bit_depth(ds, info, path=src))
+    known = {d for d in depths if d is not None}
+    if len(known) > 1:
+        listed = ", ".join(f"{src} is {d}-bit" for src, d in zip(sources, depths) if d is not None)
+        raise InputError(f"inputs differ in bit depth ({listed}); ingest them again with one --bit-depth",
+                         field="bit_depth")
+    union = _union_licences(terms)
+    features = prepared_features(with_source=True)
+    parts = []
+    for ds, (_, lic) in zip(opened, terms):
+        if SOURCE_COLUMN not in ds.column_names:  # a set written before the column existed
+            ds = ds.add_column(SOURCE_COLUMN, [next(iter(lic))] * len(ds))
+        parts.append(ds.select_columns([*PREPARED_COLUMNS, SOURCE_COLUMN]).cast(features))
     merged = datasets.concatenate_datasets(parts)
-    ids = list(merged["image_id"])
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+    twice = [i for i, n in Counter(merged["image_id"]).items() if n > 1]
+    if twice:
+        dup = twice[0]
         raise InputError(f"image id {dup} occurs in more than one input", field="image_id")
+    skipped_rows = [row for src in sources for row in read_skipped(src)]
     with atomic_dir(out) as staged:
         merged.save_to_disk(str(staged))
         write_skipped(staged, skipped_rows)
         info = {
             "format_version": FORMAT_VERSION,
             "source": {"kind": "merge", "inputs": [i.get("source") for i in infos]},
-            "licence": sorted({str(i.get("licence")) for i in infos}),
+            "sources": {name: value.to_json() for name, value in sorted(union.items())},
+            "options": {"bit_depth": next(iter(known))} if known else {},
             "counts": {
                 "images": len(merged),
                 "skipped": len(skipped_rows),

@@ -17,6 +17,7 @@ already contain every class; both are arguments.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from mammosynth.builders.sources.vindr import (
     FINDING_CSV,
     METADATA_COLUMNS,
     METADATA_CSV,
+    PHANTOM_MARKER,
 )
 
 PHANTOM_BIRADS_WEIGHTS = (0.40, 0.20, 0.15, 0.15, 0.10)
@@ -372,4 +374,8 @@ def write_phantom(
                 writer = csv.DictWriter(fh, fieldnames=columns)
                 writer.writeheader()
                 writer.writerows(rows_)
+        # Tells `ingest vindr` that these are synthetic images (their own licence, not VinDr's).
+        (tmp / PHANTOM_MARKER).write_text(json.dumps(
+            {"generator": "mammosynth phantom", "studies": studies, "seed": seed, "size_scale": size_scale,
+             "note": "synthetic images in the VinDr-Mammo layout; no patient data"}, indent=2) + "\n")
     return out_dir

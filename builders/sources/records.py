@@ -1,6 +1,6 @@
 """What every source format hands to the ingest runner: one `Record` per usable image (labels and
 boxes in source pixels), one `Skip` per record it could not use, and the `Source` it came from
-(kind and licence). Ids are pseudonymized here, the same way for every source."""
+(kind, name and licence). Ids are pseudonymized here, the same way for every source."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
+
+from mammosynth.builders.core.prepared import SourceLicence
 
 DEFAULT_PSEUDONYM_KEY = "mammosynth-pseudonym-v1"
 PSEUDONYM_KEY_ENV = "MAMMOSYNTH_PSEUDONYM_KEY"
@@ -26,12 +28,24 @@ def pseudonymize(value: str, key: str | None = None) -> str:
     return hmac.new(key.encode(), str(value).encode(), hashlib.sha256).hexdigest()[:32]
 
 
+_DIGEST_SALT = b"mammosynth pseudonym key digest v1"
+_DIGEST_ROUNDS = 100_000  # slow on purpose: the digest is stored, a short key must not be guessable from it
+
+
+def pseudonym_key_digest(key: str | None = None) -> str:
+    """A digest of the key in effect (never the key itself) that joins the ingest fingerprint and
+    the resume cache, so a run under another key neither reuses nor mixes ids made under this one."""
+    key = key if key is not None else pseudonym_key()
+    return hashlib.pbkdf2_hmac("sha256", key.encode(), _DIGEST_SALT, _DIGEST_ROUNDS).hex()[:32]
+
+
 @dataclass(frozen=True)
 class Source:
-    """A source format as the runner sees it."""
+    """A source as the runner sees it."""
 
     kind: str  # "vindr" | "dicom": ingest.json's source kind, part of the fingerprint
-    licence: str  # declared in ingest.json unless the options override it
+    name: str  # the rows' `source` column and the key of ingest.json's `sources` (e.g. "CBIS-DDSM")
+    licence: SourceLicence  # recorded in ingest.json unless the options declare another
     index_files: tuple[str, ...] = ()  # files in the source folder whose bytes join the fingerprint
 
 
@@ -76,4 +90,4 @@ class SkipRecord(Exception):
 
 
 __all__ = ["Source", "Record", "Finding", "Skip", "SkipRecord", "pseudonymize", "pseudonym_key",
-           "DEFAULT_PSEUDONYM_KEY", "PSEUDONYM_KEY_ENV"]
+           "pseudonym_key_digest", "DEFAULT_PSEUDONYM_KEY", "PSEUDONYM_KEY_ENV"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.prepared import SourceLicence
 from mammosynth.builders.core.schema import LATERALITIES, SPLITS, VIEWS, parse_birads, parse_density
 from mammosynth.builders.sources.records import Finding, Record, Skip, SkipRecord, Source
 
@@ -29,11 +30,36 @@ METADATA_COLUMNS = ("SOP Instance UID", "Series Instance UID", "Patient's Age", 
                     "Photometric Interpretation", "Pixel Padding Value", "Window Center",
                     "Window Width", "Manufacturer", "Manufacturer's Model Name")
 
-SOURCE = Source(
-    kind="vindr",
-    licence="PhysioNet Restricted Health Data License 1.5.0 (VinDr-Mammo); no redistribution",
-    index_files=(BREAST_CSV, FINDING_CSV, METADATA_CSV),
+# Written by `mammosynth phantom` beside the CSVs: the folder holds synthetic images, no patient's.
+PHANTOM_MARKER = "mammosynth-phantom.json"
+
+VINDR_LICENCE = SourceLicence(
+    licence="PhysioNet Restricted Health Data License 1.5.0",
+    redistribution_allowed=False,  # restricted access: only credentialed users who signed the DUA
+    citation=(
+        "Pham, H. H., Nguyen Trung, H., & Nguyen, H. Q. (2022). VinDr-Mammo: A large-scale benchmark "
+        "dataset for computer-aided detection and diagnosis in full-field digital mammography (version "
+        "1.0.0). PhysioNet. https://doi.org/10.13026/br2v-7517. Nguyen, H. T., Nguyen, H. Q., Pham, H. H., "
+        "et al. (2023). VinDr-Mammo: A large-scale benchmark dataset for computer-aided diagnosis in "
+        "full-field digital mammography. Scientific Data, 10, 277. https://doi.org/10.1038/s41597-023-02100-7. "
+        "Goldberger, A. L., et al. (2000). PhysioBank, PhysioToolkit, and PhysioNet. Circulation, 101(23), "
+        "e215-e220."),
+    url="https://physionet.org/content/vindr-mammo/1.0.0/",
 )
+PHANTOM_LICENCE = SourceLicence(
+    licence="synthetic (mammosynth phantom, no patient data)",
+    redistribution_allowed=True,
+)
+
+SOURCE = Source(kind="vindr", name="VinDr-Mammo", licence=VINDR_LICENCE,
+                index_files=(BREAST_CSV, FINDING_CSV, METADATA_CSV))
+PHANTOM_SOURCE = Source(kind="vindr", name="mammosynth phantom", licence=PHANTOM_LICENCE,
+                        index_files=(BREAST_CSV, FINDING_CSV, METADATA_CSV, PHANTOM_MARKER))
+
+
+def vindr_source(src: Path) -> Source:
+    """VinDr-Mammo, or the phantom when `mammosynth phantom` wrote the folder."""
+    return PHANTOM_SOURCE if (Path(src) / PHANTOM_MARKER).is_file() else SOURCE
 
 
 def read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:

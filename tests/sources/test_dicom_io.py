@@ -93,3 +93,30 @@ def test_rle_cbis_image():
     img = read_display(path).pixels
     assert img.shape == (hdr.Rows, hdr.Columns) and img.dtype == np.uint16
     assert img.min() == 0 and img.max() == 65535 and 0.05 < (img > 8000).mean() < 0.9
+
+
+def test_window_width_zero_falls_back_to_the_used_range(tmp_path):
+    """pydicom refuses a window narrower than 1; the image is shown like one without a window."""
+    plain = read_display(_write(tmp_path / "n.dcm", RAMP)).pixels
+    for width in (0, -5):
+        got = read_display(_write(tmp_path / f"w{width}.dcm", RAMP, WindowCenter=2048, WindowWidth=width)).pixels
+        assert np.array_equal(got, plain)
+
+
+def test_over_16_bits_is_refused_without_a_giant_table(make_dicom, tmp_path):
+    path = make_dicom(tmp_path / "b32.dcm", RAMP.astype(np.uint32) << 16, BitsAllocated=32, BitsStored=32,
+                      HighBit=31)
+    with pytest.raises(DicomError, match="BitsAllocated 32") as exc:
+        read_display(path)
+    assert exc.value.field == "BitsAllocated"
+    path = make_dicom(tmp_path / "s20.dcm", RAMP, BitsStored=20, HighBit=19)
+    with pytest.raises(DicomError, match="BitsStored 20") as exc:
+        read_display(path)
+    assert exc.value.field == "BitsStored"
+
+
+def test_other_modalities_are_refused(make_dicom, tmp_path):
+    with pytest.raises(DicomError, match="'CT' is not mammography") as exc:
+        read_display(make_dicom(tmp_path / "ct.dcm", Modality="CT"))
+    assert exc.value.field == "Modality"
+    assert read_display(make_dicom(tmp_path / "mg.dcm")).pixels.shape == RAMP.shape

@@ -306,7 +306,8 @@ def test_killed_process_resumes(source, tmp_path):
         return ing.cache_record(job)
 
     records, skips = vindr.vindr_records(source)
-    ing.run_ingest(vindr.SOURCE, source, out, records, skips, SMALL, progress=False, worker=counting)
+    ing.run_ingest(vindr.vindr_source(source), source, out, records, skips, SMALL, progress=False,
+                   worker=counting)
     assert len(redo) == 12 - cached
     assert len(datasets.load_from_disk(str(out))) == 12
 
