@@ -1,6 +1,6 @@
 """De-duplication recall and false-positive rate on phantom data, through the real gate.
 
-Release = every perturbation (validation.synthetic: jpeg, shift, noise, contrast, crop, mirror) of
+Release = every perturbation (tests/helpers/synthetic.py: jpeg, shift, noise, contrast, crop, mirror) of
 every image of a 12-study phantom (the reference), plus every image of another phantom (seed
 4242, other patients: these must pass). Thresholds are the calibrated defaults. A copy counts as
 caught when it is flagged as a copy (exact, pHash or embedding) of its own original.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -19,12 +20,15 @@ from pathlib import Path
 
 import datasets
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic data lives in the tests' helpers
+
 from mammosynth.builders.core.imageio import decode
 from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
 from mammosynth.builders.sources.phantom import write_phantom
-from mammosynth.validation import synthetic as S
 from mammosynth.validation.checks import COPY_CHECKS
 from mammosynth.validation.gate import validate_release
+
+from helpers import synthetic as S  # noqa: E402
 
 PERTURBATIONS = (S.jpeg, S.shift, S.noise, S.contrast, S.crop, S.mirror)
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -23,6 +24,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic data lives in the tests' helpers
 
 
 def _tile_index(index, n: int, rng):
@@ -67,7 +70,7 @@ def _release(tmp: Path, n: int) -> tuple[Path, list[Path]]:
     """``n`` 1024-px release rows (saved as a generated release) and the same images as PNG files."""
     import cv2
 
-    from mammosynth.validation import synthetic as S
+    from helpers import synthetic as S
 
     rows, files = [], []
     r2 = np.random.default_rng(1)
@@ -129,13 +132,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per release size (medians reported)")
     args = ap.parse_args()
 
-    from mammosynth.validation import synthetic as S
+    from helpers import synthetic as S
     from mammosynth.validation.dedup import search
     from mammosynth.validation import reference as R
 
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-validate-"))
-    ref = S.write_prepared(tmp / "ref", n_studies=10, seed=0, h=1024, w=820)
+    ref = S.write_reference_set(tmp / "ref", n_studies=10, seed=0, h=1024, w=820)
     from mammosynth.validation.thresholds import Thresholds
 
     th = Thresholds()

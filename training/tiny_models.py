@@ -235,38 +235,3 @@ def write_tiny_sd2_inpainting(path: str | Path, seed: int = 0) -> Path:
     """Write a tiny SD2-inpainting folder; load it with ``StableDiffusionInpaintPipeline.from_pretrained``."""
     return _write_atomic(build_tiny_sd2_inpainting(seed), path)
 
-
-def write_tiny_prepared_set(
-    path: str | Path, *, n: int = 4, size: tuple[int, int] = (80, 64), birads: tuple[int, ...] = (4, 3), seed: int = 0
-) -> Path:
-    """A few-row prepared set (schema.prepared_features()) with one lesion box per image, for
-    trainer unit tests that need exact control over rows; the phantom ingest is the realistic one."""
-    import io
-
-    import datasets
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    h, w = size
-    rows = []
-    for i in range(n):
-        lat = "L" if i % 2 == 0 else "R"
-        arr = (rng.random((h, w)) * 40).astype(np.uint8)
-        half = slice(0, w // 2) if lat == "L" else slice(w // 2, w)  # breast against its chest wall
-        arr[:, half] += 140
-        b = birads[i % len(birads)]
-        box = [w * 0.2, h * 0.3, w * 0.45, h * 0.55] if lat == "L" else [w * 0.55, h * 0.3, w * 0.8, h * 0.55]
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        rows.append({
-            "image": {"bytes": buf.getvalue(), "path": None}, "image_id": f"tiny{i:03d}", "study_id": f"study{i // 2}",
-            "laterality": lat, "view": schema.VIEWS[(i // 2) % 2], "birads": b, "density": schema.DENSITIES[i % 4],
-            "manufacturer": "SIEMENS", "model_name": "tiny", "split": "training",
-            "orig_height": h * 10, "orig_width": w * 10,
-            "findings": [{"bbox": [float(v) for v in box], "categories": ["Mass"], "finding_birads": b}],
-            "flipped": False,
-        })
-    path = Path(path)
-    datasets.Dataset.from_list(rows, features=schema.prepared_features()).save_to_disk(str(path))
-    return path

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.gen_helpers import REFERENCE_BOXES, SIZE, inpainting_method, make_prepared, make_spec
+from helpers.gen_helpers import inpainting_method, make_spec
+from helpers.synthetic import GENERATOR_SIZE, REFERENCE_BOXES, write_generator_set
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.generators import inpainting as inpainting_module
@@ -17,7 +18,7 @@ COUNTS = [{"birads": [3, 4, 5], "n": 2}]
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    return make_prepared(tmp_path_factory.mktemp("prepared") / "prepared")
+    return write_generator_set(tmp_path_factory.mktemp("prepared") / "prepared")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_backgrounds_are_taken_in_order_and_right_breasts_unmirrored(run_once):
 def test_class_size_range_drops_outliers_and_scales(prepared, tiny_sd2_inpaint, tmp_path):
     spec = make_spec(tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, COUNTS)}, prepared=prepared)
     ranges = make_sampler(spec, "inpainting").size_ranges
-    sx, sy = 64 / SIZE[0], 64 / SIZE[1]
+    sx, sy = 64 / GENERATOR_SIZE[0], 64 / GENERATOR_SIZE[1]
     w3 = [w for w, _ in REFERENCE_BOXES[3]]
     assert ranges[3].w_max == pytest.approx(sorted(w3)[-2] * sx)  # 60 px outlier dropped
     assert ranges[5].h_min == pytest.approx(min(h for _, h in REFERENCE_BOXES[5]) * sy)

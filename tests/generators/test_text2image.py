@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 import yaml
-from helpers.gen_helpers import make_prepared, make_spec, spec_dict, text2image_method
+from helpers.gen_helpers import make_spec, spec_dict, text2image_method
+from helpers.synthetic import write_generator_set
 
 from mammosynth.builders.cli import main
 from mammosynth.builders.core.errors import InputError
@@ -43,7 +44,7 @@ def _lora(tmp_path, base, transformer=None, *, metadata=True):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    return make_prepared(tmp_path_factory.mktemp("prepared") / "prepared", n_backgrounds=1)
+    return write_generator_set(tmp_path_factory.mktemp("prepared") / "prepared", n_backgrounds=1)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Small releases for the release tests: a spec, generated shards written with ShardWriter (random
-64-px PNGs, no generator run) and a hand-written validation report of the validation stage's shape."""
+"""Small releases for the release tests: a spec, a hand-written validation report of the validation
+stage's shape, and both with fake generated shards (`synthetic.generate_fake`, no generator run)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from mammosynth.builders.core.schema import inpainting_prompt, text2image_prompt
 from mammosynth.builders.core.spec import ReleaseSpec, load_spec
-from mammosynth.generators.engine import plan
-from mammosynth.builders.core.shard_writer import ShardWriter
 
-SIZE = 64
+from helpers.synthetic import generate_fake
 
 
 def spec_dict(tmp: Path, *, version: str = "1.0", redistribution: bool = True, n: int = 2, **extra: Any) -> dict:
@@ -52,44 +48,6 @@ def write_spec(tmp: Path, d: dict, name: str = "spec.yaml") -> Path:
     path = tmp / name
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return path
-
-
-def fake_row(task, rng: np.random.Generator) -> dict:
-    img = rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8)
-    m = task.method
-    return {
-        "image": img,
-        "image_id": task.image_id,
-        "method": m,
-        "birads": f"BI-RADS {task.birads}",
-        "view": task.view,
-        "laterality": task.laterality,
-        "density": "C" if task.index % 2 else "B",
-        "bbox": [] if m == "text2image" else [[4.0, 4.0, 20.0, 24.0]],
-        "seed": task.seed,
-        "mask_seed": task.mask_seed,
-        "prompt": text2image_prompt(task.laterality, task.view, "C", task.birads) if m == "text2image"
-        else inpainting_prompt(task.birads) if m == "inpainting" else None,
-        "source_image": None if m == "text2image" else f"bg-{task.index:04d}",
-        "lesion_source": f"lesion-{task.index:04d}" if m == "poisson" else None,
-        "manufacturer": "SIEMENS",
-        "generator": f"{m}-tiny@sha256:{'ab' * 8}",
-    }
-
-
-def generate_fake(spec: ReleaseSpec, methods: list[str] | None = None, seed: int = 0) -> dict[str, int]:
-    """Stand-in for generators.api.generate with the same on-disk result (shards per method)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for method in methods or list(spec.methods):
-        tasks = plan(spec, method)
-        writer = ShardWriter(Path(spec.output_dir) / "generated" / method)
-        size = spec.output.shard_size
-        for k in range(0, len(tasks), size):
-            if not writer.is_done(k // size):
-                writer.write(k // size, [fake_row(t, rng) for t in tasks[k:k + size]], [], 0.0)
-        out[method] = len(tasks)
-    return out
 
 
 def write_report(report_dir: Path, *, passed: bool = True, failed: list[str] = ()) -> Path:

@@ -21,7 +21,8 @@ from mammosynth.builders.release.publish import publish
 from mammosynth.builders.core.spec import load_spec
 
 from helpers.hub_standin import HubStandin  # noqa: E402
-from helpers.release_helpers import generate_fake, spec_dict, write_report, write_spec  # noqa: E402
+from helpers.release_helpers import spec_dict, write_report, write_spec  # noqa: E402
+from helpers.synthetic import generate_fake  # noqa: E402
 
 TOKEN = "hf_standin_secret_token"
 

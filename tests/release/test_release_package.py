@@ -21,7 +21,8 @@ from mammosynth.builders.core.release_data import load_release_data
 from mammosynth.builders.core.schema import BIRADS_NAMES, release_features
 from mammosynth.builders.core.spec import load_spec
 
-from helpers.release_helpers import generate_fake, spec_dict, write_report, write_spec  # noqa: E402
+from helpers.release_helpers import spec_dict, write_report, write_spec  # noqa: E402
+from helpers.synthetic import generate_fake  # noqa: E402
 
 QUIET = {"progress": False, "echo": lambda s: None}
 

@@ -13,12 +13,12 @@ import torch
 from mammosynth.builders.core.errors import InputError
 from mammosynth.training import data as tdata
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig, load_config
-from mammosynth.training.tiny_models import write_tiny_prepared_set
+from helpers.synthetic import write_trainer_set
 
 
 @pytest.fixture(scope="module")
 def tiny_prepared(tmp_path_factory):
-    return write_tiny_prepared_set(tmp_path_factory.mktemp("prep") / "prep", n=4)
+    return write_trainer_set(tmp_path_factory.mktemp("prep") / "prep", n=4)
 
 
 def test_shards_are_disjoint_cover_the_epoch_and_equal_in_size():

@@ -13,12 +13,12 @@ from mammosynth.builders.core.hashing import hash_tree
 from mammosynth.training import runtime
 from mammosynth.training.config import InpaintConfig
 from mammosynth.training.inpaint import train_inpaint
-from mammosynth.training.tiny_models import write_tiny_prepared_set
+from helpers.synthetic import write_trainer_set
 
 
 @pytest.fixture(scope="module")
 def tiny_prepared(tmp_path_factory):
-    return write_tiny_prepared_set(tmp_path_factory.mktemp("prep") / "prep", n=4, birads=(4, 3))
+    return write_trainer_set(tmp_path_factory.mktemp("prep") / "prep", n=4, birads=(4, 3))
 
 
 def _config(prepared, base, out, **kw) -> InpaintConfig:

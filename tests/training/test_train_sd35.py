@@ -15,12 +15,12 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.training import runtime
 from mammosynth.training.config import SD35LoraConfig
 from mammosynth.training.sd35_lora import LORA_WEIGHTS, train_sd35_lora
-from mammosynth.training.tiny_models import write_tiny_prepared_set
+from helpers.synthetic import write_trainer_set
 
 
 @pytest.fixture(scope="module")
 def tiny_prepared(tmp_path_factory):
-    return write_tiny_prepared_set(tmp_path_factory.mktemp("prep") / "prep", n=2)
+    return write_trainer_set(tmp_path_factory.mktemp("prep") / "prep", n=2)
 
 
 def _config(tiny_prepared, tiny_sd3, out, **kw) -> SD35LoraConfig:

@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from mammosynth.builders.core.imageio import decode
-from mammosynth.validation import synthetic as S
+from helpers import synthetic as S
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.thresholds import Thresholds
 

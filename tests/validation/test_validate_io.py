@@ -12,7 +12,7 @@ import yaml
 from mammosynth.builders.cli import main
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.spec import ReleaseSpec
-from mammosynth.validation import synthetic as S
+from helpers import synthetic as S
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.reference import CACHE_DIR_NAME, reference_index
 from mammosynth.validation.release_io import load_release
@@ -22,12 +22,12 @@ from mammosynth.validation.thresholds import Thresholds, load_thresholds, valida
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
-    return S.write_prepared(tmp_path_factory.mktemp("ref") / "prep", n_studies=6, seed=0)
+    return S.write_reference_set(tmp_path_factory.mktemp("ref") / "prep", n_studies=6, seed=0)
 
 
 def _t2i_rows(n_studies=2, seed=77):
     rows = []
-    for r in S.prepared_rows(n_studies, seed):
+    for r in S.reference_rows(n_studies, seed):
         rows.append(S.release_row(r["image"]["bytes"], "", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"]))
     return rows
 
@@ -44,7 +44,7 @@ def _spec(counts: list[dict]) -> ReleaseSpec:
 def counted_release(tmp_path_factory):
     """Rows named like engine tasks: 1 text2image image per (BI-RADS 1/2, CC/MLO, L/R) cell."""
     rows = []
-    for r in S.prepared_rows(2, 77):
+    for r in S.reference_rows(2, 77):
         b, v, lat = r["birads"], r["view"], r["laterality"]
         row = S.release_row(r["image"]["bytes"], f"text2image-b{b}-{v.lower()}-{lat.lower()}-00000", "text2image", b, v, lat, density=r["density"])
         rows.append(row)
@@ -162,7 +162,7 @@ def test_cli_exit_codes_reports_and_step_summary(ref, counted_release, tmp_path,
 
 
 def test_reference_index_cached_and_invalidated(tmp_path):
-    ref = S.write_prepared(tmp_path / "prep", n_studies=2, seed=5)
+    ref = S.write_reference_set(tmp_path / "prep", n_studies=2, seed=5)
     a, _ = reference_index(ref, progress=False)
     files = list((ref / CACHE_DIR_NAME).glob("index-*.npz"))
     assert len(files) == 1

@@ -9,16 +9,16 @@ import pytest
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.validation import analysis
-from mammosynth.validation import synthetic as S
+from helpers import synthetic as S
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.report import ValidationReport
 
 
 def test_plots_drawn_on_the_pool_follow_a_relative_report_dir(tmp_path, monkeypatch):
-    ref = S.write_prepared(tmp_path / "ref", n_studies=3, seed=0)
+    ref = S.write_reference_set(tmp_path / "ref", n_studies=3, seed=0)
     rows = [
         S.release_row(r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"])
-        for k, r in enumerate(S.prepared_rows(4, 77))
+        for k, r in enumerate(S.reference_rows(4, 77))
     ]
     assert len(rows) >= analysis.MIN_ROWS_FOR_POOL  # the pool path, not the in-process one
     rel = S.write_generated(tmp_path / "rel", {"text2image": rows})
@@ -36,10 +36,10 @@ def test_plots_drawn_on_the_pool_follow_a_relative_report_dir(tmp_path, monkeypa
 
 
 def test_report_reads_back_typed_with_its_failed_ids(tmp_path):
-    ref = S.write_prepared(tmp_path / "ref", n_studies=2, seed=0)
-    copy = S.prepared_rows(2, 0)[0]  # a training image: flagged
+    ref = S.write_reference_set(tmp_path / "ref", n_studies=2, seed=0)
+    copy = S.reference_rows(2, 0)[0]  # a training image: flagged
     rows = [S.release_row(r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"])
-            for k, r in enumerate([copy, *S.prepared_rows(1, 77)])]
+            for k, r in enumerate([copy, *S.reference_rows(1, 77)])]
     rel = S.write_generated(tmp_path / "rel", {"text2image": rows})
     rep = validate_release(rel, ref, report_dir=tmp_path / "report", progress=False, plots=False)
     back = ValidationReport.read(tmp_path / "report" / "report.json")

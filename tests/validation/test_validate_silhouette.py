@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mammosynth.builders.core.imageio import decode
-from mammosynth.validation import synthetic as S
+from helpers import synthetic as S
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.image_features import analyse
 from mammosynth.validation.thresholds import SanityThresholds
