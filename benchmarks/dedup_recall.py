@@ -22,13 +22,12 @@ import datasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic data lives in the tests' helpers
 
+from helpers import synthetic as S  # noqa: E402
 from mammosynth.builders.core.imageio import decode
 from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
 from mammosynth.builders.sources.phantom import write_phantom
 from mammosynth.validation.checks import COPY_CHECKS
 from mammosynth.validation.gate import validate_release
-
-from helpers import synthetic as S  # noqa: E402
 
 PERTURBATIONS = (S.jpeg, S.shift, S.noise, S.contrast, S.crop, S.mirror)
 
@@ -42,17 +41,25 @@ def main() -> None:
         tmp = Path(tmp)
         opts = IngestOptions(size=256, bit_depth=8)
         ref_path = ingest_vindr(write_phantom(tmp / "src", 12, 7, size_scale=0.125), tmp / "ref", opts, progress=False)
-        other_path = ingest_vindr(write_phantom(tmp / "osrc", 6, 4242, size_scale=0.125), tmp / "other", opts, progress=False)
+        other_path = ingest_vindr(
+            write_phantom(tmp / "osrc", 6, 4242, size_scale=0.125), tmp / "other", opts, progress=False
+        )
         ref, other = _rows(ref_path), _rows(other_path)
         rows, targets, clean = [], {}, set()
         for k, r in enumerate(other):
             iid = f"clean-{k}"
-            rows.append(S.release_row(decode(r["image"]), iid, "text2image", int(r["birads"]), r["view"], r["laterality"]))
+            rows.append(
+                S.release_row(decode(r["image"]), iid, "text2image", int(r["birads"]), r["view"], r["laterality"])
+            )
             clean.add(iid)
         for j, r in enumerate(ref):
             for fn in PERTURBATIONS:
                 iid = f"copy{j}-{fn.__name__}"
-                rows.append(S.release_row(fn(decode(r["image"])), iid, "text2image", int(r["birads"]), r["view"], r["laterality"]))
+                rows.append(
+                    S.release_row(
+                        fn(decode(r["image"])), iid, "text2image", int(r["birads"]), r["view"], r["laterality"]
+                    )
+                )
                 targets[iid] = (r["image_id"], r["view"], fn.__name__)
         rel = S.write_generated(tmp / "rel", {"text2image": rows})
         t0 = time.perf_counter()
@@ -68,15 +75,25 @@ def main() -> None:
     mem = rep.gates["memorization"]
     per = {f"{view} {fn}": f"{caught[(view, fn)]}/{total[(view, fn)]}" for view, fn in sorted(total)}
     out = {
-        "benchmark": "dedup_recall", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.platform(),
+        "benchmark": "dedup_recall",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": platform.platform(),
         "setup": f"reference: 12-study phantom ({len(ref)} images, 256 px); release: {len(targets)} perturbed copies + "
-                 f"{len(clean)} clean images of another phantom; calibrated thresholds",
-        "nn_threshold": mem.nn_threshold, "caught": sum(caught.values()), "copies": len(targets), "per_perturbation": per,
-        "false_positives": len(fp), "clean_images": len(clean), "false_positive_ids": fp, "gate_seconds": round(seconds, 2),
+        f"{len(clean)} clean images of another phantom; calibrated thresholds",
+        "nn_threshold": mem.nn_threshold,
+        "caught": sum(caught.values()),
+        "copies": len(targets),
+        "per_perturbation": per,
+        "false_positives": len(fp),
+        "clean_images": len(clean),
+        "false_positive_ids": fp,
+        "gate_seconds": round(seconds, 2),
     }
     for key, val in per.items():
         print(f"{key:>14}: {val}")
-    print(f"caught {out['caught']}/{out['copies']}, false positives {len(fp)}/{len(clean)}, threshold {mem.nn_threshold}")
+    print(
+        f"caught {out['caught']}/{out['copies']}, false positives {len(fp)}/{len(clean)}, threshold {mem.nn_threshold}"
+    )
     (Path(__file__).parent / "results" / "dedup_recall.json").write_text(json.dumps(out, indent=1))
 
 

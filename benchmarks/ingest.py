@@ -74,18 +74,27 @@ def main() -> None:
         result = {
             "benchmark": "ingest full-size phantom DICOM -> 1024-px 16-bit PNG",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "note": "2 CPU cores shared with other concurrent "
-                        "work; interleaved runs, ratio of medians"},
-            "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                         "pydicom": pydicom.__version__, "opencv": cv2.__version__,
-                         "pillow": Image.__version__, "datasets": datasets.__version__,
-                         "isal": metadata.version("isal")},
-            "images": n, "image_size": [3518, 2800], "repeats": args.repeats,
-            "baseline": "pydicom dcmread + apply_voi_lut + PIL resize (bicubic) + PNG save (level 6), "
-                        "1 process",
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "cpus": os.cpu_count(),
+                "note": "2 CPU cores shared with other concurrent work; interleaved runs, ratio of medians",
+            },
+            "versions": {
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "pydicom": pydicom.__version__,
+                "opencv": cv2.__version__,
+                "pillow": Image.__version__,
+                "datasets": datasets.__version__,
+                "isal": metadata.version("isal"),
+            },
+            "images": n,
+            "image_size": [3518, 2800],
+            "repeats": args.repeats,
+            "baseline": "pydicom dcmread + apply_voi_lut + PIL resize (bicubic) + PNG save (level 6), 1 process",
             "ours": f"ingest_vindr num_proc={args.num_proc}: LUT windowing, cv2 INTER_AREA, block-layout PNG level 1 (ISA-L), "
-                    "plus the HF dataset build",
+            "plus the HF dataset build",
             "baseline_images_per_s": [round(n / t, 3) for t in base_t],
             "ours_images_per_s": [round(n / t, 3) for t in ours_t],
             "speedup": round(statistics.median(base_t) / statistics.median(ours_t), 2),

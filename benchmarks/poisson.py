@@ -46,10 +46,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mammosynth.builders.core.spec import ReleaseSpec
-from mammosynth.generators import engine
 from mammosynth.builders.core.breast_mask import poisson_mask
 from mammosynth.builders.core.imageio import as_bit_depth, encode_png, image_size
+from mammosynth.builders.core.spec import ReleaseSpec
+from mammosynth.generators import engine
 from mammosynth.generators.placement import place
 from mammosynth.generators.poisson import PoissonSampler, choose_lesion
 from mammosynth.generators.poisson_solver import blend, exact_poisson_edit
@@ -58,11 +58,23 @@ BACKGROUND_BIRADS = [1, 2]
 
 
 def make_spec(prepared: Path, out: Path, per_cell: int) -> ReleaseSpec:
-    return ReleaseSpec.model_validate(dict(
-        name="bench", version="1.0", pretty_name="bench", description="d", authors=["a"],
-        source=dict(name="phantom", prepared=str(prepared), license="x", redistribution_allowed=False),
-        methods={"poisson": {"counts": [{"birads": 5, "n": per_cell}], "poisson": {"background_birads": BACKGROUND_BIRADS}}},
-        output_dir=str(out)))
+    return ReleaseSpec.model_validate(
+        dict(
+            name="bench",
+            version="1.0",
+            pretty_name="bench",
+            description="d",
+            authors=["a"],
+            source=dict(name="phantom", prepared=str(prepared), license="x", redistribution_allowed=False),
+            methods={
+                "poisson": {
+                    "counts": [{"birads": 5, "n": per_cell}],
+                    "poisson": {"background_birads": BACKGROUND_BIRADS},
+                }
+            },
+            output_dir=str(out),
+        )
+    )
 
 
 def pillow_decode(encoded: dict) -> np.ndarray:
@@ -104,7 +116,9 @@ def naive(sampler: PoissonSampler, tasks: list[engine.SampleTask]) -> tuple[list
     return out, skipped
 
 
-def ours(spec: ReleaseSpec, tasks: list[engine.SampleTask], workers: int | None = None, **params) -> tuple[float, int, int]:
+def ours(
+    spec: ReleaseSpec, tasks: list[engine.SampleTask], workers: int | None = None, **params
+) -> tuple[float, int, int]:
     if params:
         spec = spec.model_copy(deep=True)
         spec.methods["poisson"].poisson = spec.methods["poisson"].poisson.model_copy(update=params)
@@ -122,12 +136,14 @@ def bench(prepared: Path, work: Path, size: int, tasks_per_bg: int, rounds: int)
     spec = make_spec(prepared, work / "run", tasks_per_bg * max(len(g) for g in probe.backgrounds.values()))
     ref = PoissonSampler(spec)
     # keep, per (view, laterality) cell, k x its backgrounds' count: every background used exactly k times
-    tasks = [t for t in engine.plan(spec, "poisson") if t.index < tasks_per_bg * len(ref.backgrounds[(t.view, t.laterality)])]
+    tasks = [
+        t for t in engine.plan(spec, "poisson") if t.index < tasks_per_bg * len(ref.backgrounds[(t.view, t.laterality)])
+    ]
     n_bg = len({ref.background_for(t).image_id for t in tasks})
     ours(spec, tasks[:1])  # warm: lesion bank cache, imports
     t_ours, t_naive, t_one, t_cv = [], [], [], []
     for r in range(rounds):
-        for which in (("ours", "naive", "one", "opencv") if r % 2 == 0 else ("opencv", "one", "naive", "ours")):
+        for which in ("ours", "naive", "one", "opencv") if r % 2 == 0 else ("opencv", "one", "naive", "ours"):
             if which == "ours":
                 dt, rows_ours, skip_ours = ours(spec, tasks)
                 t_ours.append(dt)
@@ -142,11 +158,29 @@ def bench(prepared: Path, work: Path, size: int, tasks_per_bg: int, rounds: int)
     to, tn, t1, tc = (float(np.median(t)) for t in (t_ours, t_naive, t_one, t_cv))
     used = {ref.background_for(t).row for t in tasks}
     shapes = Counter("x".join(map(str, image_size(ref.ds[row]["image"])[::-1])) for row in sorted(used))
-    return {"long_side": size, "background_hw": dict(shapes.most_common()), "tasks": len(tasks), "backgrounds": n_bg,
-            "rounds": rounds, "workers": ref.workers, "ours_rows": rows_ours, "ours_skipped": skip_ours, "naive_rows": len(outs),
-            "naive_skipped": skip_naive, "ours_s": t_ours, "ours_1_worker_s": t_one, "ours_opencv_s": t_cv, "naive_s": t_naive,
-            "ours_img_per_s": len(tasks) / to, "ours_1_worker_img_per_s": len(tasks) / t1, "ours_opencv_img_per_s": len(tasks) / tc,
-            "naive_img_per_s": len(tasks) / tn, "speedup": tn / to, "speedup_1_worker": tn / t1, "speedup_opencv_engine": tn / tc}
+    return {
+        "long_side": size,
+        "background_hw": dict(shapes.most_common()),
+        "tasks": len(tasks),
+        "backgrounds": n_bg,
+        "rounds": rounds,
+        "workers": ref.workers,
+        "ours_rows": rows_ours,
+        "ours_skipped": skip_ours,
+        "naive_rows": len(outs),
+        "naive_skipped": skip_naive,
+        "ours_s": t_ours,
+        "ours_1_worker_s": t_one,
+        "ours_opencv_s": t_cv,
+        "naive_s": t_naive,
+        "ours_img_per_s": len(tasks) / to,
+        "ours_1_worker_img_per_s": len(tasks) / t1,
+        "ours_opencv_img_per_s": len(tasks) / tc,
+        "naive_img_per_s": len(tasks) / tn,
+        "speedup": tn / to,
+        "speedup_1_worker": tn / t1,
+        "speedup_opencv_engine": tn / tc,
+    }
 
 
 def accuracy(prepared: Path, work: Path, n: int = 8) -> dict:
@@ -177,11 +211,17 @@ def accuracy(prepared: Path, work: Path, n: int = 8) -> dict:
             errs[eng].append(float(np.abs(out[win] - exact)[m].mean()))
         ys, xs = np.nonzero(mask)
         centre = (x + (xs.min() + xs.max() + 1) // 2, y + (ys.min() + ys.max() + 1) // 2)
-        naive_out = cv2.seamlessClone(cv2.merge([full_src] * 3), cv2.merge([img] * 3), full_mask.astype(np.uint8) * 255, centre, cv2.NORMAL_CLONE)[..., 0]
+        naive_out = cv2.seamlessClone(
+            cv2.merge([full_src] * 3), cv2.merge([img] * 3), full_mask.astype(np.uint8) * 255, centre, cv2.NORMAL_CLONE
+        )[..., 0]
         errs["naive_full_frame"].append(float(np.abs(naive_out[win] - exact)[m].mean()))
         errs["nothing"].append(float(np.abs(img[win] - exact)[m].mean()))
-    return {"long_side": 1024, "placements": len(errs["dst"]), "mean_abs_error_in_mask": errs,
-            "median": {k: float(np.median(v)) for k, v in errs.items()}}
+    return {
+        "long_side": 1024,
+        "placements": len(errs["dst"]),
+        "mean_abs_error_in_mask": errs,
+        "median": {k: float(np.median(v)) for k, v in errs.items()},
+    }
 
 
 def main() -> None:
@@ -197,32 +237,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = write_phantom(Path(tmp) / "src", args.studies, 7, size_scale=0.5)
         for size in (1024, 3518):
-            prepared = ingest_vindr(src, Path(tmp) / f"prep{size}", IngestOptions(size=size, bit_depth=8), progress=False)
+            prepared = ingest_vindr(
+                src, Path(tmp) / f"prep{size}", IngestOptions(size=size, bit_depth=8), progress=False
+            )
             if size == 1024:
                 acc = accuracy(prepared, Path(tmp) / "acc")
-                print(f"accuracy vs exact Poisson editing (median mean |error| in the mask): {acc['median']}", flush=True)
+                print(
+                    f"accuracy vs exact Poisson editing (median mean |error| in the mask): {acc['median']}", flush=True
+                )
             for k in (1, 3):
                 r = bench(prepared, Path(tmp) / f"w{size}-{k}", size, k, args.rounds)
                 results.append(r)
-                print(f"{r['background_hw']} {r['tasks']} tasks / {r['backgrounds']} backgrounds: ours {r['ours_img_per_s']:.2f} img/s "
-                      f"({r['workers']} workers; 1 worker {r['ours_1_worker_img_per_s']:.2f}), naive {r['naive_img_per_s']:.2f} img/s, "
-                      f"x{r['speedup']:.2f} (1 worker x{r['speedup_1_worker']:.2f}; engine opencv x{r['speedup_opencv_engine']:.2f})", flush=True)
+                print(
+                    f"{r['background_hw']} {r['tasks']} tasks / {r['backgrounds']} backgrounds: ours {r['ours_img_per_s']:.2f} img/s "
+                    f"({r['workers']} workers; 1 worker {r['ours_1_worker_img_per_s']:.2f}), naive {r['naive_img_per_s']:.2f} img/s, "
+                    f"x{r['speedup']:.2f} (1 worker x{r['speedup_1_worker']:.2f}; engine opencv x{r['speedup_opencv_engine']:.2f})",
+                    flush=True,
+                )
     import PIL
     import scipy
 
     out = {
-        "benchmark": "poisson", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(), "python": platform.python_version(),
-        "versions": {"opencv": cv2.__version__, "numpy": np.__version__, "scipy": scipy.__version__, "pillow": PIL.__version__,
-                     "isal": metadata.version("isal")},
+        "benchmark": "poisson",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "python": platform.python_version(),
+        "versions": {
+            "opencv": cv2.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "pillow": PIL.__version__,
+            "isal": metadata.version("isal"),
+        },
         "note": "end to end per output image, PNG in -> PNG bytes out, 8-bit; interleaved rounds, medians; speedup = naive time / "
-                "ours time for the same tasks. naive is the issue's serial loop (one process; OpenCV may use its 2 threads). ours "
-                "is the default configuration (DST engine) with its process pool (workers = CPU count, one OpenCV thread each; "
-                "pool start and stop timed); speedup_1_worker is ours in one process without the pool; speedup_opencv_engine is "
-                "ours with engine: opencv (seamlessClone on the lesion region) and the pool. The prepared sets come from ingest, "
-                "so both paths read block-layout PNGs. accuracy: mean |result - exact| in the lesion mask against Pérez et al.'s "
-                "solution (sparse direct solve), 1024 px.",
+        "ours time for the same tasks. naive is the issue's serial loop (one process; OpenCV may use its 2 threads). ours "
+        "is the default configuration (DST engine) with its process pool (workers = CPU count, one OpenCV thread each; "
+        "pool start and stop timed); speedup_1_worker is ours in one process without the pool; speedup_opencv_engine is "
+        "ours with engine: opencv (seamlessClone on the lesion region) and the pool. The prepared sets come from ingest, "
+        "so both paths read block-layout PNGs. accuracy: mean |result - exact| in the lesion mask against Pérez et al.'s "
+        "solution (sparse direct solve), 1024 px.",
         "results": results,
         "accuracy": acc,
     }
@@ -231,9 +287,21 @@ def main() -> None:
     if "where_the_time_goes" in prev:  # written from the profile, kept across reruns
         out["where_the_time_goes"] = prev["where_the_time_goes"]
     if prev.get("results"):  # earlier runs stay on record, newest first
-        keep = ("long_side", "tasks", "backgrounds", "speedup", "speedup_1_worker", "speedup_opencv_engine", "ours_img_per_s", "naive_img_per_s")
-        earlier = {"date": prev.get("date"), "load_average_at_end": prev.get("load_average_at_end"),
-                   "results": [{k: r[k] for k in keep if k in r} for r in prev["results"]]}
+        keep = (
+            "long_side",
+            "tasks",
+            "backgrounds",
+            "speedup",
+            "speedup_1_worker",
+            "speedup_opencv_engine",
+            "ours_img_per_s",
+            "naive_img_per_s",
+        )
+        earlier = {
+            "date": prev.get("date"),
+            "load_average_at_end": prev.get("load_average_at_end"),
+            "results": [{k: r[k] for k in keep if k in r} for r in prev["results"]],
+        }
         out["other_runs"] = [earlier, *prev.get("other_runs", [])]
     path.write_text(json.dumps(out, indent=1))
 

@@ -36,9 +36,28 @@ def _tile_index(index, n: int, rng):
     ph = take(index.phash) ^ rng.integers(0, 256, (n, index.phash.shape[1]), dtype=np.uint8) & np.uint8(0x11)
     return replace(
         index,
-        **{k: take(getattr(index, k)) for k in ("study_ids", "views", "lateralities", "birads", "density", "manufacturer", "heights", "widths", "area", "side", "hist", "nn_other", "phash_other")},
-        image_ids=np.array([f"synthetic-{i}" for i in range(n)]), pixel_hashes=np.array([f"{i:032x}" for i in range(n)]),
-        emb=emb, phash=ph,
+        **{
+            k: take(getattr(index, k))
+            for k in (
+                "study_ids",
+                "views",
+                "lateralities",
+                "birads",
+                "density",
+                "manufacturer",
+                "heights",
+                "widths",
+                "area",
+                "side",
+                "hist",
+                "nn_other",
+                "phash_other",
+            )
+        },
+        image_ids=np.array([f"synthetic-{i}" for i in range(n)]),
+        pixel_hashes=np.array([f"{i:032x}" for i in range(n)]),
+        emb=emb,
+        phash=ph,
     )
 
 
@@ -58,9 +77,14 @@ def _earlier_runs(out: Path) -> list[dict]:
         "note": "previous run of this benchmark (earlier code)",
     }
     small = [
-        {"date": prev.get("date"), "release_images": r["release_images"], "ratio_vs_cleanvision": r["ratio_vs_cleanvision"],
-         "whole_validation_images_per_s": r["whole_validation"]["images_per_s"], "cleanvision_images_per_s": r["cleanvision"]["images_per_s"],
-         "note": "previous run of this benchmark (earlier code), smaller release"}
+        {
+            "date": prev.get("date"),
+            "release_images": r["release_images"],
+            "ratio_vs_cleanvision": r["ratio_vs_cleanvision"],
+            "whole_validation_images_per_s": r["whole_validation"]["images_per_s"],
+            "cleanvision_images_per_s": r["cleanvision"]["images_per_s"],
+            "note": "previous run of this benchmark (earlier code), smaller release",
+        }
         for r in prev.get("other_release_sizes", [])
     ]
     return [head, *small, *prev.get("other_runs", [])][:12]
@@ -109,15 +133,19 @@ def _interleaved(rel: Path, ref: Path, files: list[Path], n_ref: int, rounds: in
         cv.append(time.perf_counter() - t)
 
     for r in range(rounds):
-        for step in ((lambda: run_ours(r)), run_cv)[:: 1 if r % 2 == 0 else -1]:
+        for step in ((lambda r=r: run_ours(r)), run_cv)[:: 1 if r % 2 == 0 else -1]:
             step()
     n = len(files)
     o, c = float(np.median(ours)), float(np.median(cv))
     mid = int(np.argsort(ours)[len(ours) // 2])
     return {
         "release_images": n,
-        "whole_validation": {"seconds": round(o, 2), "images_per_s": round(n / o, 2), "timings_s": timings[mid],
-                             "rounds_s": [round(x, 3) for x in ours]},
+        "whole_validation": {
+            "seconds": round(o, 2),
+            "images_per_s": round(n / o, 2),
+            "timings_s": timings[mid],
+            "rounds_s": [round(x, 3) for x in ours],
+        },
         "cleanvision": {"seconds": round(c, 2), "images_per_s": round(n / c, 2), "rounds_s": [round(x, 3) for x in cv]},
         "ratio_vs_cleanvision": round(c / o, 2),
         "ratio_per_round": [round(b / a, 2) for a, b in zip(ours, cv)],
@@ -126,15 +154,17 @@ def _interleaved(rel: Path, ref: Path, files: list[Path], n_ref: int, rounds: in
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, nargs="+", default=[400, 48], help="1024-px release sizes; the first is the headline")
+    ap.add_argument(
+        "--images", type=int, nargs="+", default=[400, 48], help="1024-px release sizes; the first is the headline"
+    )
     ap.add_argument("--ref", type=int, default=20000)
     ap.add_argument("--queries", type=int, default=10000, help="dedup queries measured (50,000 extrapolated)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per release size (medians reported)")
     args = ap.parse_args()
 
     from helpers import synthetic as S
-    from mammosynth.validation.dedup import search
     from mammosynth.validation import reference as R
+    from mammosynth.validation.dedup import search
 
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-validate-"))
@@ -166,20 +196,43 @@ def main() -> None:
         "benchmark": "validate",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "load_average": {"before": load_before, "after": load_after, "note": "1/5/15-min; the CPU is shared with other work, so rounds are interleaved and medians reported"},
-        "versions": {p: version(p) for p in ("numpy", "faiss-cpu", "opencv-python-headless", "cleanvision", "torch", "pytorch-msssim", "xxhash")},
-        "setup": {"release_images": head["release_images"], "image_size": "1024x820 8-bit PNG", "reference_images": args.ref,
-                  "reference": "20k index tiled from 40 analysed 1024-px images with perturbed embeddings", "embedding_dim": int(big.emb.shape[1]),
-                  "cleanvision": "Imagelab.find_issues(n_jobs=1), default issue types, same PNG files",
-                  "timed": "both tools after their imports; ours includes the JSON/Markdown report and plots",
-                  "rounds": args.rounds, "figures": "medians of the interleaved rounds; timings_s from our median round"},
+        "load_average": {
+            "before": load_before,
+            "after": load_after,
+            "note": "1/5/15-min; the CPU is shared with other work, so rounds are interleaved and medians reported",
+        },
+        "versions": {
+            p: version(p)
+            for p in (
+                "numpy",
+                "faiss-cpu",
+                "opencv-python-headless",
+                "cleanvision",
+                "torch",
+                "pytorch-msssim",
+                "xxhash",
+            )
+        },
+        "setup": {
+            "release_images": head["release_images"],
+            "image_size": "1024x820 8-bit PNG",
+            "reference_images": args.ref,
+            "reference": "20k index tiled from 40 analysed 1024-px images with perturbed embeddings",
+            "embedding_dim": int(big.emb.shape[1]),
+            "cleanvision": "Imagelab.find_issues(n_jobs=1), default issue types, same PNG files",
+            "timed": "both tools after their imports; ours includes the JSON/Markdown report and plots",
+            "rounds": args.rounds,
+            "figures": "medians of the interleaved rounds; timings_s from our median round",
+        },
         "whole_validation": head["whole_validation"],
         "cleanvision": head["cleanvision"],
         "ratio_vs_cleanvision": head["ratio_vs_cleanvision"],
         "ratio_per_round": head["ratio_per_round"],
         "other_release_sizes": sizes[1:],
         "dedup_search": {
-            "queries": args.queries, "reference": args.ref, "seconds": round(dd, 2),
+            "queries": args.queries,
+            "reference": args.ref,
+            "seconds": round(dd, 2),
             "extrapolated_50000x20000_s": round(dd * 50000 / args.queries, 1),
             "note": "measured at the stated query count; 50k figure is a linear extrapolation (flat search is linear in queries)",
         },

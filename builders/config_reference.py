@@ -21,7 +21,11 @@ MODELS: list[tuple[str, str, str]] = [
     ("Ingest options", "mammosynth.builders.sources.ingest:IngestOptions", "`mammosynth ingest vindr|dicom` flags"),
     ("SD3.5 LoRA training", "mammosynth.training.config:SD35LoraConfig", "`mammosynth train sd35-lora CONFIG` (YAML)"),
     ("Inpainting training", "mammosynth.training.config:InpaintConfig", "`mammosynth train inpaint CONFIG` (YAML)"),
-    ("Validation thresholds", "mammosynth.validation.thresholds:Thresholds", "`mammosynth validate --config` (YAML) or the spec's `validation:`"),
+    (
+        "Validation thresholds",
+        "mammosynth.validation.thresholds:Thresholds",
+        "`mammosynth validate --config` (YAML) or the spec's `validation:`",
+    ),
 ]
 
 

@@ -71,8 +71,7 @@ class Override:
     def line(self) -> str:
         what = {
             "validation": "Published although the validation report was missing or failed",
-            "licence": "Published publicly although rows embed pixels of a source whose licence forbids "
-            "redistribution",
+            "licence": "Published publicly although rows embed pixels of a source whose licence forbids redistribution",
         }[self.kind]
         return f"- **{what}.** Maintainer's reason: {self.reason}"
 
@@ -128,14 +127,19 @@ def card_metadata(spec: ReleaseSpec, data: ReleaseData) -> dict[str, Any]:
     ]
     if spec.hub.visibility == "gated":
         meta["extra_gated_prompt"] = spec.hub.gated_prompt
-        meta["extra_gated_fields"] = {"Affiliation": "text", "I will not use this dataset for clinical diagnosis": "checkbox"}
+        meta["extra_gated_fields"] = {
+            "Affiliation": "text",
+            "I will not use this dataset for clinical diagnosis": "checkbox",
+        }
     return meta
 
 
 def _validation_summary(report: ValidationReport | None) -> tuple[str, str]:
     if report is None:
-        return ("No validation report was produced for this release.",
-                "No memorization check was run; treat every image as possibly memorized.")
+        return (
+            "No validation report was produced for this release.",
+            "No memorization check was run; treat every image as possibly memorized.",
+        )
     lines = [f"Overall: **{'passed' if report.passed else 'FAILED'}**.", "", "| gate | status |", "|---|---|"]
     for name, gate in sorted(report.gates.items()):
         lines.append(f"| {name} | {gate.status} |")
@@ -290,8 +294,11 @@ def lint_card(text: str, *, source: str | Path | None = None) -> None:
         if not content.strip() and not opens_subsection:
             problems.append(f"section {title!r} is empty")
     if problems:
-        raise InputError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""),
-                         file=source, field="README.md")
+        raise InputError(
+            "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""),
+            file=source,
+            field="README.md",
+        )
 
 
 def record_override(readme: Path, override: Override) -> str:
@@ -303,12 +310,20 @@ def record_override(readme: Path, override: Override) -> str:
     lines = [] if m.group(2).strip() == NO_OVERRIDES else m.group(2).strip().splitlines()
     if override.line() not in lines:
         lines.append(override.line())
-    text = text[: m.start(2)] + "\n".join(lines) + text[m.end(2):]
+    text = text[: m.start(2)] + "\n".join(lines) + text[m.end(2) :]
     readme.write_text(text, encoding="utf-8")
     return text
 
 
 __all__ = [
-    "Override", "card_metadata", "render_card", "lint_card", "parse_card", "record_override",
-    "previous_release_info", "size_category", "json", "METHODS",
+    "Override",
+    "card_metadata",
+    "render_card",
+    "lint_card",
+    "parse_card",
+    "record_override",
+    "previous_release_info",
+    "size_category",
+    "json",
+    "METHODS",
 ]

@@ -47,8 +47,9 @@ def phantom_source(tmp_path_factory):
     """A VinDr-format phantom: 12 studies (48 images), seed 7, 1/8 size."""
     from mammosynth.builders.sources.phantom import write_phantom
 
-    return write_phantom(tmp_path_factory.mktemp("phantom") / "src", PHANTOM_STUDIES, PHANTOM_SEED,
-                         size_scale=PHANTOM_SCALE)
+    return write_phantom(
+        tmp_path_factory.mktemp("phantom") / "src", PHANTOM_STUDIES, PHANTOM_SEED, size_scale=PHANTOM_SCALE
+    )
 
 
 @pytest.fixture(scope="session")

@@ -123,7 +123,9 @@ def _analyse_one(args: tuple) -> ImageFeatures | str:
         return str(exc) or type(exc).__name__
 
 
-def analyse_rows(rel: LoadedRelease, rows: Rows, th: Thresholds, thumb_rows: set[int], desc: str, progress: bool) -> Analysed:
+def analyse_rows(
+    rel: LoadedRelease, rows: Rows, th: Thresholds, thumb_rows: set[int], desc: str, progress: bool
+) -> Analysed:
     """Analyse every row of ``rel`` (thumbnails for ``thumb_rows`` only), in row order."""
     n = len(rows.ids)
     d = th.dedup.embed_size**2
@@ -152,8 +154,13 @@ def analyse_rows(rel: LoadedRelease, rows: Rows, th: Thresholds, thumb_rows: set
     start = 0
     for batch in rel.dataset.select_columns(["image"]).iter(batch_size=_BATCH):
         jobs = [
-            (img, rows.bbox[start + j], th.dedup.embed_size, th.stats.histogram_bins,
-             th.stats.msssim_size if start + j in thumb_rows else 0)
+            (
+                img,
+                rows.bbox[start + j],
+                th.dedup.embed_size,
+                th.stats.histogram_bins,
+                th.stats.msssim_size if start + j in thumb_rows else 0,
+            )
             for j, img in enumerate(batch["image"])
         ]
         start += len(jobs)

@@ -28,10 +28,23 @@ BBOX_OUTSIDE_IMAGE = "bbox_outside_image"
 BBOX_OUTSIDE_BREAST = "bbox_outside_breast"
 LESION_REGION = "lesion_region"
 
-SANITY_CHECKS: frozenset[str] = frozenset({
-    UNREADABLE, BLANK, SATURATED, NO_BREAST, AREA_FRACTION, NO_DARK_BACKGROUND, LATERALITY_SIDE,
-    MODE, BIT_DEPTH, SIZE, BBOX_OUTSIDE_IMAGE, BBOX_OUTSIDE_BREAST, LESION_REGION,
-})
+SANITY_CHECKS: frozenset[str] = frozenset(
+    {
+        UNREADABLE,
+        BLANK,
+        SATURATED,
+        NO_BREAST,
+        AREA_FRACTION,
+        NO_DARK_BACKGROUND,
+        LATERALITY_SIDE,
+        MODE,
+        BIT_DEPTH,
+        SIZE,
+        BBOX_OUTSIDE_IMAGE,
+        BBOX_OUTSIDE_BREAST,
+        LESION_REGION,
+    }
+)
 
 # --- de-duplication / memorization checks ------------------------------------------------------
 EXACT_COPY = "exact_copy"
@@ -42,10 +55,17 @@ BACKGROUND_ALTERED = "background_altered"
 SOURCE_MISSING = "source_missing"
 DUPLICATE_IN_RELEASE = "duplicate_in_release"
 
-MEMORIZATION_CHECKS: frozenset[str] = frozenset({
-    EXACT_COPY, MEMORIZATION, TRAINING_MATCH, NEAR_DUPLICATE_PHASH, BACKGROUND_ALTERED,
-    SOURCE_MISSING, DUPLICATE_IN_RELEASE,
-})
+MEMORIZATION_CHECKS: frozenset[str] = frozenset(
+    {
+        EXACT_COPY,
+        MEMORIZATION,
+        TRAINING_MATCH,
+        NEAR_DUPLICATE_PHASH,
+        BACKGROUND_ALTERED,
+        SOURCE_MISSING,
+        DUPLICATE_IN_RELEASE,
+    }
+)
 # the checks that say "this row is a copy of a training image"
 COPY_CHECKS: tuple[str, ...] = (EXACT_COPY, NEAR_DUPLICATE_PHASH, MEMORIZATION)
 
@@ -61,8 +81,9 @@ GATE_DIVERSITY = "diversity"
 GATE_DRIFT = "drift"  # only with a baseline
 
 
-
-def flagged_gate(flags: list[Flag], checks: Iterable[str], n_rows: int, max_flagged_fraction: float, **figures: Any) -> Gate:
+def flagged_gate(
+    flags: list[Flag], checks: Iterable[str], n_rows: int, max_flagged_fraction: float, **figures: Any
+) -> Gate:
     """A per-image gate: it fails when more than ``max_flagged_fraction`` of the rows are flagged."""
     ids = {f.image_id for f in flags}
     frac = len(ids) / max(1, n_rows)
@@ -70,16 +91,46 @@ def flagged_gate(flags: list[Flag], checks: Iterable[str], n_rows: int, max_flag
     return Gate(
         status="fail" if frac > max_flagged_fraction else "pass",
         summary=f"{len(ids)} image(s) flagged ({frac:.1%})" + (f": {by_check}" if by_check else ""),
-        flagged_images=len(ids), flagged_fraction=round(frac, 4), by_check=by_check, checks=sorted(checks),
+        flagged_images=len(ids),
+        flagged_fraction=round(frac, 4),
+        by_check=by_check,
+        checks=sorted(checks),
         **figures,
     )
 
 
 __all__ = [
-    "UNREADABLE", "BLANK", "SATURATED", "NO_BREAST", "AREA_FRACTION", "NO_DARK_BACKGROUND", "LATERALITY_SIDE",
-    "MODE", "BIT_DEPTH", "SIZE", "BBOX_OUTSIDE_IMAGE", "BBOX_OUTSIDE_BREAST", "LESION_REGION", "SANITY_CHECKS",
-    "EXACT_COPY", "MEMORIZATION", "TRAINING_MATCH", "NEAR_DUPLICATE_PHASH", "BACKGROUND_ALTERED", "SOURCE_MISSING",
-    "DUPLICATE_IN_RELEASE", "MEMORIZATION_CHECKS", "COPY_CHECKS",
-    "GATE_SANITY", "GATE_MEMORIZATION", "GATE_COUNTS", "GATE_CATEGORICAL", "GATE_BOX_SIZE", "GATE_INTENSITY",
-    "GATE_AREA", "GATE_DIVERSITY", "GATE_DRIFT", "flagged_gate",
+    "UNREADABLE",
+    "BLANK",
+    "SATURATED",
+    "NO_BREAST",
+    "AREA_FRACTION",
+    "NO_DARK_BACKGROUND",
+    "LATERALITY_SIDE",
+    "MODE",
+    "BIT_DEPTH",
+    "SIZE",
+    "BBOX_OUTSIDE_IMAGE",
+    "BBOX_OUTSIDE_BREAST",
+    "LESION_REGION",
+    "SANITY_CHECKS",
+    "EXACT_COPY",
+    "MEMORIZATION",
+    "TRAINING_MATCH",
+    "NEAR_DUPLICATE_PHASH",
+    "BACKGROUND_ALTERED",
+    "SOURCE_MISSING",
+    "DUPLICATE_IN_RELEASE",
+    "MEMORIZATION_CHECKS",
+    "COPY_CHECKS",
+    "GATE_SANITY",
+    "GATE_MEMORIZATION",
+    "GATE_COUNTS",
+    "GATE_CATEGORICAL",
+    "GATE_BOX_SIZE",
+    "GATE_INTENSITY",
+    "GATE_AREA",
+    "GATE_DIVERSITY",
+    "GATE_DRIFT",
+    "flagged_gate",
 ]

@@ -14,11 +14,27 @@ from mammosynth.builders.core.run_layout import REPORT_MD, RunLayout, report_jso
 @click.argument("release")
 @click.option("--reference", "reference", required=True, type=click.Path(path_type=Path), help="prepared training set")
 @click.option("--baseline", default=None, help="previous release (folder or ORG/NAME@revision) for drift")
-@click.option("--spec", "spec", default=None, type=click.Path(path_type=Path), help="release spec (default RELEASE/spec.yaml)")
+@click.option(
+    "--spec", "spec", default=None, type=click.Path(path_type=Path), help="release spec (default RELEASE/spec.yaml)"
+)
 @click.option("--config", "config", default=None, type=click.Path(path_type=Path), help="thresholds YAML/JSON")
-@click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path), help="report folder (default RELEASE/validation or ./validation-report)")
+@click.option(
+    "--report",
+    "report_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="report folder (default RELEASE/validation or ./validation-report)",
+)
 @click.option("--no-progress", is_flag=True, help="no progress bars")
-def validate(release: str, reference: Path, baseline: str | None, spec: Path | None, config: Path | None, report_dir: Path | None, no_progress: bool) -> None:
+def validate(
+    release: str,
+    reference: Path,
+    baseline: str | None,
+    spec: Path | None,
+    config: Path | None,
+    report_dir: Path | None,
+    no_progress: bool,
+) -> None:
     """Check RELEASE against the training images: sanity, memorization, distributions.
 
     Exit 0 when every gate passes, 1 when a gate fails, 2 on bad input.

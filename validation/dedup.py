@@ -41,8 +41,10 @@ def search(
     q = len(query_emb)
     k = max(1, min(k, len(db_emb)))
     out = Neighbours(
-        np.full((q, k), np.inf, np.float32), np.full((q, k), -1, np.int64),
-        np.full((q, k), 10**6, np.int32), np.full((q, k), -1, np.int64),
+        np.full((q, k), np.inf, np.float32),
+        np.full((q, k), -1, np.int64),
+        np.full((q, k), 10**6, np.int32),
+        np.full((q, k), -1, np.int64),
     )
     if q == 0 or len(db_emb) == 0:
         return out
@@ -98,10 +100,18 @@ def _warps(size: int) -> tuple[sparse.csr_matrix, np.ndarray]:
                     x = ((xx - c - tx) / sx + c).ravel()
                     ok = (y >= -1e-6) & (y <= size - 1 + 1e-6) & (x >= -1e-6) & (x <= size - 1 + 1e-6)
                     y, x = np.clip(y, 0, size - 1), np.clip(x, 0, size - 1)
-                    y0, x0 = np.minimum(np.floor(y).astype(int), size - 2), np.minimum(np.floor(x).astype(int), size - 2)
+                    y0, x0 = (
+                        np.minimum(np.floor(y).astype(int), size - 2),
+                        np.minimum(np.floor(x).astype(int), size - 2),
+                    )
                     fy, fx = y - y0, x - x0
                     out = np.nonzero(ok)[0]
-                    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+                    for dy, dx, w in (
+                        (0, 0, (1 - fy) * (1 - fx)),
+                        (0, 1, (1 - fy) * fx),
+                        (1, 0, fy * (1 - fx)),
+                        (1, 1, fy * fx),
+                    ):
                         rows.append(t * d + out)
                         cols.append(((y0 + dy) * size + x0 + dx)[out])
                         vals.append(w[out])
@@ -160,9 +170,7 @@ def rescore(nb: Neighbours, query_emb: np.ndarray, db_emb: np.ndarray, bound: fl
     return nb
 
 
-def first_allowed(
-    dist: np.ndarray, idx: np.ndarray, allowed: np.ndarray
-) -> tuple[float, int]:
+def first_allowed(dist: np.ndarray, idx: np.ndarray, allowed: np.ndarray) -> tuple[float, int]:
     """Nearest neighbour among those ``allowed`` (a boolean per neighbour column)."""
     for d, i, ok in zip(dist, idx, allowed):
         if i >= 0 and ok:
@@ -170,9 +178,7 @@ def first_allowed(
     return float("inf"), -1
 
 
-def background_difference(
-    image: np.ndarray, source: np.ndarray, boxes: list[list[float]], margin: float
-) -> float:
+def background_difference(image: np.ndarray, source: np.ndarray, boxes: list[list[float]], margin: float) -> float:
     """Mean |difference| (0..1 units) between an inpainted/blended image and its own background,
     outside the lesion boxes (each grown by ``margin`` x its size, where blending may reach)."""
     import cv2
@@ -187,7 +193,9 @@ def background_difference(
     h, w = a.shape
     for x0, y0, x1, y1 in boxes:
         mx, my = (x1 - x0) * margin, (y1 - y0) * margin
-        keep[max(0, int(y0 - my)) : min(h, int(np.ceil(y1 + my))), max(0, int(x0 - mx)) : min(w, int(np.ceil(x1 + mx)))] = False
+        keep[
+            max(0, int(y0 - my)) : min(h, int(np.ceil(y1 + my))), max(0, int(x0 - mx)) : min(w, int(np.ceil(x1 + mx)))
+        ] = False
     if not keep.any():
         return 0.0
     return float(np.abs(a - b)[keep].mean())

@@ -69,7 +69,9 @@ def categorical_gate(rows: Rows, index: ReferenceIndex, st: StatsThresholds, rng
     )
 
 
-def box_size_gate(rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator) -> Gate:
+def box_size_gate(
+    rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator
+) -> Gate:
     """Box widths and heights per BI-RADS class vs the reference's."""
     ok = _readable(rows, an)
     box = {}
@@ -80,7 +82,9 @@ def box_size_gate(rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThre
             "width": stats.continuous(np.array(ws), index.box_w[sel], st.box_size, st.bootstrap, rng),
             "height": stats.continuous(np.array(hs), index.box_h[sel], st.box_size, st.bootstrap, rng),
         }
-    summary = "; ".join(f"{k}: W/std w {v['width'].get('value', '-')}, h {v['height'].get('value', '-')}" for k, v in box.items())
+    summary = "; ".join(
+        f"{k}: W/std w {v['width'].get('value', '-')}, h {v['height'].get('value', '-')}" for k, v in box.items()
+    )
     return Gate(
         status=stats.worst(d["status"] for v in box.values() for d in v.values()),
         summary=summary or "no boxes in the release",
@@ -88,16 +92,22 @@ def box_size_gate(rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThre
     )
 
 
-def intensity_gate(rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator) -> Gate:
+def intensity_gate(
+    rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator
+) -> Gate:
     """In-breast intensity histograms per method vs the reference's."""
     ok = _readable(rows, an)
     hist_by_method = {}
     for m in sorted({rows.method[k] for k in ok}):
         idx = [k for k in ok if rows.method[k] == m]
-        hist_by_method[m] = stats.histograms(np.stack([an.feats[k].hist for k in idx]), index.hist[index.side != ""], st.intensity, st.bootstrap, rng)
+        hist_by_method[m] = stats.histograms(
+            np.stack([an.feats[k].hist for k in idx]), index.hist[index.side != ""], st.intensity, st.bootstrap, rng
+        )
     return Gate(
         status=stats.worst(v["status"] for v in hist_by_method.values()),
-        summary=", ".join(f"{m} JS {v.get('value', '-')} (floor {v.get('noise_floor', '-')})" for m, v in hist_by_method.items()),
+        summary=", ".join(
+            f"{m} JS {v.get('value', '-')} (floor {v.get('noise_floor', '-')})" for m, v in hist_by_method.items()
+        ),
         per_method=hist_by_method,
     )
 
@@ -109,7 +119,9 @@ def area_gate(rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThreshol
     for view in ("CC", "MLO"):
         x = np.array([an.feats[k].area_fraction for k in ok if rows.view[k] == view])
         if len(x):
-            area[view] = stats.continuous(x, index.area[(index.views == view) & (index.side != "")], st.area, st.bootstrap, rng)
+            area[view] = stats.continuous(
+                x, index.area[(index.views == view) & (index.side != "")], st.area, st.bootstrap, rng
+            )
     return Gate(
         status=stats.worst(v["status"] for v in area.values()),
         summary=", ".join(f"{v_}: W/std {d.get('value', '-')}" for v_, d in area.items()),
@@ -126,8 +138,15 @@ def prompt_groups(rows: Rows, an: Analysed) -> dict[str, list[tuple[str, str | N
     return groups
 
 
-def distribution_gates(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, spec: ReleaseSpec | None,
-                       skipped: list[dict[str, str]], rng: np.random.Generator) -> tuple[dict[str, Gate], DiversityPairs]:
+def distribution_gates(
+    rows: Rows,
+    an: Analysed,
+    index: ReferenceIndex,
+    th: Thresholds,
+    spec: ReleaseSpec | None,
+    skipped: list[dict[str, str]],
+    rng: np.random.Generator,
+) -> tuple[dict[str, Gate], DiversityPairs]:
     """The counts, categorical, box-size, intensity and area gates, and the image pairs the
     diversity gate compares (drawn here, in the same order of random draws as the statistics;
     MS-SSIM itself runs on a thread: see ``validate_release``)."""
@@ -164,7 +183,9 @@ def diversity_gate(div: dict[str, Any], th: Thresholds) -> Gate:
     return Gate(**div)
 
 
-def drift_gate(rows: Rows, an: Analysed, base_rows: Rows, base: Analysed, th: Thresholds, rng: np.random.Generator) -> Gate:
+def drift_gate(
+    rows: Rows, an: Analysed, base_rows: Rows, base: Analysed, th: Thresholds, rng: np.random.Generator
+) -> Gate:
     """This release against a previous one: category shares (reported, not gated: the spec may
     change them on purpose), intensity, breast area and box width."""
     st = th.stats
@@ -183,16 +204,34 @@ def drift_gate(rows: Rows, an: Analysed, base_rows: Rows, base: Analysed, th: Th
     hists = np.stack([an.feats[k].hist for k in ok]) if ok else np.zeros((0, 1))
     base_hists = np.stack([base.feats[k].hist for k in bok]) if bok else np.zeros((0, 1))
     out["intensity"] = stats.histograms(hists, base_hists, st.drift, st.bootstrap, rng)
-    out["area"] = stats.continuous(np.array([an.feats[k].area_fraction for k in ok]),
-                                   np.array([base.feats[k].area_fraction for k in bok]), st.drift, st.bootstrap, rng)
+    out["area"] = stats.continuous(
+        np.array([an.feats[k].area_fraction for k in ok]),
+        np.array([base.feats[k].area_fraction for k in bok]),
+        st.drift,
+        st.bootstrap,
+        rng,
+    )
     rw = np.array([(x1 - x0) / an.feats[k].width for k in ok for x0, _, x1, _ in rows.bbox[k]])
     bw = np.array([(x1 - x0) / base.feats[k].width for k in bok for x0, _, x1, _ in base_rows.bbox[k]])
     out["box_width"] = stats.continuous(rw, bw, st.drift, st.bootstrap, rng)
     status = stats.worst([out["intensity"]["status"], out["area"]["status"], out["box_width"]["status"]])
-    summary = (f"vs baseline: intensity JS {out['intensity'].get('value', '-')}, area W/std {out['area'].get('value', '-')}, "
-               f"box width W/std {out['box_width'].get('value', '-')}")
+    summary = (
+        f"vs baseline: intensity JS {out['intensity'].get('value', '-')}, area W/std {out['area'].get('value', '-')}, "
+        f"box width W/std {out['box_width'].get('value', '-')}"
+    )
     return Gate(status=status, summary=summary, **out)
 
 
-__all__ = ["NO_PROMPT", "counts_gate", "categorical_gate", "box_size_gate", "intensity_gate", "area_gate", "prompt_groups",
-           "distribution_gates", "thumb_rows", "diversity_gate", "drift_gate"]
+__all__ = [
+    "NO_PROMPT",
+    "counts_gate",
+    "categorical_gate",
+    "box_size_gate",
+    "intensity_gate",
+    "area_gate",
+    "prompt_groups",
+    "distribution_gates",
+    "thumb_rows",
+    "diversity_gate",
+    "drift_gate",
+]

@@ -22,7 +22,7 @@ from mammosynth.builders.core.spec import ReleaseSpec, load_spec
 from mammosynth.validation import checks as C
 from mammosynth.validation import dedup, stats
 from mammosynth.validation.analysis import Rows, analyse_rows, analysis_pool
-from mammosynth.validation.distribution import diversity_gate, distribution_gates, drift_gate, thumb_rows
+from mammosynth.validation.distribution import distribution_gates, diversity_gate, drift_gate, thumb_rows
 from mammosynth.validation.image_features import PIXEL_HASH
 from mammosynth.validation.memorization import memorization_flags, memorization_gate
 from mammosynth.validation.reference import ReferenceIndex, reference_index
@@ -32,7 +32,9 @@ from mammosynth.validation.sanity import sanity_flags, sanity_gate
 from mammosynth.validation.thresholds import Thresholds, deep_merge, validate_overrides
 
 
-def resolve_thresholds(config: str | Path | Thresholds | None, spec: ReleaseSpec | None, spec_path: Path | None = None) -> Thresholds:
+def resolve_thresholds(
+    config: str | Path | Thresholds | None, spec: ReleaseSpec | None, spec_path: Path | None = None
+) -> Thresholds:
     """Defaults < the spec's ``validation:`` overrides < the ``--config`` file."""
     if isinstance(config, Thresholds):
         return config
@@ -59,7 +61,7 @@ def _implementations(th: Thresholds) -> dict[str, str]:
         "pixel hash": f"{PIXEL_HASH} (xxhash=={v('xxhash')}) of shape, dtype and pixels",
         "breast mask": "mammosynth.builders.core.breast_mask.breast_mask (Otsu)",
         "embedding": f"{size}x{size} standardized, one-cell-blurred grid of the stable breast crop, chest wall left; "
-                     f"training-set candidates under {dedup.PRESCORE_FACTOR:g}x the threshold re-scored over small grid shifts and scales",
+        f"training-set candidates under {dedup.PRESCORE_FACTOR:g}x the threshold re-scored over small grid shifts and scales",
     }
 
 
@@ -98,7 +100,9 @@ def validate_release(
         spec = load_spec(spec_path)
     th = resolve_thresholds(config, spec, spec_path)
     rng = np.random.default_rng(th.seed)
-    index, ref_ds = reference_index(reference, embed_size=th.dedup.embed_size, bins=th.stats.histogram_bins, progress=progress)
+    index, ref_ds = reference_index(
+        reference, embed_size=th.dedup.embed_size, bins=th.stats.histogram_bins, progress=progress
+    )
     timings["reference_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -147,7 +151,12 @@ def validate_release(
     report = ValidationReport(
         passed=all(g.status != "fail" for g in gates.values()),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        release={"source": rel.source, "kind": rel.kind, "spec": str(spec_path) if spec_path else None, "skipped": rel.skipped},
+        release={
+            "source": rel.source,
+            "kind": rel.kind,
+            "spec": str(spec_path) if spec_path else None,
+            "skipped": rel.skipped,
+        },
         reference=_reference_info(reference, index, th),
         baseline=base_info,
         implementations=_implementations(th),
@@ -159,7 +168,18 @@ def validate_release(
         timings_s={k: round(v, 3) for k, v in timings.items()},
     )
     if report_dir is not None:
-        write_reports(report, Path(report_dir), rows=rows, an=an, index=index, ref_ds=ref_ds, rel=rel, spec=spec, plots=plots, started=started)
+        write_reports(
+            report,
+            Path(report_dir),
+            rows=rows,
+            an=an,
+            index=index,
+            ref_ds=ref_ds,
+            rel=rel,
+            spec=spec,
+            plots=plots,
+            started=started,
+        )
     return report
 
 

@@ -116,7 +116,9 @@ def breast_embedding(crop: np.ndarray, crop_mask: np.ndarray, size: int) -> np.n
     return z / (np.linalg.norm(z) + 1e-12)
 
 
-def _box_tissue(unit: np.ndarray, mask: np.ndarray, slices: list[tuple[slice, slice]]) -> list[tuple[float, float, float] | None]:
+def _box_tissue(
+    unit: np.ndarray, mask: np.ndarray, slices: list[tuple[slice, slice]]
+) -> list[tuple[float, float, float] | None]:
     """How breast-like the pixels inside each box are, against the breast outside the boxes."""
     rest = mask.copy()
     for sl in slices:
@@ -155,7 +157,9 @@ def _level_counts(small: np.ndarray, levels: np.ndarray, mask: np.ndarray | None
     return np.bincount(small.ravel() if mask is None else small[mask], minlength=levels.size)
 
 
-def _histogram(unit: np.ndarray, mask: np.ndarray, levels: np.ndarray | None, counts: np.ndarray | None, bins: int) -> np.ndarray:
+def _histogram(
+    unit: np.ndarray, mask: np.ndarray, levels: np.ndarray | None, counts: np.ndarray | None, bins: int
+) -> np.ndarray:
     """``np.histogram(unit[mask], bins, (0, 1))``; for integer images by weighting each grey level
     with its in-mask pixel count (the same float32 values are binned, so the counts are identical)."""
     if levels is None or counts is None:
@@ -200,7 +204,11 @@ def analyse(
     top = dtype_max(gray)
     bit_depth = 16 if gray.dtype == np.uint16 else 8 if gray.dtype == np.uint8 else int(gray.dtype.itemsize * 8)
     scale = min(1.0, ANALYSIS_SIDE / max(h, w))
-    small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    small = (
+        cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else gray
+    )
     unit = small.astype(np.float32) / top
 
     # The square root lifts fatty tissue away from the air before the shared Otsu mask runs: on
@@ -231,7 +239,9 @@ def analyse(
     background_ratio = 1.0
     if has_breast and not mask.all():
         out_counts = counts - in_counts if counts is not None and in_counts is not None else None
-        background_ratio = float(_median(root, ~mask, levels, out_counts) / max(float(_median(root, mask, levels, in_counts)), 1e-6))
+        background_ratio = float(
+            _median(root, ~mask, levels, out_counts) / max(float(_median(root, mask, levels, in_counts)), 1e-6)
+        )
 
     inside, slices = [], []
     for box in boxes or []:

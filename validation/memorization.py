@@ -39,8 +39,16 @@ class MatchLimits:
 
 def match_limits(index: ReferenceIndex, dd: DedupThresholds) -> MatchLimits:
     """The configured limits, or where unset the reference's calibration."""
-    nn = dd.nn_distance if dd.nn_distance is not None else index.calibrated_nn(dd.calibration_quantile, dd.calibration_factor, dd.nn_distance_max)
-    radius = dd.phash_radius if dd.phash_radius is not None else index.calibrated_radius(dd.calibration_quantile, dd.calibration_factor, dd.phash_radius_default)
+    nn = (
+        dd.nn_distance
+        if dd.nn_distance is not None
+        else index.calibrated_nn(dd.calibration_quantile, dd.calibration_factor, dd.nn_distance_max)
+    )
+    radius = (
+        dd.phash_radius
+        if dd.phash_radius is not None
+        else index.calibrated_radius(dd.calibration_quantile, dd.calibration_factor, dd.phash_radius_default)
+    )
     return MatchLimits(nn, radius)
 
 
@@ -59,15 +67,18 @@ class TrainingSearch:
     seconds: float
 
 
-def _nearest_allowed(dist: np.ndarray, idx: np.ndarray, ref_rows: np.ndarray, ref_ids: np.ndarray, own: str | None) -> tuple[float, int]:
+def _nearest_allowed(
+    dist: np.ndarray, idx: np.ndarray, ref_rows: np.ndarray, ref_ids: np.ndarray, own: str | None
+) -> tuple[float, int]:
     """Nearest training image that is not the row's own background."""
     cand = ref_rows[np.maximum(idx, 0)]
     allowed = np.array([own is None or ref_ids[c] != own for c in cand]) & (idx >= 0)
     return dedup.first_allowed(dist, cand, allowed)
 
 
-def training_matches(rows: Rows, an: Analysed, q: np.ndarray, index: ReferenceIndex, limits: MatchLimits,
-                     flags: list[Flag]) -> TrainingSearch:
+def training_matches(
+    rows: Rows, an: Analysed, q: np.ndarray, index: ReferenceIndex, limits: MatchLimits, flags: list[Flag]
+) -> TrainingSearch:
     """Rows ``q`` closer to a training image than the limits: by embedding (shift-tolerant), else by pHash."""
     t0 = time.perf_counter()
     ref_rows = np.nonzero(index.side != "")[0]
@@ -87,15 +98,27 @@ def training_matches(rows: Rows, an: Analysed, q: np.ndarray, index: ReferenceIn
         hd, hi = _nearest_allowed(nb.ham[j].astype(np.float64), nb.hidx[j], ref_rows, ref_ids, own)
         check = C.MEMORIZATION if method == "text2image" else C.TRAINING_MATCH
         if d < limits.nn_distance:
-            flags.append(Flag(
-                image_id=image_id, check=check, method=method, nearest_training_id=str(ref_ids[i]), distance=round(d, 4),
-                reason=f"embedding distance {d:.3f} to training image < threshold {limits.nn_distance:.3f}",
-            ))
+            flags.append(
+                Flag(
+                    image_id=image_id,
+                    check=check,
+                    method=method,
+                    nearest_training_id=str(ref_ids[i]),
+                    distance=round(d, 4),
+                    reason=f"embedding distance {d:.3f} to training image < threshold {limits.nn_distance:.3f}",
+                )
+            )
         elif hd <= limits.phash_radius:
-            flags.append(Flag(
-                image_id=image_id, check=C.NEAR_DUPLICATE_PHASH, method=method, nearest_training_id=str(ref_ids[hi]),
-                distance=float(hd), reason=f"pHash Hamming distance {int(hd)} to training image <= radius {limits.phash_radius}",
-            ))
+            flags.append(
+                Flag(
+                    image_id=image_id,
+                    check=C.NEAR_DUPLICATE_PHASH,
+                    method=method,
+                    nearest_training_id=str(ref_ids[hi]),
+                    distance=float(hd),
+                    reason=f"pHash Hamming distance {int(hd)} to training image <= radius {limits.phash_radius}",
+                )
+            )
     return TrainingSearch(nearest, len(ref_rows), seconds)
 
 
@@ -105,15 +128,28 @@ def exact_copies(rows: Rows, an: Analysed, index: ReferenceIndex, flags: list[Fl
     for k, image_id in enumerate(rows.ids):
         f = an.feats[k]
         if f is not None and f.pixel_hash in by_hash:
-            flags.append(Flag(
-                image_id=image_id, check=C.EXACT_COPY, method=rows.method[k],
-                nearest_training_id=str(index.image_ids[by_hash[f.pixel_hash]]), distance=0.0,
-                reason="pixel-identical to a training image",
-            ))
+            flags.append(
+                Flag(
+                    image_id=image_id,
+                    check=C.EXACT_COPY,
+                    method=rows.method[k],
+                    nearest_training_id=str(index.image_ids[by_hash[f.pixel_hash]]),
+                    distance=0.0,
+                    reason="pixel-identical to a training image",
+                )
+            )
 
 
-def background_checks(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, ref_ds: datasets.Dataset,
-                      dd: DedupThresholds, progress: bool, flags: list[Flag]) -> list[float]:
+def background_checks(
+    rows: Rows,
+    an: Analysed,
+    rel: LoadedRelease,
+    index: ReferenceIndex,
+    ref_ds: datasets.Dataset,
+    dd: DedupThresholds,
+    progress: bool,
+    flags: list[Flag],
+) -> list[float]:
     """Inpainting / poisson rows: the background must be their own source image, unaltered outside
     the boxes. Returns the measured differences."""
     row_of = index.row_of()
@@ -122,22 +158,37 @@ def background_checks(rows: Rows, an: Analysed, rel: LoadedRelease, index: Refer
     for k in tqdm(bg_rows, desc="background check", unit="img", disable=not progress or not bg_rows):
         src, image_id, method = rows.source[k], rows.ids[k], rows.method[k]
         if not src or src not in row_of:
-            flags.append(Flag(image_id=image_id, check=C.SOURCE_MISSING, method=method,
-                              reason=f"source_image {src!r} is not in the reference"))
+            flags.append(
+                Flag(
+                    image_id=image_id,
+                    check=C.SOURCE_MISSING,
+                    method=method,
+                    reason=f"source_image {src!r} is not in the reference",
+                )
+            )
             continue
         try:
             img = decode(rel.dataset[int(k)]["image"])
-            mad = dedup.background_difference(img, reference_image(ref_ds, row_of[src]), rows.bbox[k], dd.background_box_margin)
+            mad = dedup.background_difference(
+                img, reference_image(ref_ds, row_of[src]), rows.bbox[k], dd.background_box_margin
+            )
         except (UnreadableImage, ValueError) as exc:
-            flags.append(Flag(image_id=image_id, check=C.SOURCE_MISSING, method=method,
-                              reason=f"source image unreadable: {exc}"))
+            flags.append(
+                Flag(image_id=image_id, check=C.SOURCE_MISSING, method=method, reason=f"source image unreadable: {exc}")
+            )
             continue
         values.append(mad)
         if mad > dd.background_max_mad:
-            flags.append(Flag(
-                image_id=image_id, check=C.BACKGROUND_ALTERED, method=method, nearest_training_id=src, distance=round(mad, 4),
-                reason=f"mean |difference| {mad:.4f} from source_image outside the lesion boxes > {dd.background_max_mad}",
-            ))
+            flags.append(
+                Flag(
+                    image_id=image_id,
+                    check=C.BACKGROUND_ALTERED,
+                    method=method,
+                    nearest_training_id=src,
+                    distance=round(mad, 4),
+                    reason=f"mean |difference| {mad:.4f} from source_image outside the lesion boxes > {dd.background_max_mad}",
+                )
+            )
     return values
 
 
@@ -156,7 +207,12 @@ def release_duplicates(rows: Rows, an: Analysed, q: np.ndarray, limits: MatchLim
         partners = []
         for d, i, hd, hi in zip(nr.dist[j], nr.idx[j], nr.ham[j], nr.hidx[j]):
             for other, close in ((i, d < limits.nn_distance), (hi, hd <= limits.phash_radius)):
-                if other >= 0 and close and q[other] < k and not (rows.source[k] and rows.source[k] == rows.source[q[other]]):
+                if (
+                    other >= 0
+                    and close
+                    and q[other] < k
+                    and not (rows.source[k] and rows.source[k] == rows.source[q[other]])
+                ):
                     partners.append((q[other], float(d if other == i else hd)))
         if f.pixel_hash in seen_hash:
             partners.insert(0, (seen_hash[f.pixel_hash], 0.0))
@@ -164,15 +220,28 @@ def release_duplicates(rows: Rows, an: Analysed, q: np.ndarray, limits: MatchLim
         if partners:
             o, dist = partners[0]
             within += 1
-            flags.append(Flag(
-                image_id=rows.ids[k], check=C.DUPLICATE_IN_RELEASE, method=rows.method[k], nearest_release_id=rows.ids[o],
-                distance=round(dist, 4), reason=f"near-duplicate of release image {rows.ids[o]}",
-            ))
+            flags.append(
+                Flag(
+                    image_id=rows.ids[k],
+                    check=C.DUPLICATE_IN_RELEASE,
+                    method=rows.method[k],
+                    nearest_release_id=rows.ids[o],
+                    distance=round(dist, 4),
+                    reason=f"near-duplicate of release image {rows.ids[o]}",
+                )
+            )
     return within
 
 
-def memorization_flags(rows: Rows, an: Analysed, rel: LoadedRelease, index: ReferenceIndex, ref_ds: datasets.Dataset,
-                       th: Thresholds, progress: bool) -> tuple[list[Flag], dict[str, Any]]:
+def memorization_flags(
+    rows: Rows,
+    an: Analysed,
+    rel: LoadedRelease,
+    index: ReferenceIndex,
+    ref_ds: datasets.Dataset,
+    th: Thresholds,
+    progress: bool,
+) -> tuple[list[Flag], dict[str, Any]]:
     """Every de-duplication finding, and the figures the memorization gate reports."""
     dd = th.dedup
     limits = match_limits(index, dd)
@@ -212,5 +281,16 @@ def memorization_gate(flags: list[Flag], figures: dict[str, Any], n_rows: int, t
     return gate
 
 
-__all__ = ["ON_OWN_BACKGROUND", "MatchLimits", "match_limits", "searchable_rows", "TrainingSearch", "training_matches",
-           "exact_copies", "background_checks", "release_duplicates", "memorization_flags", "memorization_gate"]
+__all__ = [
+    "ON_OWN_BACKGROUND",
+    "MatchLimits",
+    "match_limits",
+    "searchable_rows",
+    "TrainingSearch",
+    "training_matches",
+    "exact_copies",
+    "background_checks",
+    "release_duplicates",
+    "memorization_flags",
+    "memorization_gate",
+]

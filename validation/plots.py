@@ -37,7 +37,9 @@ def intensity_histograms(release: dict[str, np.ndarray], reference: np.ndarray, 
     return _save(fig, path)
 
 
-def box_sizes(release: dict[int, tuple[np.ndarray, np.ndarray]], reference: dict[int, tuple[np.ndarray, np.ndarray]], path: Path) -> str:
+def box_sizes(
+    release: dict[int, tuple[np.ndarray, np.ndarray]], reference: dict[int, tuple[np.ndarray, np.ndarray]], path: Path
+) -> str:
     classes = sorted(set(release) | set(reference))
     fig, axes = plt.subplots(1, max(1, len(classes)), figsize=(3.2 * max(1, len(classes)), 3), squeeze=False)
     for ax, b in zip(axes[0], classes):

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.hashing import dataset_content_hash
+from mammosynth.builders.core.imageio import UnreadableImage, decode
 from mammosynth.builders.core.prepared import open_prepared
 from mammosynth.builders.core.schema import prepared_features
 from mammosynth.validation.dedup import tolerant_distance
-from mammosynth.builders.core.hashing import dataset_content_hash
-from mammosynth.builders.core.imageio import UnreadableImage, decode
 from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, analyse
 
 INDEX_VERSION = 3  # bump when the features change: stale cached indexes rebuild
@@ -105,7 +105,9 @@ def load_reference_dataset(path: str | Path) -> datasets.Dataset:
     want = prepared_features()
     for name in ("image_id", "study_id", "view", "laterality", "birads"):
         if repr(ds.features[name]) != repr(want[name]):
-            raise InputError(f"feature {ds.features[name]!r} is not the prepared schema's {want[name]!r}", file=path, field=name)
+            raise InputError(
+                f"feature {ds.features[name]!r} is not the prepared schema's {want[name]!r}", file=path, field=name
+            )
     if not isinstance(ds.features["image"], datasets.Image):
         raise InputError("expected an Image feature", file=path, field="image")
     return ds
@@ -129,9 +131,26 @@ def cache_dir_for(reference: Path) -> Path:
 
 
 _ARRAYS = [
-    "image_ids", "study_ids", "views", "lateralities", "birads", "density", "manufacturer", "heights",
-    "widths", "area", "side", "pixel_hashes", "phash", "emb", "hist", "box_birads", "box_w", "box_h",
-    "nn_other", "phash_other",
+    "image_ids",
+    "study_ids",
+    "views",
+    "lateralities",
+    "birads",
+    "density",
+    "manufacturer",
+    "heights",
+    "widths",
+    "area",
+    "side",
+    "pixel_hashes",
+    "phash",
+    "emb",
+    "hist",
+    "box_birads",
+    "box_w",
+    "box_h",
+    "nn_other",
+    "phash_other",
 ]
 
 
@@ -161,7 +180,9 @@ def reference_index(
     # Hash the saved files themselves, before any cast (a cast may add cache files beside them).
     digest = dataset_content_hash(ds, cache / "file-digests.json")
     ds = ds.cast_column("image", datasets.Image(decode=False))
-    key = hashlib.blake2b(f"{digest}:v{INDEX_VERSION}:e{embed_size}:b{bins}:{PIXEL_HASH}".encode(), digest_size=12).hexdigest()
+    key = hashlib.blake2b(
+        f"{digest}:v{INDEX_VERSION}:e{embed_size}:b{bins}:{PIXEL_HASH}".encode(), digest_size=12
+    ).hexdigest()
     path = cache / f"index-{key}.npz"
     if path.is_file() and not rebuild:
         try:
@@ -179,7 +200,9 @@ def reference_index(
 def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, progress: bool = True) -> ReferenceIndex:
     n = ds.num_rows
     d = embed_size * embed_size
-    cols: dict[str, list] = {k: [] for k in ("image_ids", "study_ids", "views", "lateralities", "birads", "density", "manufacturer")}
+    cols: dict[str, list] = {
+        k: [] for k in ("image_ids", "study_ids", "views", "lateralities", "birads", "density", "manufacturer")
+    }
     heights, widths, area = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.float32)
     side, hashes = np.empty(n, dtype="<U1"), np.empty(n, dtype="<U32")
     phash = np.zeros((n, PHASH_BYTES), np.uint8)
@@ -193,7 +216,9 @@ def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, p
     for batch in ds.iter(batch_size=32):
         for j in range(len(batch["image_id"])):
             row = {c: batch[c][j] for c in meta_cols}
-            for c, src in zip(cols, ("image_id", "study_id", "view", "laterality", "birads", "density", "manufacturer")):
+            for c, src in zip(
+                cols, ("image_id", "study_id", "view", "laterality", "birads", "density", "manufacturer")
+            ):
                 cols[c].append("" if row[src] is None else str(row[src]) if src != "birads" else int(row[src]))
             try:
                 f = analyse(batch["image"][j], embed_size=embed_size, bins=bins)
@@ -216,9 +241,19 @@ def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, p
     bar.close()
     index = ReferenceIndex(
         **{c: np.array(v, dtype=np.int16 if c == "birads" else str) for c, v in cols.items()},
-        heights=heights, widths=widths, area=area, side=side, pixel_hashes=hashes, phash=phash, emb=emb, hist=hist,
-        box_birads=np.array(box_b, np.int16), box_w=np.array(box_w, np.float32), box_h=np.array(box_h, np.float32),
-        nn_other=np.zeros(0, np.float32), phash_other=np.zeros(0, np.int32),
+        heights=heights,
+        widths=widths,
+        area=area,
+        side=side,
+        pixel_hashes=hashes,
+        phash=phash,
+        emb=emb,
+        hist=hist,
+        box_birads=np.array(box_b, np.int16),
+        box_w=np.array(box_w, np.float32),
+        box_h=np.array(box_h, np.float32),
+        nn_other=np.zeros(0, np.float32),
+        phash_other=np.zeros(0, np.int32),
         meta={"n": n, "embed_size": embed_size, "bins": bins, "unreadable": unreadable, "index_version": INDEX_VERSION},
     )
     index.nn_other, index.phash_other = calibrate(index)
@@ -264,7 +299,9 @@ def calibrate(index: ReferenceIndex) -> tuple[np.ndarray, np.ndarray]:
     return nn, ham
 
 
-def _rescore_other(index: ReferenceIndex, valid: np.ndarray, studies: np.ndarray, dist: np.ndarray, idx: np.ndarray, nn: np.ndarray) -> None:
+def _rescore_other(
+    index: ReferenceIndex, valid: np.ndarray, studies: np.ndarray, dist: np.ndarray, idx: np.ndarray, nn: np.ndarray
+) -> None:
     """Lower ``nn`` to the shift-tolerant distance of each image's ``_RESCORE`` nearest
     other-patient neighbours: the gate scores near candidates that way, so the calibration must
     measure real other-patient pairs with the same distance."""

@@ -11,10 +11,10 @@ import datasets
 import pyarrow.parquet as pq
 
 from mammosynth.builders.core.errors import InputError
-from mammosynth.builders.core.schema import METHODS, RELEASE_COLUMNS, release_features
 from mammosynth.builders.core.run_layout import RunLayout
-from mammosynth.builders.core.spec import REPO_ID
+from mammosynth.builders.core.schema import METHODS, RELEASE_COLUMNS, release_features
 from mammosynth.builders.core.shard_writer import SHARD_GLOB
+from mammosynth.builders.core.spec import REPO_ID
 
 
 @dataclass
@@ -62,8 +62,7 @@ def _load_folder(path: Path) -> LoadedRelease:
             raise InputError("no parquet files under data/<config>/", file=data)
         return LoadedRelease(_from_parquet(chosen), "hub-folder", str(path), [], _spec_beside(path))
     raise InputError(
-        "not a release: expected generated/<method>/shard-*.parquet, data/<config>/*.parquet "
-        "or a save_to_disk dataset",
+        "not a release: expected generated/<method>/shard-*.parquet, data/<config>/*.parquet or a save_to_disk dataset",
         file=path,
     )
 

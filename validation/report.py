@@ -156,7 +156,9 @@ def write_markdown(report: ValidationReport, path: Path) -> str:
 FLAGGED_GRID_ROWS = 12  # flagged images drawn beside their nearest training image
 
 
-def _data_plot_jobs(rows: Rows, an: Analysed, index: ReferenceIndex, spec: ReleaseSpec | None, out: Path) -> list[tuple[str, tuple, Path]]:
+def _data_plot_jobs(
+    rows: Rows, an: Analysed, index: ReferenceIndex, spec: ReleaseSpec | None, out: Path
+) -> list[tuple[str, tuple, Path]]:
     """The plots that need only the analysis (not the findings): (plots function, args, file)."""
     from mammosynth.validation.stats import expected_counts  # scipy: not needed to read a report
 
@@ -169,9 +171,14 @@ def _data_plot_jobs(rows: Rows, an: Analysed, index: ReferenceIndex, spec: Relea
         bx = [(x1 - x0) / an.feats[k].width for k in ok if rows.birads[k] == b for x0, _, x1, _ in rows.bbox[k]]
         by = [(y1 - y0) / an.feats[k].height for k in ok if rows.birads[k] == b for _, y0, _, y1 in rows.bbox[k]]
         rb[b] = (np.array(bx), np.array(by))
-    refb = {int(b): (index.box_w[index.box_birads == b], index.box_h[index.box_birads == b]) for b in np.unique(index.box_birads)}
+    refb = {
+        int(b): (index.box_w[index.box_birads == b], index.box_h[index.box_birads == b])
+        for b in np.unique(index.box_birads)
+    }
     label = lambda c: f"{c[0]} B{c[1]} {c[2]} {c[3]}"  # noqa: E731
-    obs = Counter(label((rows.method[k], rows.birads[k], rows.view[k], rows.laterality[k])) for k in range(len(rows.ids)))
+    obs = Counter(
+        label((rows.method[k], rows.birads[k], rows.view[k], rows.laterality[k])) for k in range(len(rows.ids))
+    )
     exp = {label(c): v for c, v in expected_counts(spec).items()} if spec is not None else None
     return [
         ("intensity_histograms", (dict(per_m), index.hist[index.side != ""].sum(0)), out / "intensity_histograms.png"),
@@ -191,12 +198,21 @@ class DataPlots:
     """The data plots, started early: on a process pool when one is given (they then draw while
     the caller runs the checks and statistics), else drawn when ``files`` is asked for."""
 
-    def __init__(self, rows: Rows, an: Analysed, index: ReferenceIndex, spec: ReleaseSpec | None, out: Path,
-                 pool: Executor | None = None) -> None:
+    def __init__(
+        self,
+        rows: Rows,
+        an: Analysed,
+        index: ReferenceIndex,
+        spec: ReleaseSpec | None,
+        out: Path,
+        pool: Executor | None = None,
+    ) -> None:
         self.jobs = _data_plot_jobs(rows, an, index, spec, out)
         # absolute paths: a worker's working directory is the one its pool started in
         self.futures: list[Future] | None = (
-            [pool.submit(_render, name, args, path.resolve()) for name, args, path in self.jobs] if pool is not None else None
+            [pool.submit(_render, name, args, path.resolve()) for name, args, path in self.jobs]
+            if pool is not None
+            else None
         )
 
     def files(self) -> list[str]:
@@ -207,8 +223,9 @@ class DataPlots:
         return [str(path) for _, _, path in self.jobs]
 
 
-def _flagged_pairs(report: ValidationReport, rows: Rows, index: ReferenceIndex, ref_ds: datasets.Dataset,
-                   rel: LoadedRelease) -> list[tuple[str, Any, str | None, Any]]:
+def _flagged_pairs(
+    report: ValidationReport, rows: Rows, index: ReferenceIndex, ref_ds: datasets.Dataset, rel: LoadedRelease
+) -> list[tuple[str, Any, str | None, Any]]:
     """(label, flagged image, nearest training id, its image) for the first flagged images."""
     from mammosynth.builders.core.imageio import UnreadableImage, decode, grey_channel
     from mammosynth.validation.reference import reference_image
@@ -231,9 +248,19 @@ def _flagged_pairs(report: ValidationReport, rows: Rows, index: ReferenceIndex, 
     return pairs
 
 
-def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analysed, index: ReferenceIndex,
-                  ref_ds: datasets.Dataset, rel: LoadedRelease, spec: ReleaseSpec | None, plots: bool = True,
-                  started: DataPlots | None = None) -> None:
+def write_reports(
+    report: ValidationReport,
+    out: Path,
+    *,
+    rows: Rows,
+    an: Analysed,
+    index: ReferenceIndex,
+    ref_ds: datasets.Dataset,
+    rel: LoadedRelease,
+    spec: ReleaseSpec | None,
+    plots: bool = True,
+    started: DataPlots | None = None,
+) -> None:
     """report.json, report.md and (with ``plots``) the PNGs into ``out``; ``report.plots`` lists them."""
     out.mkdir(parents=True, exist_ok=True)
     if plots:
@@ -247,5 +274,14 @@ def write_reports(report: ValidationReport, out: Path, *, rows: Rows, an: Analys
     write_markdown(report, out / REPORT_MD)
 
 
-__all__ = ["Gate", "Flag", "ValidationReport", "Status", "write_json", "render_markdown", "write_markdown",
-           "DataPlots", "write_reports"]
+__all__ = [
+    "Gate",
+    "Flag",
+    "ValidationReport",
+    "Status",
+    "write_json",
+    "render_markdown",
+    "write_markdown",
+    "DataPlots",
+    "write_reports",
+]

@@ -31,8 +31,15 @@ def _pixel_checks(f: ImageFeatures, s: SanityThresholds, flag: FlagFn) -> None:
         flag(C.SATURATED, f"{f.saturated_fraction:.0%} of pixels at the maximum value")
 
 
-def _breast_checks(f: ImageFeatures, view: str, laterality: str, area_range: tuple[float, float], want_side: str | None,
-                   s: SanityThresholds, flag: FlagFn) -> None:
+def _breast_checks(
+    f: ImageFeatures,
+    view: str,
+    laterality: str,
+    area_range: tuple[float, float],
+    want_side: str | None,
+    s: SanityThresholds,
+    flag: FlagFn,
+) -> None:
     """A breast of the reference's size for the view, on dark air, at the side its laterality says."""
     if f.area_fraction < s.min_area_fraction:
         flag(C.NO_BREAST, f"breast-area fraction {f.area_fraction:.3f} < {s.min_area_fraction}")
@@ -40,16 +47,22 @@ def _breast_checks(f: ImageFeatures, view: str, laterality: str, area_range: tup
     lo, hi = area_range
     pad = max(s.area_margin * (hi - lo), s.area_min_pad)
     if not (lo - pad <= f.area_fraction <= hi + pad):
-        flag(C.AREA_FRACTION,
-             f"breast-area fraction {f.area_fraction:.3f} outside the reference's {view} range [{lo:.3f}, {hi:.3f}]")
+        flag(
+            C.AREA_FRACTION,
+            f"breast-area fraction {f.area_fraction:.3f} outside the reference's {view} range [{lo:.3f}, {hi:.3f}]",
+        )
     if f.background_ratio > s.max_background_ratio:
-        flag(C.NO_DARK_BACKGROUND,
-             f"background/breast intensity ratio {f.background_ratio:.2f} > {s.max_background_ratio}: "
-             "no breast silhouette on dark air (texture or noise)")
+        flag(
+            C.NO_DARK_BACKGROUND,
+            f"background/breast intensity ratio {f.background_ratio:.2f} > {s.max_background_ratio}: "
+            "no breast silhouette on dark air (texture or noise)",
+        )
     if f.side and want_side and f.side != want_side:
-        flag(C.LATERALITY_SIDE,
-             f"breast touches the {_side_name(f.side)} edge but laterality {laterality} expects "
-             f"{_side_name(want_side)} (mirrored or inverted image)")
+        flag(
+            C.LATERALITY_SIDE,
+            f"breast touches the {_side_name(f.side)} edge but laterality {laterality} expects "
+            f"{_side_name(want_side)} (mirrored or inverted image)",
+        )
 
 
 def _format_checks(f: ImageFeatures, method: str, spec: ReleaseSpec | None, flag: FlagFn) -> None:
@@ -72,20 +85,28 @@ def _box_checks(f: ImageFeatures, boxes: list[list[float]], method: str, s: Sani
     for j, box in enumerate(boxes):
         x0, y0, x1, y1 = box
         if x1 <= x0 or y1 <= y0 or x0 < -tol or y0 < -tol or x1 > f.width + tol or y1 > f.height + tol:
-            flag(C.BBOX_OUTSIDE_IMAGE, f"box {j} {[round(v, 1) for v in box]} not inside the {f.width}x{f.height} image")
+            flag(
+                C.BBOX_OUTSIDE_IMAGE, f"box {j} {[round(v, 1) for v in box]} not inside the {f.width}x{f.height} image"
+            )
         elif f.box_inside[j] < s.bbox_min_inside_mask:
-            flag(C.BBOX_OUTSIDE_BREAST,
-                 f"box {j}: only {f.box_inside[j]:.0%} inside the breast mask (< {s.bbox_min_inside_mask:.0%})")
+            flag(
+                C.BBOX_OUTSIDE_BREAST,
+                f"box {j}: only {f.box_inside[j]:.0%} inside the breast mask (< {s.bbox_min_inside_mask:.0%})",
+            )
         if method == "inpainting" and f.box_tissue[j] is not None:
             low, high, pos = f.box_tissue[j]
             sl = s.lesion_mean_slack
             if low > s.lesion_max_outlier_share or high > s.lesion_max_outlier_share or not (-sl <= pos <= 1 + sl):
-                flag(C.LESION_REGION,
-                     f"box {j}: {low:.0%} of pixels below the breast's 1st percentile, {high:.0%} above its 99.9th, "
-                     f"mean at {pos:.2f} of that range: not breast tissue")
+                flag(
+                    C.LESION_REGION,
+                    f"box {j}: {low:.0%} of pixels below the breast's 1st percentile, {high:.0%} above its 99.9th, "
+                    f"mean at {pos:.2f} of that range: not breast tissue",
+                )
 
 
-def sanity_flags(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, spec: ReleaseSpec | None) -> list[Flag]:
+def sanity_flags(
+    rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, spec: ReleaseSpec | None
+) -> list[Flag]:
     """Every sanity finding, row by row (an unreadable image gets that finding only)."""
     s = th.sanity
     flags: list[Flag] = []
@@ -94,7 +115,7 @@ def sanity_flags(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds
     for k, image_id in enumerate(rows.ids):
         method = rows.method[k]
 
-        def flag(check: str, reason: str) -> None:
+        def flag(check: str, reason: str, image_id: str = image_id, method: str = method) -> None:
             flags.append(Flag(image_id=image_id, check=check, reason=reason, method=method))
 
         if k in an.errors:
@@ -103,8 +124,15 @@ def sanity_flags(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds
         f = an.feats[k]
         assert f is not None
         _pixel_checks(f, s, flag)
-        _breast_checks(f, rows.view[k], rows.laterality[k], ranges.get(rows.view[k], (0.0, 1.0)),
-                       sides.get(rows.laterality[k]), s, flag)
+        _breast_checks(
+            f,
+            rows.view[k],
+            rows.laterality[k],
+            ranges.get(rows.view[k], (0.0, 1.0)),
+            sides.get(rows.laterality[k]),
+            s,
+            flag,
+        )
         _format_checks(f, method, spec, flag)
         _box_checks(f, rows.bbox[k], method, s, flag)
     return flags

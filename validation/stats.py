@@ -56,7 +56,9 @@ def _labels(values: Any) -> np.ndarray:
     return np.array(["null" if v is None or v == "" else str(v) for v in values])
 
 
-def categorical(values: list[Any], ref_values: list[Any], limits: EffectLimits, boot: int, rng: np.random.Generator) -> dict[str, Any]:
+def categorical(
+    values: list[Any], ref_values: list[Any], limits: EffectLimits, boot: int, rng: np.random.Generator
+) -> dict[str, Any]:
     """Total variation distance of category shares, against the reference's own resampling noise."""
     ref = _labels(ref_values)
     # the reference's shares and codes from one np.unique (a reference has tens of thousands of rows)
@@ -69,7 +71,12 @@ def categorical(values: list[Any], ref_values: list[Any], limits: EffectLimits, 
         k = len(names)  # shares by bincount: no per-resample Counter
         share = lambda idx: np.bincount(codes[idx], minlength=k) / len(idx)  # noqa: E731
         m = len(ref)
-        floor = _floor([0.5 * float(np.abs(share(rng.integers(0, m, _cap(n))) - share(rng.integers(0, m, _cap(m)))).sum()) for _ in range(boot)])
+        floor = _floor(
+            [
+                0.5 * float(np.abs(share(rng.integers(0, m, _cap(n))) - share(rng.integers(0, m, _cap(m)))).sum())
+                for _ in range(boot)
+            ]
+        )
     excess = max(0.0, tv - floor)
     return {
         "effect": "total_variation",
@@ -87,15 +94,23 @@ def _w_over_std(x: np.ndarray, ref: np.ndarray, sd: float) -> float:
     return float(sst.wasserstein_distance(x, ref) / sd)
 
 
-def continuous(x: np.ndarray, ref: np.ndarray, limits: EffectLimits, boot: int, rng: np.random.Generator) -> dict[str, Any]:
+def continuous(
+    x: np.ndarray, ref: np.ndarray, limits: EffectLimits, boot: int, rng: np.random.Generator
+) -> dict[str, Any]:
     """Wasserstein distance in units of the reference's std (effect), KS statistic and p-value."""
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     if len(x) < 2 or len(ref) < 2:
-        return {"status": "pass", "note": f"too few values to compare (release {len(x)}, reference {len(ref)})", "n": len(x)}
+        return {
+            "status": "pass",
+            "note": f"too few values to compare (release {len(x)}, reference {len(ref)})",
+            "n": len(x),
+        }
     sd = float(ref.std()) or 1e-9
     eff = _w_over_std(x, ref, sd)
     ks = sst.ks_2samp(x, ref)
-    floor = _floor([_w_over_std(rng.choice(ref, _cap(len(x))), rng.choice(ref, _cap(len(ref))), sd) for _ in range(boot)])
+    floor = _floor(
+        [_w_over_std(rng.choice(ref, _cap(len(x))), rng.choice(ref, _cap(len(ref))), sd) for _ in range(boot)]
+    )
     excess = max(0.0, eff - floor)
     return {
         "effect": "wasserstein/std",
@@ -118,7 +133,9 @@ def _js(h: np.ndarray, ref: np.ndarray) -> float:
     return float(jensenshannon(h / h.sum(), ref / ref.sum(), base=2))
 
 
-def histograms(hists: np.ndarray, ref_hists: np.ndarray, limits: EffectLimits, boot: int, rng: np.random.Generator) -> dict[str, Any]:
+def histograms(
+    hists: np.ndarray, ref_hists: np.ndarray, limits: EffectLimits, boot: int, rng: np.random.Generator
+) -> dict[str, Any]:
     """Jensen-Shannon distance between pooled in-breast intensity histograms."""
     if len(hists) == 0 or len(ref_hists) == 0:
         return {"status": "pass", "note": "no images to compare", "n": len(hists)}
@@ -126,7 +143,12 @@ def histograms(hists: np.ndarray, ref_hists: np.ndarray, limits: EffectLimits, b
     js = _js(hists.sum(0), ref_total)
     n = len(hists)
     m = len(ref_hists)
-    floor = _floor([_js(ref_hists[rng.integers(0, m, _cap(n))].sum(0), ref_hists[rng.integers(0, m, _cap(m))].sum(0)) for _ in range(boot)])
+    floor = _floor(
+        [
+            _js(ref_hists[rng.integers(0, m, _cap(n))].sum(0), ref_hists[rng.integers(0, m, _cap(m))].sum(0))
+            for _ in range(boot)
+        ]
+    )
     excess = max(0.0, js - floor)
     return {
         "effect": "jensen_shannon",
@@ -143,7 +165,13 @@ def quantiles(x: np.ndarray | None) -> dict[str, float] | None:
     if x is None or len(x) == 0:
         return None
     qs = np.quantile(x.astype(np.float64), [0, 0.01, 0.05, 0.5])
-    return {"min": round(float(qs[0]), 4), "p1": round(float(qs[1]), 4), "p5": round(float(qs[2]), 4), "median": round(float(qs[3]), 4), "n": int(len(x))}
+    return {
+        "min": round(float(qs[0]), 4),
+        "p1": round(float(qs[1]), 4),
+        "p5": round(float(qs[2]), 4),
+        "median": round(float(qs[3]), 4),
+        "n": int(len(x)),
+    }
 
 
 def expected_counts(spec: ReleaseSpec | None) -> dict[tuple[str, int, str, str], int] | None:
@@ -161,7 +189,11 @@ def count_gate(
     """Rows per (method, BI-RADS, view, laterality) against the spec, exactly. A shortfall is
     explained only by generator skips with a recorded reason (warn); anything else fails."""
     if expected is None:
-        return {"status": "warn", "note": "no release spec: counts not checked", "observed_total": sum(observed.values())}
+        return {
+            "status": "warn",
+            "note": "no release spec: counts not checked",
+            "observed_total": sum(observed.values()),
+        }
     explained = Counter()
     reasons: dict[tuple, list[str]] = {}
     for s in skipped:
@@ -180,11 +212,19 @@ def count_gate(
         else:
             st = "fail"
         status = worst([status, st])
-        cells.append({
-            "method": cell[0], "birads": cell[1], "view": cell[2], "laterality": cell[3],
-            "expected": want, "observed": got, "skipped_with_reason": why,
-            "status": st, "skips": reasons.get(cell, [])[:20],
-        })
+        cells.append(
+            {
+                "method": cell[0],
+                "birads": cell[1],
+                "view": cell[2],
+                "laterality": cell[3],
+                "expected": want,
+                "observed": got,
+                "skipped_with_reason": why,
+                "status": st,
+                "skips": reasons.get(cell, [])[:20],
+            }
+        )
     return {
         "status": status,
         "expected_total": sum(expected.values()),
@@ -205,7 +245,9 @@ def parse_task_id(image_id: str) -> tuple[str, int, str, str] | None:
         return None
 
 
-def diversity_pairs(groups: dict[str, list[tuple[str, str | None]]], max_pairs: int, rng: np.random.Generator) -> dict[str, list[tuple[str, str]]]:
+def diversity_pairs(
+    groups: dict[str, list[tuple[str, str | None]]], max_pairs: int, rng: np.random.Generator
+) -> dict[str, list[tuple[str, str]]]:
     """Image pairs per prompt group (members are (image id, source image)), at most ``max_pairs``
     sampled; pairs sharing a background are skipped: they are meant to look alike."""
     out = {}

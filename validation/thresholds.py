@@ -47,12 +47,16 @@ class SanityThresholds(StrictModel):
         0.5, ge=0, le=1, description="fraction of pixels at the maximum value above which the image is saturated"
     )
     max_background_ratio: float = Field(
-        0.4, ge=0, le=1,
+        0.4,
+        ge=0,
+        le=1,
         description="median background / median breast intensity (square-root units) above which the image has "
         "no breast silhouette on dark air (references: <= 0.2; noise textures: >= 0.6)",
     )
     lesion_max_outlier_share: float = Field(
-        0.25, ge=0, le=1,
+        0.25,
+        ge=0,
+        le=1,
         description="inpainting rows: share of box pixels below the breast's 1st or above its 99.9th intensity "
         "percentile (black holes, saturated noise) allowed in each box",
     )
@@ -67,18 +71,14 @@ class DedupThresholds(StrictModel):
     phash_radius: int | None = Field(
         None, ge=0, le=256, description="Hamming radius of the 256-bit pHash; None = calibrated from the reference"
     )
-    phash_radius_default: int = Field(
-        24, ge=0, le=256, description="upper bound on the calibrated radius"
-    )
+    phash_radius_default: int = Field(24, ge=0, le=256, description="upper bound on the calibrated radius")
     nn_distance: float | None = Field(
         None, ge=0, description="embedding L2 distance below which two images match; None = calibrated"
     )
     calibration_quantile: float = Field(
         0.01, gt=0, lt=1, description="quantile of real other-patient nearest-neighbour distances"
     )
-    calibration_factor: float = Field(
-        0.5, gt=0, le=1, description="match when closer than factor x that quantile"
-    )
+    calibration_factor: float = Field(0.5, gt=0, le=1, description="match when closer than factor x that quantile")
     nn_distance_max: float = Field(0.35, gt=0, description="ceiling on the calibrated embedding distance")
     embed_size: int = Field(32, ge=8, le=256, description="side of the normalized breast crop embedding")
     background_max_mad: float = Field(

@@ -80,7 +80,10 @@ def _clear_edge_bands(bw: np.ndarray) -> np.ndarray:
     """Clear full-width bright rows (and full-height columns) at the edges: scanned-film borders."""
     bw = bw.copy()
     h, w = bw.shape
-    for axis, frac, depth in ((1, _ROW_BAND_FRACTION, int(h * _MAX_BAND_DEPTH)), (0, _COL_BAND_FRACTION, int(w * _MAX_BAND_DEPTH))):
+    for axis, frac, depth in (
+        (1, _ROW_BAND_FRACTION, int(h * _MAX_BAND_DEPTH)),
+        (0, _COL_BAND_FRACTION, int(w * _MAX_BAND_DEPTH)),
+    ):
         n = bw.shape[1 - axis]
         for edge in (0, -1):
             for k in range(depth):
@@ -139,7 +142,9 @@ def _to_full(mask_small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # --- public recipes -------------------------------------------------------------------------------
 
 
-def breast_mask(image: np.ndarray, *, work_size: int = WORK_SIZE, otsu_hist: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def breast_mask(
+    image: np.ndarray, *, work_size: int = WORK_SIZE, otsu_hist: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """Basic Otsu mask (bright = tissue): largest component with holes filled, labels excluded.
 
     Deliberately does not correct inverted (MONOCHROME1) pixels: on such an image the mask lands
@@ -183,7 +188,9 @@ def poisson_mask(image: np.ndarray, *, work_size: int = WORK_SIZE, closing_frac:
     return _to_full(poisson_mask_work(image, work_size=work_size, closing_frac=closing_frac)[0], image.shape)
 
 
-def poisson_mask_work(image: np.ndarray, *, work_size: int = WORK_SIZE, closing_frac: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+def poisson_mask_work(
+    image: np.ndarray, *, work_size: int = WORK_SIZE, closing_frac: float = 0.02
+) -> tuple[np.ndarray, np.ndarray]:
     """``poisson_mask`` before the upsampling: (mask, float32 image), both on the work copy (long
     side ``work_size``), for callers that analyse the image at that scale anyway."""
     small = _working(image, work_size)

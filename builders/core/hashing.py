@@ -92,4 +92,12 @@ def dataset_content_hash(ds: Any, memo_file: Path | None = None) -> str:
     return total.hexdigest()
 
 
-__all__ = ["sha256_file", "sha256_bytes", "sha256_json", "hash_tree", "tree_hash", "content_hash", "dataset_content_hash"]
+__all__ = [
+    "sha256_file",
+    "sha256_bytes",
+    "sha256_json",
+    "hash_tree",
+    "tree_hash",
+    "content_hash",
+    "dataset_content_hash",
+]

@@ -62,8 +62,11 @@ def decode_grey(image: dict[str, Any] | bytes | np.ndarray) -> np.ndarray:
 
 def image_size(image: dict[str, Any] | bytes) -> tuple[int, int]:
     """(width, height) from the header, without decoding the pixels."""
-    src = io.BytesIO(image["bytes"]) if isinstance(image, dict) and image.get("bytes") else (
-        image["path"] if isinstance(image, dict) else io.BytesIO(image))
+    src = (
+        io.BytesIO(image["bytes"])
+        if isinstance(image, dict) and image.get("bytes")
+        else (image["path"] if isinstance(image, dict) else io.BytesIO(image))
+    )
     with Image.open(src) as im:
         return im.size
 
@@ -117,5 +120,16 @@ def encode_png(image: np.ndarray | Image.Image) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["UnreadableImage", "decode", "decode_grey", "image_size", "grey_channel", "rgb_to_grey",
-           "as_bit_depth", "dtype_max", "encode_png", "image_bytes", "LUMA"]
+__all__ = [
+    "UnreadableImage",
+    "decode",
+    "decode_grey",
+    "image_size",
+    "grey_channel",
+    "rgb_to_grey",
+    "as_bit_depth",
+    "dtype_max",
+    "encode_png",
+    "image_bytes",
+    "LUMA",
+]

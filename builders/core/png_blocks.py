@@ -157,7 +157,9 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 def _check_patch(patch: np.ndarray, y: int, x: int, shape: tuple[int, int], dtype) -> None:
     ph, pw = patch.shape
     if patch.dtype != dtype or y < 0 or x < 0 or y + ph > shape[0] or x + pw > shape[1]:
-        raise ValueError(f"patch {patch.dtype} {patch.shape} at ({y}, {x}) does not fit the {np.dtype(dtype)} image {shape}")
+        raise ValueError(
+            f"patch {patch.dtype} {patch.shape} at ({y}, {x}) does not fit the {np.dtype(dtype)} image {shape}"
+        )
 
 
 def _patched(rows: np.ndarray, s: int, patch: np.ndarray, y: int, x: int) -> np.ndarray:
@@ -191,12 +193,20 @@ class BlockPNG:
     def encode(self, patch: np.ndarray | None = None, y: int = 0, x: int = 0) -> bytes:
         if self._chunks is None:
             blocks = _map(lambda s: self._block(self.base[s : s + BLOCK_ROWS]), self._starts)
-            self._chunks, self._adlers, self._lens = [b[0] for b in blocks], [b[1] for b in blocks], [b[2] for b in blocks]
+            self._chunks, self._adlers, self._lens = (
+                [b[0] for b in blocks],
+                [b[1] for b in blocks],
+                [b[2] for b in blocks],
+            )
         chunks, adlers = list(self._chunks), list(self._adlers)
         if patch is not None and patch.size:
             _check_patch(patch, y, x, self.base.shape, self.base.dtype)
             ks = list(range(y // BLOCK_ROWS, (y + patch.shape[0] - 1) // BLOCK_ROWS + 1))
-            redo = lambda k: self._block(_patched(self.base[self._starts[k] : self._starts[k] + BLOCK_ROWS], self._starts[k], patch, y, x))  # noqa: E731
+
+            def redo(k: int):
+                rows = self.base[self._starts[k] : self._starts[k] + BLOCK_ROWS]
+                return self._block(_patched(rows, self._starts[k], patch, y, x))
+
             for k, (c, a, _) in zip(ks, _map(redo, ks)):
                 chunks[k], adlers[k] = c, a
         adler = 1
@@ -214,7 +224,9 @@ class BlockFile:
     """A PNG in the block layout: decode row ranges and write patched copies, block by block.
     Decoded blocks are kept, so a later ``encode`` re-reads nothing."""
 
-    def __init__(self, data: bytes, shape: tuple[int, int], dtype, head_end: int, spans: list[tuple[int, int]], adler: int) -> None:
+    def __init__(
+        self, data: bytes, shape: tuple[int, int], dtype, head_end: int, spans: list[tuple[int, int]], adler: int
+    ) -> None:
         self.data = memoryview(data)
         self.shape = shape
         self.dtype = np.dtype(dtype)
@@ -234,7 +246,10 @@ class BlockFile:
         while pos + 12 <= n:
             length, kind = struct.unpack(">I4s", data[pos : pos + 8])
             end = pos + 12 + length
-            if end > n or zlib.crc32(data[pos + 8 : end - 4], zlib.crc32(kind)) != struct.unpack(">I", data[end - 4 : end])[0]:
+            if (
+                end > n
+                or zlib.crc32(data[pos + 8 : end - 4], zlib.crc32(kind)) != struct.unpack(">I", data[end - 4 : end])[0]
+            ):
                 return None
             chunks.append((kind, pos, end))
             pos = end
@@ -242,7 +257,9 @@ class BlockFile:
                 break
         if pos != n or len(chunks) < 5 or [c[0] for c in chunks[:2]] != [b"IHDR", b"IDAT"] or chunks[-1][0] != b"IEND":
             return None
-        w, h, depth, colour, comp, filt, interlace = struct.unpack(">IIBBBBB", data[chunks[0][1] + 8 : chunks[0][2] - 4])
+        w, h, depth, colour, comp, filt, interlace = struct.unpack(
+            ">IIBBBBB", data[chunks[0][1] + 8 : chunks[0][2] - 4]
+        )
         if depth not in (8, 16) or (colour, comp, filt, interlace) != (0, 0, 0, 0) or w == 0 or h == 0:
             return None
         zhead = data[chunks[1][1] + 8 : chunks[1][2] - 4]
@@ -250,10 +267,18 @@ class BlockFile:
             return None
         blocks, tail = chunks[2:-2], chunks[-2]
         trailer = data[tail[1] + 8 : tail[2] - 4]
-        if len(blocks) != -(-h // BLOCK_ROWS) or any(c[0] != b"IDAT" for c in blocks) or tail[0] != b"IDAT" or len(trailer) != 6 or trailer[:2] != _FINAL:
+        if (
+            len(blocks) != -(-h // BLOCK_ROWS)
+            or any(c[0] != b"IDAT" for c in blocks)
+            or tail[0] != b"IDAT"
+            or len(trailer) != 6
+            or trailer[:2] != _FINAL
+        ):
             return None
         dtype = np.uint16 if depth == 16 else np.uint8
-        return cls(data, (h, w), dtype, chunks[1][2], [(c[1], c[2]) for c in blocks], struct.unpack(">I", trailer[2:])[0])
+        return cls(
+            data, (h, w), dtype, chunks[1][2], [(c[1], c[2]) for c in blocks], struct.unpack(">I", trailer[2:])[0]
+        )
 
     def _block_rows(self, k: int) -> np.ndarray | None:
         if k in self._rows:

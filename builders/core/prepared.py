@@ -61,21 +61,24 @@ def open_prepared(path: str | Path, *, field: str | None = None) -> datasets.Dat
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as exc:
-        raise InputError(f"not a prepared training set saved with save_to_disk ({exc})".splitlines()[0],
-                         file=path, field=field) from None
+        raise InputError(
+            f"not a prepared training set saved with save_to_disk ({exc})".splitlines()[0], file=path, field=field
+        ) from None
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
         if isinstance(exc, OSError) and environment_error(exc) is not None:
             raise  # permission and the like: the exit-code mapping says so in one line
         bad = unreadable_arrow_file(path)
         what = "truncated or unreadable arrow file" if bad is not None else "not a prepared training set"
-        raise InputError(f"{what} ({type(exc).__name__}: {exc})".splitlines()[0], file=bad or path,
-                         field=field) from None
+        raise InputError(
+            f"{what} ({type(exc).__name__}: {exc})".splitlines()[0], file=bad or path, field=field
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         ds = datasets.concatenate_datasets(list(ds.values()))
     missing = [c for c in PREPARED_COLUMNS if c not in ds.column_names]
     if missing:
-        raise InputError(f"not a prepared training set: missing column(s) {missing}", file=path,
-                         field=field or missing[0])
+        raise InputError(
+            f"not a prepared training set: missing column(s) {missing}", file=path, field=field or missing[0]
+        )
     return ds
 
 
@@ -222,13 +225,19 @@ def row_source(row: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     record = row.get("image_id")
     if name:
         if name not in names:
-            raise InputError(f"source {name!r} is not listed in {INGEST_INFO} (lists {sorted(names)})",
-                             record=record, field=SOURCE_COLUMN)
+            raise InputError(
+                f"source {name!r} is not listed in {INGEST_INFO} (lists {sorted(names)})",
+                record=record,
+                field=SOURCE_COLUMN,
+            )
         return str(name)
     if len(names) == 1:
         return next(iter(names))
-    raise InputError(f"row names no source and {INGEST_INFO} lists {len(names)} ({sorted(names)})",
-                     record=record, field=SOURCE_COLUMN)
+    raise InputError(
+        f"row names no source and {INGEST_INFO} lists {len(names)} ({sorted(names)})",
+        record=record,
+        field=SOURCE_COLUMN,
+    )
 
 
 def prepared_bit_depth(ds: datasets.Dataset, info: Mapping[str, Any], *, path: str | Path) -> int | None:
@@ -237,8 +246,9 @@ def prepared_bit_depth(ds: datasets.Dataset, info: Mapping[str, Any], *, path: s
     declared = (info.get("options") or {}).get("bit_depth")
     if declared is not None:
         if declared not in (8, 16):
-            raise InputError(f"bit depth {declared!r} is not 8 or 16", file=Path(path) / INGEST_INFO,
-                             field="options.bit_depth")
+            raise InputError(
+                f"bit depth {declared!r} is not 8 or 16", file=Path(path) / INGEST_INFO, field="options.bit_depth"
+            )
         return int(declared)
     if len(ds) == 0:
         return None
@@ -253,6 +263,7 @@ def prepared_bit_depth(ds: datasets.Dataset, info: Mapping[str, Any], *, path: s
 
 
 # --- integrity -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PreparedReport:
@@ -283,26 +294,35 @@ def _png_header(head: bytes) -> tuple[int, int, int, int] | None:
     return w, h, depth, colour
 
 
-def _check_counts(path: Path, info: dict[str, Any], n: int, birads: np.ndarray, flipped: np.ndarray,
-                  skipped: int) -> None:
+def _check_counts(
+    path: Path, info: dict[str, Any], n: int, birads: np.ndarray, flipped: np.ndarray, skipped: int
+) -> None:
     file = path / INGEST_INFO
     counts = info.get("counts")
     if not isinstance(counts, dict):
         raise InputError("no counts", file=file, field="counts")
     if counts.get("images") != n:
-        raise InputError(f"counts {counts.get('images')!r} images, the set has {n} rows", file=file,
-                         field="counts.images")
+        raise InputError(
+            f"counts {counts.get('images')!r} images, the set has {n} rows", file=file, field="counts.images"
+        )
     if "birads" in counts:
         have = {str(b): int(c) for b, c in zip(*np.unique(birads, return_counts=True))}
         if counts["birads"] != have:
-            raise InputError(f"BI-RADS counts {counts['birads']} differ from the rows' {have}", file=file,
-                             field="counts.birads")
+            raise InputError(
+                f"BI-RADS counts {counts['birads']} differ from the rows' {have}", file=file, field="counts.birads"
+            )
     if "flipped" in counts and counts["flipped"] != int(flipped.sum()):
-        raise InputError(f"counts {counts['flipped']!r} flipped images, the rows {int(flipped.sum())}",
-                         file=file, field="counts.flipped")
+        raise InputError(
+            f"counts {counts['flipped']!r} flipped images, the rows {int(flipped.sum())}",
+            file=file,
+            field="counts.flipped",
+        )
     if "skipped" in counts and counts["skipped"] != skipped:
-        raise InputError(f"counts {counts['skipped']!r} skipped records, {SKIPPED_CSV} lists {skipped}",
-                         file=file, field="counts.skipped")
+        raise InputError(
+            f"counts {counts['skipped']!r} skipped records, {SKIPPED_CSV} lists {skipped}",
+            file=file,
+            field="counts.skipped",
+        )
 
 
 def verify_prepared(path: str | Path, *, decode: int | None = VERIFY_DECODE) -> PreparedReport:
@@ -325,21 +345,25 @@ def verify_prepared(path: str | Path, *, decode: int | None = VERIFY_DECODE) -> 
     n = table.num_rows
     ids = table.column("image_id").to_pylist()
     skipped = len(read_skipped(path))
-    _check_counts(path, info, n, np.asarray(table.column("birads")), np.asarray(table.column("flipped")),
-                  skipped)
+    _check_counts(path, info, n, np.asarray(table.column("birads")), np.asarray(table.column("flipped")), skipped)
     terms = source_licences(info, file=path / INGEST_INFO)
     if SOURCE_COLUMN in ds.column_names:
         for row, name in enumerate(ds.select_columns([SOURCE_COLUMN]).with_format("arrow")[:].column(0).to_pylist()):
             if name not in terms:
-                raise InputError(f"source {name!r} is not listed in {INGEST_INFO} (lists {sorted(terms)})",
-                                 file=path, record=ids[row], field=SOURCE_COLUMN)
+                raise InputError(
+                    f"source {name!r} is not listed in {INGEST_INFO} (lists {sorted(terms)})",
+                    file=path,
+                    record=ids[row],
+                    field=SOURCE_COLUMN,
+                )
     seen: dict[str, int] = {}
     for row, image_id in enumerate(ids):
         if not image_id:
             raise InputError("empty image id", file=path, record=row, field="image_id")
         if image_id in seen:
-            raise InputError(f"image id occurs twice (rows {seen[image_id]} and {row})", file=path,
-                             record=image_id, field="image_id")
+            raise InputError(
+                f"image id occurs twice (rows {seen[image_id]} and {row})", file=path, record=image_id, field="image_id"
+            )
         seen[image_id] = row
     declared = (info.get("options") or {}).get("bit_depth")
     allowed = (declared,) if declared is not None else (8, 16)
@@ -350,8 +374,9 @@ def verify_prepared(path: str | Path, *, decode: int | None = VERIFY_DECODE) -> 
         image_id = ids[row]
         if data is None:
             if not image_path or not Path(image_path).is_file():
-                raise InputError("image has neither bytes nor a readable file", file=path, record=image_id,
-                                 field="image")
+                raise InputError(
+                    "image has neither bytes nor a readable file", file=path, record=image_id, field="image"
+                )
             data = Path(image_path).read_bytes()
         header = _png_header(memoryview(data)[:26].tobytes())
         if header is None:
@@ -359,8 +384,12 @@ def verify_prepared(path: str | Path, *, decode: int | None = VERIFY_DECODE) -> 
         w, h, depth, colour = header
         if colour != _PNG_GREY or depth not in allowed:
             want = f"{declared}-bit" if declared is not None else "8- or 16-bit"
-            raise InputError(f"image is a {depth}-bit PNG of colour type {colour}, not {want} grey", file=path,
-                             record=image_id, field="image")
+            raise InputError(
+                f"image is a {depth}-bit PNG of colour type {colour}, not {want} grey",
+                file=path,
+                record=image_id,
+                field="image",
+            )
         if row in full:
             try:
                 arr = decode_image(bytes(data))
@@ -368,8 +397,12 @@ def verify_prepared(path: str | Path, *, decode: int | None = VERIFY_DECODE) -> 
                 raise InputError(str(exc), file=path, record=image_id, field="image") from None
             dtype = np.uint8 if depth == 8 else np.uint16
             if arr.shape != (h, w) or arr.dtype != dtype:
-                raise InputError(f"image decodes to {arr.dtype} {arr.shape}, its header says {depth}-bit "
-                                 f"({h}, {w})", file=path, record=image_id, field="image")
+                raise InputError(
+                    f"image decodes to {arr.dtype} {arr.shape}, its header says {depth}-bit ({h}, {w})",
+                    file=path,
+                    record=image_id,
+                    field="image",
+                )
         sizes.append((w, h))
         depths[depth] += 1
     boxes = 0
@@ -378,18 +411,40 @@ def verify_prepared(path: str | Path, *, decode: int | None = VERIFY_DECODE) -> 
         for f in findings or ():
             box = f.get("bbox")
             if box is None or len(box) != 4 or not np.all(np.isfinite(box)):
-                raise InputError(f"box {box} is not four finite numbers", file=path, record=ids[row],
-                                 field="findings.bbox")
+                raise InputError(
+                    f"box {box} is not four finite numbers", file=path, record=ids[row], field="findings.bbox"
+                )
             x0, y0, x1, y1 = box
             if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
-                raise InputError(f"box {[x0, y0, x1, y1]} does not lie inside the {w}x{h} image", file=path,
-                                 record=ids[row], field="findings.bbox")
+                raise InputError(
+                    f"box {[x0, y0, x1, y1]} does not lie inside the {w}x{h} image",
+                    file=path,
+                    record=ids[row],
+                    field="findings.bbox",
+                )
             boxes += 1
-    return PreparedReport(path=path, images=n, skipped=skipped, boxes=boxes, bit_depths=tuple(sorted(depths)),
-                          decoded=len(full))
+    return PreparedReport(
+        path=path, images=n, skipped=skipped, boxes=boxes, bit_depths=tuple(sorted(depths)), decoded=len(full)
+    )
 
 
-__all__ = ["open_prepared", "unreadable_arrow_file", "verify_prepared", "PreparedReport", "read_ingest_info",
-           "ingest_fingerprint", "write_skipped", "read_skipped", "SourceLicence", "source_licences", "licences",
-           "row_source", "prepared_bit_depth", "UNKNOWN_LICENCE", "FORMAT_VERSION", "INGEST_INFO", "SKIPPED_CSV",
-           "SKIPPED_COLUMNS"]
+__all__ = [
+    "open_prepared",
+    "unreadable_arrow_file",
+    "verify_prepared",
+    "PreparedReport",
+    "read_ingest_info",
+    "ingest_fingerprint",
+    "write_skipped",
+    "read_skipped",
+    "SourceLicence",
+    "source_licences",
+    "licences",
+    "row_source",
+    "prepared_bit_depth",
+    "UNKNOWN_LICENCE",
+    "FORMAT_VERSION",
+    "INGEST_INFO",
+    "SKIPPED_CSV",
+    "SKIPPED_COLUMNS",
+]

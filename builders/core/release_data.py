@@ -10,8 +10,6 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import datasets
 import pyarrow as pa
@@ -20,8 +18,8 @@ import pyarrow.parquet as pq
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.schema import BIRADS_NAMES, DENSITIES, LATERALITIES, METHODS, VIEWS, release_features
-from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.builders.core.shard_writer import ShardWriter
+from mammosynth.builders.core.spec import ReleaseSpec
 
 
 @dataclass
@@ -100,8 +98,9 @@ def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> Re
         # pyarrow directly: the shards already hold the release schema, no datasets cache needed
         table = pa.concat_tables([pq.read_table(f) for f in writer.shard_files()])
         if table.schema.names != list(features):
-            raise InputError(f"generated shards do not have the release columns: {table.schema.names}",
-                             file=writer.out_dir)
+            raise InputError(
+                f"generated shards do not have the release columns: {table.schema.names}", file=writer.out_dir
+            )
         if drop_ids:
             ids = table.column("image_id")
             drop_mask = pc.is_in(ids, value_set=pa.array(sorted(drop_ids), pa.string()))

@@ -64,6 +64,7 @@ def parse_density(value: object) -> str | None:
 
 # --- published features (design.md §3) ----------------------------------------------------------
 
+
 def release_features() -> datasets.Features:
     """Features of a published release, one row per synthetic image."""
     return datasets.Features(
@@ -137,8 +138,7 @@ PREPARED_COLUMNS: tuple[str, ...] = tuple(prepared_features().keys())
 # --- prompt templates (shared by training and generation) ---------------------------------------
 
 TEXT2IMAGE_TEMPLATE = (
-    "A {laterality_word} {view_word} ({view}) mammogram, breast density {density}, BI-RADS {birads}"
-    "{vendor_clause}."
+    "A {laterality_word} {view_word} ({view}) mammogram, breast density {density}, BI-RADS {birads}{vendor_clause}."
 )
 INPAINTING_TEMPLATE = "A mammogram with BI-RADS {birads} lesion."
 

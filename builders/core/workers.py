@@ -90,8 +90,9 @@ def worker_pool(
         threads = cv2.getNumThreads()
         cv2.setNumThreads(opencv_threads)  # inherited by the forked workers
     try:
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                                   initargs=(os.getpid(), in_worker, initializer, initargs))
+        pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init, initargs=(os.getpid(), in_worker, initializer, initargs)
+        )
         futures = [pool.submit(_ready) for _ in range(workers)]
         if wait_ready or method == "fork":
             for f in futures:

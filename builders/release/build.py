@@ -55,8 +55,11 @@ def _stamp(spec: ReleaseSpec, stage: str, key: str, output: Path) -> None:
 
 
 def _files_key(folder: Path, pattern: str = "**/*") -> list[tuple[str, int, int]]:
-    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in folder.glob(pattern) if p.is_file())
+    return sorted(
+        (p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.glob(pattern)
+        if p.is_file()
+    )
 
 
 def preflight(spec: ReleaseSpec, *, push: bool, repo: str | None, token: str | None) -> None:
@@ -69,7 +72,9 @@ def preflight(spec: ReleaseSpec, *, push: bool, repo: str | None, token: str | N
     if push:
         repo_id = repo or spec.hub.repo_id
         if not repo_id or not REPO_ID.match(repo_id):
-            raise InputError(f"malformed or missing repo id {repo_id!r}; set hub.repo_id (ORG/NAME)", field="hub.repo_id")
+            raise InputError(
+                f"malformed or missing repo id {repo_id!r}; set hub.repo_id (ORG/NAME)", field="hub.repo_id"
+            )
         from mammosynth.builders.release.publish import resolve_token
 
         if not resolve_token(token):
@@ -118,17 +123,38 @@ def build(
     if not isinstance(spec, ReleaseSpec):
         spec = load_spec(spec)
     if force and not (reason and reason.strip()):
-        raise InputError("--force needs --reason \"...\" (it is recorded in the card)", field="--reason")
+        raise InputError('--force needs --reason "..." (it is recorded in the card)', field="--reason")
     preflight(spec, push=push, repo=repo, token=token)
     with folder_lock(spec.layout.root, "build"):
-        return _run_stages(spec, push=push, drop_failed=drop_failed, force=force, reason=reason, repo=repo,
-                           token=token, generate_fn=generate_fn, validate_fn=validate_fn, progress=progress,
-                           echo=echo)
+        return _run_stages(
+            spec,
+            push=push,
+            drop_failed=drop_failed,
+            force=force,
+            reason=reason,
+            repo=repo,
+            token=token,
+            generate_fn=generate_fn,
+            validate_fn=validate_fn,
+            progress=progress,
+            echo=echo,
+        )
 
 
-def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool, reason: str | None,
-                repo: str | None, token: str | None, generate_fn: GenerateFn | None,
-                validate_fn: ValidateFn | None, progress: bool, echo: Callable[[str], None]) -> BuildResult:
+def _run_stages(
+    spec: ReleaseSpec,
+    *,
+    push: bool,
+    drop_failed: bool,
+    force: bool,
+    reason: str | None,
+    repo: str | None,
+    token: str | None,
+    generate_fn: GenerateFn | None,
+    validate_fn: ValidateFn | None,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> BuildResult:
     from mammosynth.dataset_cards.card import Override, previous_release_info
     from mammosynth.dataset_cards.write import write_card
     from mammosynth.validation.report import ValidationReport
@@ -162,8 +188,10 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
     overrides: list[Override] = []
     if not report.passed:
         if not (drop_failed or force):
-            raise GateFailed(f"validation failed (see {report_dir / 'report.md'}); use --drop-failed to package "
-                             "only the rows that passed, or --force --reason")
+            raise GateFailed(
+                f"validation failed (see {report_dir / 'report.md'}); use --drop-failed to package "
+                "only the rows that passed, or --force --reason"
+            )
         if force:
             overrides.append(Override("validation", reason or ""))
 
@@ -175,7 +203,9 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
         echo(f"dropping {result.dropped} row(s) that failed validation")
     card_dir = layout.card
     previous = previous_release_info(spec.previous_release) if spec.previous_release else None
-    card_key = sha256_json(gen_key, data.fingerprint(), report.model_dump(mode="json"), [o.__dict__ for o in overrides], previous)
+    card_key = sha256_json(
+        gen_key, data.fingerprint(), report.model_dump(mode="json"), [o.__dict__ for o in overrides], previous
+    )
     if _up_to_date(spec, "card", card_key, card_dir / CARD_FILE):
         result.skipped.append("card")
     else:
@@ -199,8 +229,9 @@ def _run_stages(spec: ReleaseSpec, *, push: bool, drop_failed: bool, force: bool
     if push:
         from mammosynth.builders.release.publish import publish
 
-        result.published = publish(result.release, repo or spec.hub.repo_id or "", force=force, reason=reason,
-                                   token=token, echo=echo)
+        result.published = publish(
+            result.release, repo or spec.hub.repo_id or "", force=force, reason=reason, token=token, echo=echo
+        )
         result.ran.append("publish")
     return result
 

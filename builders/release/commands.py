@@ -11,17 +11,28 @@ import click
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--push", is_flag=True, help="Publish to spec.hub.repo_id after packaging.")
 @click.option("--repo", default=None, help="ORG/NAME overriding spec.hub.repo_id for --push.")
-@click.option("--drop-failed", is_flag=True, help="Package only rows that passed validation (the card says how many went).")
+@click.option(
+    "--drop-failed", is_flag=True, help="Package only rows that passed validation (the card says how many went)."
+)
 @click.option("--force", is_flag=True, help="Package/publish despite a failed validation (needs --reason).")
 @click.option("--reason", default=None, help="Why the override is justified; recorded in the card.")
 @click.option("--no-progress", is_flag=True)
-def build(spec: Path, push: bool, repo: str | None, drop_failed: bool, force: bool, reason: str | None,
-          no_progress: bool) -> None:
+def build(
+    spec: Path, push: bool, repo: str | None, drop_failed: bool, force: bool, reason: str | None, no_progress: bool
+) -> None:
     """generate -> validate -> card -> package (-> publish); rerun to resume."""
     from mammosynth.builders.release.build import build as run_build
 
-    run_build(spec, push=push, repo=repo, drop_failed=drop_failed, force=force, reason=reason,
-              progress=not no_progress, echo=click.echo)
+    run_build(
+        spec,
+        push=push,
+        repo=repo,
+        drop_failed=drop_failed,
+        force=force,
+        reason=reason,
+        progress=not no_progress,
+        echo=click.echo,
+    )
 
 
 @click.command("publish")
@@ -31,13 +42,33 @@ def build(spec: Path, push: bool, repo: str | None, drop_failed: bool, force: bo
 @click.option("--private/--public", "private", default=None, help="Visibility (default: the spec's hub.visibility).")
 @click.option("--dry-run", is_flag=True, help="Print the planned operations and stop.")
 @click.option("--force", is_flag=True, help="Publish despite a missing or failed validation report (needs --reason).")
-@click.option("--allow-restricted-source", is_flag=True,
-              help="Publish source pixels publicly although the source licence forbids it (needs --reason).")
+@click.option(
+    "--allow-restricted-source",
+    is_flag=True,
+    help="Publish source pixels publicly although the source licence forbids it (needs --reason).",
+)
 @click.option("--reason", default=None, help="Why the override is justified; recorded in the card.")
-def publish(release: Path, repo: str, tag: str | None, private: bool | None, dry_run: bool, force: bool,
-            allow_restricted_source: bool, reason: str | None) -> None:
+def publish(
+    release: Path,
+    repo: str,
+    tag: str | None,
+    private: bool | None,
+    dry_run: bool,
+    force: bool,
+    allow_restricted_source: bool,
+    reason: str | None,
+) -> None:
     """Upload RELEASE (a `mammosynth build` folder) to the Hub and tag it."""
     from mammosynth.builders.release.publish import publish as run_publish
 
-    run_publish(release, repo, tag=tag, private=private, dry_run=dry_run, force=force, reason=reason,
-                allow_restricted=allow_restricted_source, echo=click.echo)
+    run_publish(
+        release,
+        repo,
+        tag=tag,
+        private=private,
+        dry_run=dry_run,
+        force=force,
+        reason=reason,
+        allow_restricted=allow_restricted_source,
+        echo=click.echo,
+    )

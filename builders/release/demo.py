@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import click
-import yaml
 
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import InputError
@@ -104,9 +103,16 @@ def _train(out: Path, prepared: Path, sizes: DemoSizes, echo: Callable[[str], No
     if not (sd2 / "model_index.json").is_file():
         write_tiny_sd2_inpainting(sd2)
     common = dict(
-        prepared=prepared, resolution=sizes.train_resolution, max_train_steps=sizes.train_steps,
-        train_batch_size=2, gradient_accumulation_steps=1, lr_warmup_steps=0, mixed_precision="no",
-        gradient_checkpointing=False, checkpointing_steps=sizes.train_steps, validation_seeds=[0],
+        prepared=prepared,
+        resolution=sizes.train_resolution,
+        max_train_steps=sizes.train_steps,
+        train_batch_size=2,
+        gradient_accumulation_steps=1,
+        lr_warmup_steps=0,
+        mixed_precision="no",
+        gradient_checkpointing=False,
+        checkpointing_steps=sizes.train_steps,
+        validation_seeds=[0],
         validation_inference_steps=2,
     )
     lora_dir = ckpt / "sd35-lora"
@@ -162,11 +168,12 @@ def sample_grid(generated: Path, failed: set[str], target: Path, per_method: int
     return target
 
 
-def run_demo(out: str | Path = "demo-out", sizes: DemoSizes | None = None,
-             echo: Callable[[str], None] = click.echo) -> DemoResult:
+def run_demo(
+    out: str | Path = "demo-out", sizes: DemoSizes | None = None, echo: Callable[[str], None] = click.echo
+) -> DemoResult:
     """Run the demo into ``out`` and return what it produced (the CLI prints the summary)."""
-    from mammosynth.builders.release.build import build
     from mammosynth.builders.core.spec import load_spec
+    from mammosynth.builders.release.build import build
     from mammosynth.validation.report import ValidationReport
 
     sizes = sizes or DemoSizes()
@@ -234,8 +241,10 @@ def format_summary(r: DemoResult) -> str:
     lines.append("  method       generated  rejected  packaged")
     for method, n in r.generated.items():
         lines.append(f"  {method:<12} {n:>9}  {r.failed_by_method[method]:>8}  {r.packaged.get(method, 0):>8}")
-    lines.append(f"  {'all':<12} {sum(r.generated.values()):>9}  {sum(r.failed_by_method.values()):>8}  "
-                 f"{r.packaged.get('all', 0):>8}")
+    lines.append(
+        f"  {'all':<12} {sum(r.generated.values()):>9}  {sum(r.failed_by_method.values()):>8}  "
+        f"{r.packaged.get('all', 0):>8}"
+    )
     lines.append("")
     if r.failed_reasons:
         lines.append("  Rejected by the validation gate (rows can fail several checks):")
@@ -260,16 +269,26 @@ def format_summary(r: DemoResult) -> str:
         f"  spec:                        {r.spec}",
         "",
         "  Load it as a consumer would:",
-        f"    datasets.load_dataset({str(r.release)!r}, \"poisson\", split=\"train\")",
+        f'    datasets.load_dataset({str(r.release)!r}, "poisson", split="train")',
     ]
     return "\n".join(lines)
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
-              help="Folder for everything the demo writes (rerun to resume).")
-@click.option("--studies", type=click.IntRange(min=3), default=DemoSizes.studies, show_default=True,
-              help="Phantom four-view studies.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("demo-out"),
+    show_default=True,
+    help="Folder for everything the demo writes (rerun to resume).",
+)
+@click.option(
+    "--studies",
+    type=click.IntRange(min=3),
+    default=DemoSizes.studies,
+    show_default=True,
+    help="Phantom four-view studies.",
+)
 @click.option("--train-steps", type=click.IntRange(min=1), default=DemoSizes.train_steps, show_default=True)
 def demo(out: Path, studies: int, train_steps: int) -> None:
     """The whole chain on the embedded default, on CPU, in a few minutes."""

@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
-from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core import atomic
+from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core.hashing import sha256_file
-from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON
 from mammosynth.builders.core.provenance import strip_local_paths
 from mammosynth.builders.core.release_data import ReleaseData
+from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON
 from mammosynth.builders.core.schema import release_features
 from mammosynth.builders.core.spec import ReleaseSpec
 
@@ -84,7 +84,8 @@ def write_parquet_shards(
 def release_files(folder: Path) -> list[Path]:
     """Files that belong to the release (no git internals, no manifest itself), sorted."""
     return sorted(
-        p for p in folder.rglob("*")
+        p
+        for p in folder.rglob("*")
         if p.is_file() and ".git" not in p.relative_to(folder).parts and p.name != CHECKSUMS
     )
 
@@ -114,8 +115,13 @@ def verify_checksums(folder: Path) -> None:
 
 
 def git(folder: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "mammosynth", "GIT_AUTHOR_EMAIL": "release@mammosynth.invalid",
-           "GIT_COMMITTER_NAME": "mammosynth", "GIT_COMMITTER_EMAIL": "release@mammosynth.invalid"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "mammosynth",
+        "GIT_AUTHOR_EMAIL": "release@mammosynth.invalid",
+        "GIT_COMMITTER_NAME": "mammosynth",
+        "GIT_COMMITTER_EMAIL": "release@mammosynth.invalid",
+    }
     out = subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, text=True, env=env)
     return out.stdout.strip()
 
@@ -150,12 +156,18 @@ def check_images(data: ReleaseData, *, progress: bool = True) -> int:
             table = data.tables[m]
             ids = table.column("image_id").to_pylist()
             images = table.column("image").combine_chunks().field("bytes").to_pylist()
-            for problem in tqdm(pool.map(bad, zip(ids, images), chunksize=16), total=len(ids),
-                                desc=f"check {m} images", unit="img", disable=not progress):
+            for problem in tqdm(
+                pool.map(bad, zip(ids, images), chunksize=16),
+                total=len(ids),
+                desc=f"check {m} images",
+                unit="img",
+                disable=not progress,
+            ):
                 if problem is not None:
                     image_id, _, why = problem.partition(": ")
-                    raise InputError(f"image does not decode ({why}); regenerate or drop the row",
-                                     record=image_id, field="image")
+                    raise InputError(
+                        f"image does not decode ({why}); regenerate or drop the row", record=image_id, field="image"
+                    )
             n += len(ids)
     return n
 

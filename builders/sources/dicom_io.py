@@ -42,8 +42,7 @@ def read_header(path: str | Path) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
-        raise DicomError(f"not a readable DICOM file ({type(exc).__name__}: {exc})".splitlines()[0],
-                         "file") from None
+        raise DicomError(f"not a readable DICOM file ({type(exc).__name__}: {exc})".splitlines()[0], "file") from None
 
 
 def first_value(value: object) -> float | None:
@@ -100,8 +99,9 @@ def _check_length(ds: pydicom.Dataset) -> None:
     got = len(ds.PixelData)
     if got < expected:
         raise DicomError(
-            f"truncated pixel data: {got} bytes, expected {expected} (Rows x Columns = "
-            f"{ds.Rows} x {ds.Columns})", "PixelData")
+            f"truncated pixel data: {got} bytes, expected {expected} (Rows x Columns = {ds.Rows} x {ds.Columns})",
+            "PixelData",
+        )
 
 
 def display_lut(ds: pydicom.Dataset, raw: np.ndarray) -> np.ndarray:
@@ -109,8 +109,9 @@ def display_lut(ds: pydicom.Dataset, raw: np.ndarray) -> np.ndarray:
     if raw.dtype.kind == "i":
         raise DicomError("signed pixel data is not supported for mammograms", "PixelRepresentation")
     if raw.dtype.itemsize * 8 > MAX_BITS:  # whatever the header says: never a 2**32-entry table
-        raise DicomError(f"{raw.dtype.itemsize * 8}-bit pixel data is not supported (at most {MAX_BITS})",
-                         "BitsAllocated")
+        raise DicomError(
+            f"{raw.dtype.itemsize * 8}-bit pixel data is not supported (at most {MAX_BITS})", "BitsAllocated"
+        )
     # The whole stored range, so the table's extremes are the window's output extremes.
     bits = min(int(ds.get("BitsStored", MAX_BITS) or MAX_BITS), MAX_BITS)
     levels = np.arange(max(1 << bits, int(raw.max()) + 1), dtype=np.uint32)
@@ -155,8 +156,7 @@ def read_display(path: str | Path) -> DisplayImage:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
-        raise DicomError(f"not a readable DICOM file ({type(exc).__name__}: {exc})".splitlines()[0],
-                         "file") from None
+        raise DicomError(f"not a readable DICOM file ({type(exc).__name__}: {exc})".splitlines()[0], "file") from None
     check_supported(ds)
     _check_length(ds)
     try:

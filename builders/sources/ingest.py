@@ -66,25 +66,37 @@ class IngestOptions(StrictModel):
 
     size: int | None = pydantic.Field(1024, ge=16, description="long side in pixels (None: keep)")
     mode: Literal["resize", "crop"] = pydantic.Field(
-        "resize", description="resize: long side = size; crop: MAM-E style, short side = size then "
-        "centre crop to size x size")
+        "resize",
+        description="resize: long side = size; crop: MAM-E style, short side = size then centre crop to size x size",
+    )
     bit_depth: Literal[8, 16] = 16
     flip_right: bool = pydantic.Field(False, description="mirror right breasts to the left")
     num_proc: int = pydantic.Field(1, ge=1)
-    png_compression: int = pydantic.Field(1, ge=0, le=9, description="deflate level of the prepared PNGs: 0-3 ISA-L (fast), 4-9 zlib (smaller, slower)")
-    birads: int = pydantic.Field(1, ge=1, le=5, description="`ingest dicom`: BI-RADS of every image "
-                                 "(plain DICOM folders carry no assessment)")
+    png_compression: int = pydantic.Field(
+        1, ge=0, le=9, description="deflate level of the prepared PNGs: 0-3 ISA-L (fast), 4-9 zlib (smaller, slower)"
+    )
+    birads: int = pydantic.Field(
+        1, ge=1, le=5, description="`ingest dicom`: BI-RADS of every image (plain DICOM folders carry no assessment)"
+    )
     split: Literal["training", "test"] = pydantic.Field("training", description="`ingest dicom` split")
     licence: str | None = pydantic.Field(
-        None, min_length=1, description="declare the source's licence (defaults: VinDr-Mammo PhysioNet "
-        "restricted, the CBIS-DDSM samples CC BY 3.0, any other DICOM folder `unknown`)")
+        None,
+        min_length=1,
+        description="declare the source's licence (defaults: VinDr-Mammo PhysioNet "
+        "restricted, the CBIS-DDSM samples CC BY 3.0, any other DICOM folder `unknown`)",
+    )
     redistribution_allowed: bool | None = pydantic.Field(
-        None, description="with `licence`: may its images be published? (unset: no)")
-    attribution: str | None = pydantic.Field(None, min_length=1, description="with `licence`: the credit "
-                                             "line it asks for")
+        None, description="with `licence`: may its images be published? (unset: no)"
+    )
+    attribution: str | None = pydantic.Field(
+        None, min_length=1, description="with `licence`: the credit line it asks for"
+    )
     source_name: str | None = pydantic.Field(
-        None, min_length=1, description="the rows' `source` name (defaults: VinDr-Mammo, mammosynth phantom, "
-        "CBIS-DDSM, or the DICOM folder's name)")
+        None,
+        min_length=1,
+        description="the rows' `source` name (defaults: VinDr-Mammo, mammosynth phantom, "
+        "CBIS-DDSM, or the DICOM folder's name)",
+    )
 
     @pydantic.field_validator("redistribution_allowed", "attribution")
     @classmethod
@@ -101,12 +113,16 @@ class IngestOptions(StrictModel):
         """``source`` under the name and licence these options declare (else its defaults)."""
         licence = source.licence
         if self.licence is not None:
-            licence = SourceLicence(licence=self.licence, redistribution_allowed=bool(self.redistribution_allowed),
-                                    attribution=self.attribution)
+            licence = SourceLicence(
+                licence=self.licence,
+                redistribution_allowed=bool(self.redistribution_allowed),
+                attribution=self.attribution,
+            )
         return dataclasses.replace(source, name=self.source_name or source.name, licence=licence)
 
 
 # --- image preparation (runs in worker processes) ------------------------------------------------
+
 
 def prepare_pixels(pixels: np.ndarray, options: IngestOptions) -> tuple[np.ndarray, float, float, int, int]:
     """Resize/crop a display uint16 image; returns (image, scale_x, scale_y, offset_x, offset_y)."""
@@ -123,7 +139,7 @@ def prepare_pixels(pixels: np.ndarray, options: IngestOptions) -> tuple[np.ndarr
         nh, nw = max(options.size, round(h * s)), max(options.size, round(w * s))
         resized = cv2.resize(pixels, (nw, nh), interpolation=cv2.INTER_AREA)
         oy, ox = (nh - options.size) // 2, (nw - options.size) // 2
-        out = resized[oy:oy + options.size, ox:ox + options.size]
+        out = resized[oy : oy + options.size, ox : ox + options.size]
         sx, sy = nw / w, nh / h
     if options.bit_depth == 8:
         # Rounded 16 -> 8 bit: (x + 128) // 257 maps 0..65535 onto 0..255 exactly.
@@ -131,8 +147,14 @@ def prepare_pixels(pixels: np.ndarray, options: IngestOptions) -> tuple[np.ndarr
     return np.ascontiguousarray(out), sx, sy, ox, oy
 
 
-def transform_box(box: tuple[float, float, float, float], orig: tuple[int, int], scale: tuple[float, float],
-                  offset: tuple[int, int], out_size: tuple[int, int], flip: bool) -> list[float] | None:
+def transform_box(
+    box: tuple[float, float, float, float],
+    orig: tuple[int, int],
+    scale: tuple[float, float],
+    offset: tuple[int, int],
+    out_size: tuple[int, int],
+    flip: bool,
+) -> list[float] | None:
     """Source-pixel box -> prepared-image box: clip to the source, scale, crop, mirror, clip.
 
     None when nothing of the box is left inside the prepared image."""
@@ -158,8 +180,7 @@ def process_record(record: Record, options: IngestOptions, key: str | None) -> d
     hdr = image.header
     h, w = image.pixels.shape
     if record.expect_size is not None and record.expect_size != (h, w):
-        raise SkipRecord("height", f"CSV says {record.expect_size[0]}x{record.expect_size[1]}, "
-                                   f"DICOM has {h}x{w}")
+        raise SkipRecord("height", f"CSV says {record.expect_size[0]}x{record.expect_size[1]}, DICOM has {h}x{w}")
     laterality = record.laterality
     flip = bool(options.flip_right and laterality == "R")
     out, sx, sy, ox, oy = prepare_pixels(image.pixels, options)
@@ -213,14 +234,27 @@ def cache_record(job: tuple[Record, IngestOptions, str | None, str, str]) -> tup
 
 # --- the run: cache, parallel map, atomic assembly -----------------------------------------------
 
-def source_fingerprint(source: Source, src: Path, records: list[Record], skips: list[Skip],
-                       options: IngestOptions, key_digest: str) -> str:
+
+def source_fingerprint(
+    source: Source, src: Path, records: list[Record], skips: list[Skip], options: IngestOptions, key_digest: str
+) -> str:
     """What makes two runs the same dataset: options, the source (kind, name, licence) and its
     index files, its images' names and sizes (not the pixels: hashing a full VinDr download would
     take as long as the ingest), and the pseudonym key (by its digest) the ids are made with."""
     h = hashlib.sha256()
-    h.update(json.dumps([FORMAT_VERSION, source.kind, source.name, source.licence.to_json(),
-                         options.fingerprint_fields(), key_digest], sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            [
+                FORMAT_VERSION,
+                source.kind,
+                source.name,
+                source.licence.to_json(),
+                options.fingerprint_fields(),
+                key_digest,
+            ],
+            sort_keys=True,
+        ).encode()
+    )
     for name in source.index_files:
         p = src / name
         if p.is_file():
@@ -265,13 +299,25 @@ def _refuse_other_key(out: Path, key_digest: str) -> None:
     except InputError:
         return
     if made_with is not None and made_with != key_digest:
-        raise InputError(f"was ingested under another pseudonym key; rerun with the {PSEUDONYM_KEY_ENV} it was "
-                         "made with, or choose another OUT", file=out, field=PSEUDONYM_KEY_ENV)
+        raise InputError(
+            f"was ingested under another pseudonym key; rerun with the {PSEUDONYM_KEY_ENV} it was "
+            "made with, or choose another OUT",
+            file=out,
+            field=PSEUDONYM_KEY_ENV,
+        )
 
 
-def run_ingest(source: Source, src: str | Path, out: str | Path, records: list[Record], skips: list[Skip],
-               options: IngestOptions, *, progress: bool = True,
-               worker: Callable[[tuple], tuple[str, str]] | None = None) -> Path:
+def run_ingest(
+    source: Source,
+    src: str | Path,
+    out: str | Path,
+    records: list[Record],
+    skips: list[Skip],
+    options: IngestOptions,
+    *,
+    progress: bool = True,
+    worker: Callable[[tuple], tuple[str, str]] | None = None,
+) -> Path:
     """Prepare ``records`` of ``source`` (at ``src``) into the prepared set ``out``, resuming a
     killed run; a complete set with the same fingerprint is left as it is."""
     src, out = Path(src), Path(out)
@@ -289,8 +335,11 @@ def run_ingest(source: Source, src: str | Path, out: str | Path, records: list[R
                 return out  # the same dataset is already complete
             if any(out.iterdir()):
                 _refuse_other_key(out, key_digest)
-                raise InputError("output directory already holds a different dataset or other files; "
-                                 "choose another OUT or remove it", file=out)
+                raise InputError(
+                    "output directory already holds a different dataset or other files; "
+                    "choose another OUT or remove it",
+                    file=out,
+                )
         work = out.with_name(out.name + ".partial")
         cache = work / "records"
         marker = work / "fingerprint"
@@ -304,8 +353,13 @@ def run_ingest(source: Source, src: str | Path, out: str | Path, records: list[R
         jobs = [(r, options, key, str(cache), key_digest) for r in todo]
         from tqdm import tqdm
 
-        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"ingest {source.kind}",
-                   unit="img", disable=not progress)
+        bar = tqdm(
+            total=len(records),
+            initial=len(records) - len(todo),
+            desc=f"ingest {source.kind}",
+            unit="img",
+            disable=not progress,
+        )
         if options.num_proc > 1 and len(jobs) > 1:
             # fork: workers start instantly and inherit the imports (spawn would re-import datasets).
             with worker_pool(min(options.num_proc, len(jobs)), method="fork") as pool:
@@ -328,8 +382,17 @@ def run_ingest(source: Source, src: str | Path, out: str | Path, records: list[R
                 datasets.enable_progress_bars()
 
 
-def _assemble(source: Source, src: Path, out: Path, work: Path, records: list[Record], skips: list[Skip],
-              options: IngestOptions, fingerprint: str, key_digest: str) -> Path:
+def _assemble(
+    source: Source,
+    src: Path,
+    out: Path,
+    work: Path,
+    records: list[Record],
+    skips: list[Skip],
+    options: IngestOptions,
+    fingerprint: str,
+    key_digest: str,
+) -> Path:
     import datasets
 
     from mammosynth.builders.core.schema import prepared_features
@@ -351,13 +414,22 @@ def _assemble(source: Source, src: Path, out: Path, work: Path, records: list[Re
             all_skips.append(result)
     n_ok = len(records) - (len(all_skips) - len(skips))
     if n_ok == 0:
-        raise InputError(f"no usable images ({len(all_skips)} skipped; first: "
-                         f"{all_skips[0].reason if all_skips else 'none'})", file=src)
+        raise InputError(
+            f"no usable images ({len(all_skips)} skipped; first: {all_skips[0].reason if all_skips else 'none'})",
+            file=src,
+        )
     # Streamed to Arrow (a full VinDr ingest does not fit in memory), cached inside the work dir.
     ds = datasets.Dataset.from_generator(
-        rows, features=prepared_features(with_source=True), cache_dir=str(work / "arrow"),
-        gen_kwargs={"cache_dir": str(cache), "keys": [r.key for r in records], "source_name": source.name,
-                    "key_digest": key_digest})
+        rows,
+        features=prepared_features(with_source=True),
+        cache_dir=str(work / "arrow"),
+        gen_kwargs={
+            "cache_dir": str(cache),
+            "keys": [r.key for r in records],
+            "source_name": source.name,
+            "key_digest": key_digest,
+        },
+    )
     with atomic_dir(out) as staged:  # OUT, if there, is empty (checked before the run)
         ds.save_to_disk(str(staged))
         write_skipped(staged, ([s.record, s.file, s.field, s.reason] for s in all_skips))
@@ -385,8 +457,14 @@ def _assemble(source: Source, src: Path, out: Path, work: Path, records: list[Re
     return out
 
 
-def _ingest(source: Source, src: str | Path, list_records: Callable[[Path], tuple[list[Record], list[Skip]]],
-            out: str | Path, options: IngestOptions, progress: bool) -> Path:
+def _ingest(
+    source: Source,
+    src: str | Path,
+    list_records: Callable[[Path], tuple[list[Record], list[Skip]]],
+    out: str | Path,
+    options: IngestOptions,
+    progress: bool,
+) -> Path:
     src = Path(src)
     if not src.is_dir():
         raise InputError("source directory not found", file=src)
@@ -395,15 +473,16 @@ def _ingest(source: Source, src: str | Path, list_records: Callable[[Path], tupl
     return run_ingest(source, src, out, records, skips, options, progress=progress)
 
 
-def ingest_vindr(src: str | Path, out: str | Path, options: IngestOptions | None = None, *,
-                 progress: bool = True) -> Path:
+def ingest_vindr(
+    src: str | Path, out: str | Path, options: IngestOptions | None = None, *, progress: bool = True
+) -> Path:
     """VinDr-Mammo layout (or a phantom) -> prepared training set at `out`."""
-    return _ingest(vindr.vindr_source(Path(src)), src, vindr.vindr_records, out, options or IngestOptions(),
-                   progress)
+    return _ingest(vindr.vindr_source(Path(src)), src, vindr.vindr_records, out, options or IngestOptions(), progress)
 
 
-def ingest_dicom(src: str | Path, out: str | Path, options: IngestOptions | None = None, *,
-                 progress: bool = True) -> Path:
+def ingest_dicom(
+    src: str | Path, out: str | Path, options: IngestOptions | None = None, *, progress: bool = True
+) -> Path:
     """A folder of mammography DICOMs -> prepared training set; laterality/view from the tags
     (CBIS-DDSM names as fallback), BI-RADS = `options.birads` for every image. Its licence is
     `unknown` (CC BY 3.0 for the CBIS-DDSM samples) unless `options.licence` declares one."""

@@ -43,8 +43,10 @@ def _input_info(src: Path) -> dict[str, Any]:
     folder, licence unknown, redistribution not allowed."""
     if (src / INGEST_INFO).exists():
         return read_ingest_info(src)
-    return {"source": {"kind": "unknown", "path": str(src)},
-            "sources": {src.name: SourceLicence(UNKNOWN_LICENCE, False).to_json()}}
+    return {
+        "source": {"kind": "unknown", "path": str(src)},
+        "sources": {src.name: SourceLicence(UNKNOWN_LICENCE, False).to_json()},
+    }
 
 
 def _union_licences(terms: list[tuple[Path, dict[str, SourceLicence]]]) -> dict[str, SourceLicence]:
@@ -54,10 +56,13 @@ def _union_licences(terms: list[tuple[Path, dict[str, SourceLicence]]]) -> dict[
     for src, lic in terms:
         for name, value in lic.items():
             if name in union and union[name] != value:
-                raise InputError(f"source {name!r} has licence {union[name].licence!r} in {seen_in[name]} "
-                                 f"but {value.licence!r} here (or other terms); give one of them another "
-                                 "source name (ingest --source-name)", file=src / INGEST_INFO,
-                                 field=f"sources.{name}")
+                raise InputError(
+                    f"source {name!r} has licence {union[name].licence!r} in {seen_in[name]} "
+                    f"but {value.licence!r} here (or other terms); give one of them another "
+                    "source name (ingest --source-name)",
+                    file=src / INGEST_INFO,
+                    field=f"sources.{name}",
+                )
             union.setdefault(name, value)
             seen_in.setdefault(name, src)
     return union
@@ -103,8 +108,12 @@ def _merge(sources: list[Path], out: Path) -> Path:
         info = _input_info(src)
         lic = source_licences(info, file=src / INGEST_INFO)
         if SOURCE_COLUMN not in ds.column_names and len(lic) != 1:
-            raise InputError(f"{INGEST_INFO} lists {len(lic)} sources but the rows have no '{SOURCE_COLUMN}' "
-                             "column to tell them apart", file=src, field=SOURCE_COLUMN)
+            raise InputError(
+                f"{INGEST_INFO} lists {len(lic)} sources but the rows have no '{SOURCE_COLUMN}' "
+                "column to tell them apart",
+                file=src,
+                field=SOURCE_COLUMN,
+            )
         opened.append(ds)
         infos.append(info)
         terms.append((src, lic))
@@ -112,8 +121,9 @@ def _merge(sources: list[Path], out: Path) -> Path:
     known = {d for d in depths if d is not None}
     if len(known) > 1:
         listed = ", ".join(f"{src} is {d}-bit" for src, d in zip(sources, depths) if d is not None)
-        raise InputError(f"inputs differ in bit depth ({listed}); ingest them again with one --bit-depth",
-                         field="bit_depth")
+        raise InputError(
+            f"inputs differ in bit depth ({listed}); ingest them again with one --bit-depth", field="bit_depth"
+        )
     union = _union_licences(terms)
     features = prepared_features(with_source=True)
     parts = []
@@ -141,7 +151,8 @@ def _merge(sources: list[Path], out: Path) -> Path:
                 "birads": {str(b): int(c) for b, c in zip(*np.unique(merged["birads"], return_counts=True))},
             },
             "fingerprint": hashlib.sha256(
-                "".join(sorted(str(i.get("fingerprint")) for i in infos)).encode()).hexdigest(),
+                "".join(sorted(str(i.get("fingerprint")) for i in infos)).encode()
+            ).hexdigest(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (staged / INGEST_INFO).write_text(json.dumps(info, indent=2))

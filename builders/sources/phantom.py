@@ -62,8 +62,7 @@ class Vendor:
 VENDORS: tuple[Vendor, ...] = (
     Vendor("SIEMENS", "MAMMOMAT Inspiration", 3518, (2800, 2800), 12, "MONOCHROME2", None, 1, 0.76),
     Vendor("Planmed", "Planmed Nuance", 2812, (2012, 2012), 14, "MONOCHROME1", 10000, 1, 0.19),
-    Vendor("IMS GIOTTO S.p.A.", "GIOTTO IMAGE 3DL", 3580, (2600, 2800), 14, "MONOCHROME2", None, 5,
-           0.03),
+    Vendor("IMS GIOTTO S.p.A.", "GIOTTO IMAGE 3DL", 3580, (2600, 2800), 14, "MONOCHROME2", None, 5, 0.03),
     Vendor("IMS s.r.l.", "GIOTTO CLASS", 3580, (2600, 2800), 14, "MONOCHROME2", None, 5, 0.02),
 )
 WORK_LONG_SIDE = 320  # resolution of the low-frequency content before upsampling
@@ -112,8 +111,7 @@ def _breast_shape(rng: np.random.Generator, h: int, w: int, view: str) -> tuple[
     return mask, pect
 
 
-def _render(rng: np.random.Generator, rows: int, cols: int, view: str, density: str
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _render(rng: np.random.Generator, rows: int, cols: int, view: str, density: str) -> tuple[np.ndarray, np.ndarray]:
     """Display-intensity image in [0, 1] (left breast) and its full-resolution breast mask."""
     scale = WORK_LONG_SIDE / max(rows, cols)
     h, w = max(16, round(rows * scale)), max(12, round(cols * scale))
@@ -138,9 +136,10 @@ def _render(rng: np.random.Generator, rows: int, cols: int, view: str, density: 
     return full, full_mask
 
 
-def _add_mass(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, box_px: float,
-              spiculated: bool) -> tuple[float, float, float, float] | None:
-    ys, xs = np.nonzero(mask[:: 8, :: 8])
+def _add_mass(
+    rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, box_px: float, spiculated: bool
+) -> tuple[float, float, float, float] | None:
+    ys, xs = np.nonzero(mask[::8, ::8])
     if len(ys) == 0:
         return None
     i = rng.integers(len(ys))
@@ -159,9 +158,10 @@ def _add_mass(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, box_p
     return (cx - rx * 1.1, cy - ry * 1.1, cx + rx * 1.1, cy + ry * 1.1)
 
 
-def _add_calcifications(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, box_px: float
-                        ) -> tuple[float, float, float, float] | None:
-    ys, xs = np.nonzero(mask[:: 8, :: 8])
+def _add_calcifications(
+    rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, box_px: float
+) -> tuple[float, float, float, float] | None:
+    ys, xs = np.nonzero(mask[::8, ::8])
     if len(ys) == 0:
         return None
     i = rng.integers(len(ys))
@@ -186,13 +186,13 @@ def _burn_label(img: np.ndarray, text: str, right: bool) -> None:
     x = margin if right else cols - tw - margin
     y0, y1 = 0, min(rows, 2 * margin + th + thickness)
     canvas = np.zeros((y1 - y0, cols), np.uint8)  # OpenCV draws text on 8-bit images only
-    cv2.putText(canvas, text, (x, margin + th), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness,
-                cv2.LINE_AA)
+    cv2.putText(canvas, text, (x, margin + th), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA)
     np.maximum(img[y0:y1], canvas.astype(np.float32) / 255.0, out=img[y0:y1])
 
 
-def _to_stored(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, vendor: Vendor
-               ) -> tuple[np.ndarray, float, float]:
+def _to_stored(
+    rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, vendor: Vendor
+) -> tuple[np.ndarray, float, float]:
     """Display intensity -> stored values per vendor; returns (pixels, window centre, width)."""
     top = (1 << vendor.bits) - 1
     lo, hi = 0.12 * top, 0.85 * top
@@ -211,9 +211,20 @@ def _to_stored(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, vend
     return stored.astype(np.uint16), round(center, 1), round(width, 1)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, *, vendor: Vendor, study_id: str, series_id: str,
-                 image_id: str, laterality: str, view: str, center: float, width: float,
-                 age: str) -> None:
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    vendor: Vendor,
+    study_id: str,
+    series_id: str,
+    image_id: str,
+    laterality: str,
+    view: str,
+    center: float,
+    width: float,
+    age: str,
+) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography, presentation
     meta.MediaStorageSOPInstanceUID = "2.25." + str(int(image_id, 16))
@@ -281,8 +292,9 @@ def write_phantom(
         raise InputError("output directory exists and is not empty", file=out_dir)
     unknown = set(vendors or ()) - {v.manufacturer for v in VENDORS}
     if unknown:
-        raise InputError(f"unknown vendor(s) {sorted(unknown)}; known: "
-                         f"{[v.manufacturer for v in VENDORS]}", field="vendors")
+        raise InputError(
+            f"unknown vendor(s) {sorted(unknown)}; known: {[v.manufacturer for v in VENDORS]}", field="vendors"
+        )
     vendor_p = np.array([v.weight if not vendors or v.manufacturer in vendors else 0.0 for v in VENDORS])
     rng = np.random.default_rng(seed)
     with atomic_dir(out_dir) as tmp:  # an existing out_dir is empty (checked above)
@@ -319,8 +331,11 @@ def write_phantom(
                         if birads == 5 and rng.random() < 0.4:
                             kinds = ["Mass", "Suspicious Calcification"]
                         box_px = median_box * (1.0 + 0.6 * (birads - 3)) * rng.uniform(0.7, 1.3)
-                        box = (_add_mass(rng, img, mask, box_px, birads == 5) if "Mass" in kinds
-                               else _add_calcifications(rng, img, mask, box_px))
+                        box = (
+                            _add_mass(rng, img, mask, box_px, birads == 5)
+                            if "Mass" in kinds
+                            else _add_calcifications(rng, img, mask, box_px)
+                        )
                         if box is not None:
                             findings.append((kinds, birads, box))
                     elif birads == 2 and rng.random() < 0.5:
@@ -336,17 +351,44 @@ def write_phantom(
                     pixels, center, width = _to_stored(rng, img, mask, vendor)
                     windows_c = [center + 150 * i for i in range(vendor.windows)]
                     windows_w = [width - 300 * i for i in range(vendor.windows)]
-                    _write_dicom(tmp / "images" / study_id / f"{image_id}.dicom", pixels, vendor=vendor,
-                                 study_id=study_id, series_id=series_id, image_id=image_id,
-                                 laterality=lat, view=view, center=center, width=width, age=age)
-                    base = {"study_id": study_id, "series_id": series_id, "image_id": image_id,
-                            "laterality": lat, "view_position": view, "height": rows, "width": cols,
-                            "breast_birads": f"BI-RADS {birads}", "breast_density": f"DENSITY {density}"}
+                    _write_dicom(
+                        tmp / "images" / study_id / f"{image_id}.dicom",
+                        pixels,
+                        vendor=vendor,
+                        study_id=study_id,
+                        series_id=series_id,
+                        image_id=image_id,
+                        laterality=lat,
+                        view=view,
+                        center=center,
+                        width=width,
+                        age=age,
+                    )
+                    base = {
+                        "study_id": study_id,
+                        "series_id": series_id,
+                        "image_id": image_id,
+                        "laterality": lat,
+                        "view_position": view,
+                        "height": rows,
+                        "width": cols,
+                        "breast_birads": f"BI-RADS {birads}",
+                        "breast_density": f"DENSITY {density}",
+                    }
                     breast_rows.append({**base, "split": split})
                     if not findings:
-                        finding_rows.append({**base, "finding_categories": "['No Finding']",
-                                             "finding_birads": "", "xmin": "", "ymin": "", "xmax": "",
-                                             "ymax": "", "split": split})
+                        finding_rows.append(
+                            {
+                                **base,
+                                "finding_categories": "['No Finding']",
+                                "finding_birads": "",
+                                "xmin": "",
+                                "ymin": "",
+                                "xmax": "",
+                                "ymax": "",
+                                "split": split,
+                            }
+                        )
                     for kinds, fb, (x0, y0, x1, y1) in findings:
                         # VinDr quirk: boxes of lesions near the edge spill up to ~40 px past it.
                         over = float(rng.uniform(5, 40)) * size_scale
@@ -354,28 +396,54 @@ def write_phantom(
                         y0 = -over if y0 < 3 * over else y0
                         x1 = cols + over if x1 > cols - 3 * over else x1
                         y1 = rows + over if y1 > rows - 3 * over else y1
-                        finding_rows.append({
-                            **base, "finding_categories": str(kinds),
-                            "finding_birads": f"BI-RADS {fb}" if fb else "",
-                            "xmin": f"{x0:.2f}", "ymin": f"{y0:.2f}", "xmax": f"{x1:.2f}",
-                            "ymax": f"{y1:.2f}", "split": split})
-                    meta_rows.append({
-                        "SOP Instance UID": image_id, "Series Instance UID": series_id,
-                        "Patient's Age": age, "Rows": rows, "Columns": cols,
-                        "Photometric Interpretation": vendor.photometric,
-                        "Pixel Padding Value": vendor.padding if vendor.padding is not None else "",
-                        "Window Center": _window_cell(windows_c), "Window Width": _window_cell(windows_w),
-                        "Manufacturer": vendor.manufacturer,
-                        "Manufacturer's Model Name": vendor.model_name})
-        for name, columns, rows_ in ((BREAST_CSV, BREAST_COLUMNS, breast_rows),
-                                     (FINDING_CSV, FINDING_COLUMNS, finding_rows),
-                                     (METADATA_CSV, METADATA_COLUMNS, meta_rows)):
+                        finding_rows.append(
+                            {
+                                **base,
+                                "finding_categories": str(kinds),
+                                "finding_birads": f"BI-RADS {fb}" if fb else "",
+                                "xmin": f"{x0:.2f}",
+                                "ymin": f"{y0:.2f}",
+                                "xmax": f"{x1:.2f}",
+                                "ymax": f"{y1:.2f}",
+                                "split": split,
+                            }
+                        )
+                    meta_rows.append(
+                        {
+                            "SOP Instance UID": image_id,
+                            "Series Instance UID": series_id,
+                            "Patient's Age": age,
+                            "Rows": rows,
+                            "Columns": cols,
+                            "Photometric Interpretation": vendor.photometric,
+                            "Pixel Padding Value": vendor.padding if vendor.padding is not None else "",
+                            "Window Center": _window_cell(windows_c),
+                            "Window Width": _window_cell(windows_w),
+                            "Manufacturer": vendor.manufacturer,
+                            "Manufacturer's Model Name": vendor.model_name,
+                        }
+                    )
+        for name, columns, rows_ in (
+            (BREAST_CSV, BREAST_COLUMNS, breast_rows),
+            (FINDING_CSV, FINDING_COLUMNS, finding_rows),
+            (METADATA_CSV, METADATA_COLUMNS, meta_rows),
+        ):
             with open(tmp / name, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.DictWriter(fh, fieldnames=columns)
                 writer.writeheader()
                 writer.writerows(rows_)
         # Tells `ingest vindr` that these are synthetic images (their own licence, not VinDr's).
-        (tmp / PHANTOM_MARKER).write_text(json.dumps(
-            {"generator": "mammosynth phantom", "studies": studies, "seed": seed, "size_scale": size_scale,
-             "note": "synthetic images in the VinDr-Mammo layout; no patient data"}, indent=2) + "\n")
+        (tmp / PHANTOM_MARKER).write_text(
+            json.dumps(
+                {
+                    "generator": "mammosynth phantom",
+                    "studies": studies,
+                    "seed": seed,
+                    "size_scale": size_scale,
+                    "note": "synthetic images in the VinDr-Mammo layout; no patient data",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return out_dir

@@ -89,5 +89,15 @@ class SkipRecord(Exception):
         self.reason = reason
 
 
-__all__ = ["Source", "Record", "Finding", "Skip", "SkipRecord", "pseudonymize", "pseudonym_key",
-           "pseudonym_key_digest", "DEFAULT_PSEUDONYM_KEY", "PSEUDONYM_KEY_ENV"]
+__all__ = [
+    "Source",
+    "Record",
+    "Finding",
+    "Skip",
+    "SkipRecord",
+    "pseudonymize",
+    "pseudonym_key",
+    "pseudonym_key_digest",
+    "DEFAULT_PSEUDONYM_KEY",
+    "PSEUDONYM_KEY_ENV",
+]

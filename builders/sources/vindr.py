@@ -21,14 +21,49 @@ from mammosynth.builders.sources.records import Finding, Record, Skip, SkipRecor
 BREAST_CSV = "breast-level_annotations.csv"
 FINDING_CSV = "finding_annotations.csv"
 METADATA_CSV = "metadata.csv"
-BREAST_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height",
-                  "width", "breast_birads", "breast_density", "split")
-FINDING_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height",
-                   "width", "breast_birads", "breast_density", "finding_categories",
-                   "finding_birads", "xmin", "ymin", "xmax", "ymax", "split")
-METADATA_COLUMNS = ("SOP Instance UID", "Series Instance UID", "Patient's Age", "Rows", "Columns",
-                    "Photometric Interpretation", "Pixel Padding Value", "Window Center",
-                    "Window Width", "Manufacturer", "Manufacturer's Model Name")
+BREAST_COLUMNS = (
+    "study_id",
+    "series_id",
+    "image_id",
+    "laterality",
+    "view_position",
+    "height",
+    "width",
+    "breast_birads",
+    "breast_density",
+    "split",
+)
+FINDING_COLUMNS = (
+    "study_id",
+    "series_id",
+    "image_id",
+    "laterality",
+    "view_position",
+    "height",
+    "width",
+    "breast_birads",
+    "breast_density",
+    "finding_categories",
+    "finding_birads",
+    "xmin",
+    "ymin",
+    "xmax",
+    "ymax",
+    "split",
+)
+METADATA_COLUMNS = (
+    "SOP Instance UID",
+    "Series Instance UID",
+    "Patient's Age",
+    "Rows",
+    "Columns",
+    "Photometric Interpretation",
+    "Pixel Padding Value",
+    "Window Center",
+    "Window Width",
+    "Manufacturer",
+    "Manufacturer's Model Name",
+)
 
 # Written by `mammosynth phantom` beside the CSVs: the folder holds synthetic images, no patient's.
 PHANTOM_MARKER = "mammosynth-phantom.json"
@@ -43,7 +78,8 @@ VINDR_LICENCE = SourceLicence(
         "et al. (2023). VinDr-Mammo: A large-scale benchmark dataset for computer-aided diagnosis in "
         "full-field digital mammography. Scientific Data, 10, 277. https://doi.org/10.1038/s41597-023-02100-7. "
         "Goldberger, A. L., et al. (2000). PhysioBank, PhysioToolkit, and PhysioNet. Circulation, 101(23), "
-        "e215-e220."),
+        "e215-e220."
+    ),
     url="https://physionet.org/content/vindr-mammo/1.0.0/",
 )
 PHANTOM_LICENCE = SourceLicence(
@@ -51,10 +87,15 @@ PHANTOM_LICENCE = SourceLicence(
     redistribution_allowed=True,
 )
 
-SOURCE = Source(kind="vindr", name="VinDr-Mammo", licence=VINDR_LICENCE,
-                index_files=(BREAST_CSV, FINDING_CSV, METADATA_CSV))
-PHANTOM_SOURCE = Source(kind="vindr", name="mammosynth phantom", licence=PHANTOM_LICENCE,
-                        index_files=(BREAST_CSV, FINDING_CSV, METADATA_CSV, PHANTOM_MARKER))
+SOURCE = Source(
+    kind="vindr", name="VinDr-Mammo", licence=VINDR_LICENCE, index_files=(BREAST_CSV, FINDING_CSV, METADATA_CSV)
+)
+PHANTOM_SOURCE = Source(
+    kind="vindr",
+    name="mammosynth phantom",
+    licence=PHANTOM_LICENCE,
+    index_files=(BREAST_CSV, FINDING_CSV, METADATA_CSV, PHANTOM_MARKER),
+)
 
 
 def vindr_source(src: Path) -> Source:
@@ -132,8 +173,7 @@ def vindr_records(src: Path) -> tuple[list[Record], list[Skip]]:
             if not image_id:
                 raise SkipRecord("image_id", "empty image_id")
             if counts[image_id] > 1:
-                raise SkipRecord("image_id", f"duplicate image_id ({counts[image_id]} rows): "
-                                             "labels are ambiguous")
+                raise SkipRecord("image_id", f"duplicate image_id ({counts[image_id]} rows): labels are ambiguous")
             try:
                 birads = parse_birads(row["breast_birads"])
             except ValueError as exc:
@@ -161,10 +201,18 @@ def vindr_records(src: Path) -> tuple[list[Record], list[Skip]]:
             continue
         m = meta.get(image_id, {})
         records[image_id] = Record(
-            key=image_id, path=str(path), study_id=row["study_id"], laterality=lat, view=view,
-            birads=birads, density=density, split=split,
-            manufacturer=m.get("Manufacturer") or None, model_name=m.get("Manufacturer's Model Name") or None,
-            expect_size=expect)
+            key=image_id,
+            path=str(path),
+            study_id=row["study_id"],
+            laterality=lat,
+            view=view,
+            birads=birads,
+            density=density,
+            split=split,
+            manufacturer=m.get("Manufacturer") or None,
+            model_name=m.get("Manufacturer's Model Name") or None,
+            expect_size=expect,
+        )
     bad: dict[str, Skip] = {}
     for i, row in enumerate(findings, start=2):
         image_id = row["image_id"]
@@ -172,8 +220,7 @@ def vindr_records(src: Path) -> tuple[list[Record], list[Skip]]:
         rec = records.get(image_id)
         if rec is None:
             if counts.get(image_id, 0) == 0:
-                skips.append(Skip(ref, "", "image_id", "finding for an image not in "
-                                  f"{BREAST_CSV}"))
+                skips.append(Skip(ref, "", "image_id", f"finding for an image not in {BREAST_CSV}"))
             continue
         try:
             cats = parse_categories(row["finding_categories"])

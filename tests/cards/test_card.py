@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import datasets
 import pytest
 from datasets.info import DatasetInfo
 
+from helpers.release_helpers import make_release_inputs, write_report  # noqa: E402
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.release_data import load_release_data
 from mammosynth.builders.core.schema import release_features
 from mammosynth.dataset_cards.card import Override, lint_card, parse_card, record_override, render_card
-from mammosynth.validation.report import ValidationReport
 from mammosynth.dataset_cards.commands import card_for_spec as write_card
 from mammosynth.dataset_cards.croissant import validate_croissant
-
-from helpers.release_helpers import make_release_inputs, write_report  # noqa: E402
+from mammosynth.validation.report import ValidationReport
 
 
 @pytest.fixture
@@ -60,8 +58,11 @@ def test_card_yaml_matches_the_data(release_inputs) -> None:
 
 def test_dropped_rows_and_overrides_are_recorded(release_inputs) -> None:
     spec, spec_path = release_inputs
-    report_path = write_report(Path(spec.output_dir) / "validation", passed=False,
-                               failed=["poisson-b5-mlo-l-00000", "inpainting-b3-cc-l-00001"])
+    report_path = write_report(
+        Path(spec.output_dir) / "validation",
+        passed=False,
+        failed=["poisson-b5-mlo-l-00000", "inpainting-b3-cc-l-00001"],
+    )
     report = ValidationReport.read(report_path)
     data = load_release_data(spec, report.failed_ids())
     assert data.num_examples("poisson") == 3 and data.num_examples("all") == 18
@@ -77,10 +78,12 @@ def test_lint_catches_placeholders_and_empty_sections(release_inputs, tmp_path: 
     spec, spec_path = release_inputs
     good = write_card(spec_path).read_text()
     lint_card(good)
-    for bad in (good.replace("## Uses\n", "## Uses\n[More Information Needed]\n"),
-                good.replace("First version.", "{{ changes }}"),
-                good.replace("First version.", "TODO"),
-                good.replace("First version.", "")):
+    for bad in (
+        good.replace("## Uses\n", "## Uses\n[More Information Needed]\n"),
+        good.replace("First version.", "{{ changes }}"),
+        good.replace("First version.", "TODO"),
+        good.replace("First version.", ""),
+    ):
         with pytest.raises(InputError):
             lint_card(bad)
     with pytest.raises(InputError, match="tag 'synthetic' is missing"):

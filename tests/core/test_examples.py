@@ -27,9 +27,18 @@ def test_paper_spec_points_at_what_the_trainers_write() -> None:
 def test_birads_placeholder_gives_one_run_folder_per_class(prepared_set, tiny_sd2_inpaint, tmp_path: Path) -> None:
     from mammosynth.training.inpaint import train_inpaint
 
-    config = InpaintConfig(prepared=prepared_set, output_dir=tmp_path / "inpaint-b{birads}", base_model=str(tiny_sd2_inpaint),
-                           resolution=32, train_batch_size=1, max_train_steps=1, checkpointing_steps=1,
-                           mixed_precision="no", validation_seeds=[0], validation_inference_steps=1)
+    config = InpaintConfig(
+        prepared=prepared_set,
+        output_dir=tmp_path / "inpaint-b{birads}",
+        base_model=str(tiny_sd2_inpaint),
+        resolution=32,
+        train_batch_size=1,
+        max_train_steps=1,
+        checkpointing_steps=1,
+        mixed_precision="no",
+        validation_seeds=[0],
+        validation_inference_steps=1,
+    )
     result = train_inpaint(config, birads=5)
     assert result.final_dir == tmp_path / "inpaint-b5" / "final"
     assert (tmp_path / "inpaint-b5" / "final" / "model_index.json").is_file()

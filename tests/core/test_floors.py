@@ -67,8 +67,9 @@ def violations(floors: dict[str, int], modules: dict[str, str]) -> list[str]:
             if there is None or there == here:
                 continue  # a name inside a module, or the module's own folder
             if floors[there] >= floors[here]:
-                found.append(f"{module}:{line}: {here} (floor {floors[here]}) imports {target} "
-                             f"({there}, floor {floors[there]})")
+                found.append(
+                    f"{module}:{line}: {here} (floor {floors[here]}) imports {target} ({there}, floor {floors[there]})"
+                )
     return found
 
 

@@ -13,8 +13,15 @@ import pytest
 from PIL import Image
 
 from mammosynth.builders.core.imageio import decode_grey as _decode
-from mammosynth.builders.core.png_blocks import BLOCK_ROWS, BlockFile, BlockPNG, adler32_combine, adler32_patch, encode_blocked_png
 from mammosynth.builders.core.imageio import encode_png as pil_png
+from mammosynth.builders.core.png_blocks import (
+    BLOCK_ROWS,
+    BlockFile,
+    BlockPNG,
+    adler32_combine,
+    adler32_patch,
+    encode_blocked_png,
+)
 
 
 def _img(dtype, h=3 * BLOCK_ROWS + 5, w=41, seed=0):

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mammosynth.builders.core import schema
-from mammosynth.builders.core import seeds
+from mammosynth.builders.core import schema, seeds
 
 
 def test_seed_follows_the_paper_formula() -> None:
@@ -25,9 +24,7 @@ def test_label_vocabularies_match_features() -> None:
     assert list(f) == list(schema.RELEASE_COLUMNS)
 
 
-@pytest.mark.parametrize(
-    "raw,expected", [("BI-RADS 4", 4), ("4", 4), (4, 4), ("birads 2", 2), ("3.0", 3)]
-)
+@pytest.mark.parametrize("raw,expected", [("BI-RADS 4", 4), ("4", 4), (4, 4), ("birads 2", 2), ("3.0", 3)])
 def test_parse_birads(raw: object, expected: int) -> None:
     assert schema.parse_birads(raw) == expected
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from helpers.release_helpers import spec_dict, write_spec  # noqa: E402
 from mammosynth.builders import cli
-from mammosynth.builders.release.build import preflight
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.spec import load_spec
-
-from helpers.release_helpers import spec_dict, write_spec  # noqa: E402
+from mammosynth.builders.release.build import preflight
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

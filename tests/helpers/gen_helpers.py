@@ -22,7 +22,9 @@ def spec_dict(tmp: Path, methods: dict[str, Any], *, prepared: Path, shard_size:
     }
 
 
-def make_spec(tmp: Path, methods: dict[str, Any], *, prepared: Path, shard_size: int = 3, out: str = "release") -> ReleaseSpec:
+def make_spec(
+    tmp: Path, methods: dict[str, Any], *, prepared: Path, shard_size: int = 3, out: str = "release"
+) -> ReleaseSpec:
     d = spec_dict(tmp, methods, prepared=prepared, shard_size=shard_size)
     d["output_dir"] = str(tmp / out)
     return ReleaseSpec.model_validate(d)

@@ -121,8 +121,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(400, "BadRequest", "the stand-in only hosts datasets")
         url = f"http://{self.headers['Host']}/datasets/{repo_id}"
         if repo_id in self.state.repos:  # the Hub's 409 body still carries the url (create_repo reads it)
-            return self._send(409, {"error": "You already created this dataset repo", "url": url},
-                              {"X-Error-Code": "RepoExists"})
+            return self._send(
+                409, {"error": "You already created this dataset repo", "url": url}, {"X-Error-Code": "RepoExists"}
+            )
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         repo = Repo(repo_id, private)
         files = {".gitattributes": b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"}
@@ -162,10 +163,17 @@ class Handler(BaseHTTPRequestHandler):
         commit = repo and self._commit(repo, rev or "main")
         if commit is None:
             return
-        self._send(200, {
-            "id": repo_id, "sha": commit["oid"], "private": repo.private, "gated": repo.gated,
-            "siblings": [{"rfilename": p} for p in sorted(commit["files"])], "tags": [],
-        })
+        self._send(
+            200,
+            {
+                "id": repo_id,
+                "sha": commit["oid"],
+                "private": repo.private,
+                "gated": repo.gated,
+                "siblings": [{"rfilename": p} for p in sorted(commit["files"])],
+                "tags": [],
+            },
+        )
 
     def refs(self, repo_id, query) -> None:
         repo = self._repo(repo_id)
@@ -174,8 +182,15 @@ class Handler(BaseHTTPRequestHandler):
         fmt = lambda kind, items: [  # noqa: E731
             {"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": oid} for n, oid in sorted(items.items())
         ]
-        self._send(200, {"branches": fmt("heads", repo.branches), "tags": fmt("tags", repo.tags),
-                         "converts": [], "pullRequests": []})
+        self._send(
+            200,
+            {
+                "branches": fmt("heads", repo.branches),
+                "tags": fmt("tags", repo.tags),
+                "converts": [],
+                "pullRequests": [],
+            },
+        )
 
     def tree(self, repo_id, rev, sub, query) -> None:
         repo = self._repo(repo_id)
@@ -189,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{prefix} does not exist on {rev}")
         entries, dirs = [], set()
         for p in sorted(paths):
-            rel = p[len(prefix) + 1:] if prefix else p
+            rel = p[len(prefix) + 1 :] if prefix else p
             parts = rel.split("/")
             for depth in range(1, len(parts)):
                 d = "/".join(([prefix] if prefix else []) + parts[:depth])
@@ -213,8 +228,9 @@ class Handler(BaseHTTPRequestHandler):
             oid = None
             if existing is not None:
                 oid = hashlib.sha256(existing).hexdigest() if binary else git_blob_oid(existing)
-            files.append({"path": f["path"], "uploadMode": "lfs" if binary else "regular",
-                          "shouldIgnore": False, "oid": oid})
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if binary else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._send(200, {"files": files, "commitOid": commit["oid"]})
 
     def lfs_batch(self, repo_id, query) -> None:
@@ -274,8 +290,9 @@ class Handler(BaseHTTPRequestHandler):
         repo.commits.append({"oid": oid, "files": files, "lfs": lfs, "summary": summary})
         repo.branches[branch] = oid
         host = self.headers["Host"]
-        self._send(200, {"commitUrl": f"http://{host}/datasets/{repo_id}/commit/{oid}", "commitOid": oid,
-                         "success": True})
+        self._send(
+            200, {"commitUrl": f"http://{host}/datasets/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
+        )
 
     def tag(self, repo_id, rev, query) -> None:
         repo = self._repo(repo_id)
@@ -301,8 +318,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{path} does not exist on {rev}")
         content = commit["files"][path]
         etag = hashlib.sha256(content).hexdigest() if path in commit["lfs"] else git_blob_oid(content)
-        self._send(200, content, {"X-Repo-Commit": commit["oid"], "ETag": f'"{etag}"',
-                                  "Content-Type": "application/octet-stream"})
+        self._send(
+            200,
+            content,
+            {"X-Repo-Commit": commit["oid"], "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"},
+        )
 
 
 ID = r"([^/]+/[^/]+)"

@@ -9,9 +9,8 @@ from typing import Any
 
 import yaml
 
-from mammosynth.builders.core.spec import ReleaseSpec, load_spec
-
 from helpers.synthetic import generate_fake
+from mammosynth.builders.core.spec import ReleaseSpec, load_spec
 
 
 def spec_dict(tmp: Path, *, version: str = "1.0", redistribution: bool = True, n: int = 2, **extra: Any) -> dict:
@@ -27,13 +26,21 @@ def spec_dict(tmp: Path, *, version: str = "1.0", redistribution: bool = True, n
         "authors": ["Test Author"],
         "contact": "test@example.org",
         "license": "cc-by-nc-4.0",
-        "source": {"name": "CBIS-DDSM", "prepared": "prepared", "license": "cc-by-3.0",
-                   "redistribution_allowed": redistribution},
+        "source": {
+            "name": "CBIS-DDSM",
+            "prepared": "prepared",
+            "license": "cc-by-3.0",
+            "redistribution_allowed": redistribution,
+        },
         "methods": {
-            "text2image": {"counts": [{"birads": [1, 2], "view": "CC", "n": n}],
-                           "text2image": {"base_model": "./ckpt/sd35", "steps": 2}},
-            "inpainting": {"counts": [{"birads": [3, 4], "laterality": "L", "n": n}],
-                           "inpainting": {"checkpoints": {3: "./ckpt/inpaint-b3", 4: "./ckpt/inpaint-b4"}}},
+            "text2image": {
+                "counts": [{"birads": [1, 2], "view": "CC", "n": n}],
+                "text2image": {"base_model": "./ckpt/sd35", "steps": 2},
+            },
+            "inpainting": {
+                "counts": [{"birads": [3, 4], "laterality": "L", "n": n}],
+                "inpainting": {"checkpoints": {3: "./ckpt/inpaint-b3", 4: "./ckpt/inpaint-b4"}},
+            },
             "poisson": {"counts": [{"birads": 5, "view": "MLO", "n": n}]},
         },
         "output": {"shard_size": 4},
@@ -54,10 +61,15 @@ def write_report(report_dir: Path, *, passed: bool = True, failed: list[str] = (
     report_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "passed": passed,
-        "gates": {"sanity": {"status": "fail" if failed else "pass"}, "memorization": {"status": "pass"},
-                  "counts": {"status": "pass" if passed else "fail"}},
-        "flagged": [{"image_id": i, "check": "sanity.blank", "reason": "no breast mask",
-                     "nearest_training_id": None} for i in failed],
+        "gates": {
+            "sanity": {"status": "fail" if failed else "pass"},
+            "memorization": {"status": "pass"},
+            "counts": {"status": "pass" if passed else "fail"},
+        },
+        "flagged": [
+            {"image_id": i, "check": "sanity.blank", "reason": "no breast mask", "nearest_training_id": None}
+            for i in failed
+        ],
         "failed_image_ids": list(failed),
     }
     (report_dir / "report.json").write_text(json.dumps(report))

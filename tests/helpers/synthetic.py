@@ -96,23 +96,52 @@ def write_prepared(path: str | Path, rows: Sequence[Row]) -> Path:
     return path
 
 
-def release_row(img: np.ndarray | bytes, image_id: str, method: str, birads: int, view: str, laterality: str, *,
-                density: str | None = "C", bbox: list[list[float]] | None = None, source_image: str | None = None,
-                prompt: str | None = None) -> Row:
+def release_row(
+    img: np.ndarray | bytes,
+    image_id: str,
+    method: str,
+    birads: int,
+    view: str,
+    laterality: str,
+    *,
+    density: str | None = "C",
+    bbox: list[list[float]] | None = None,
+    source_image: str | None = None,
+    prompt: str | None = None,
+) -> Row:
     """One generated (release-schema) row; an array image is encoded with `core.imageio.encode_png`."""
     if prompt is None:
-        prompt = (schema.text2image_prompt(laterality, view, density, birads) if method == "text2image"
-                  else schema.inpainting_prompt(birads))
+        prompt = (
+            schema.text2image_prompt(laterality, view, density, birads)
+            if method == "text2image"
+            else schema.inpainting_prompt(birads)
+        )
     return {
         "image": {"bytes": encode_png(img) if isinstance(img, np.ndarray) else img, "path": None},
-        "image_id": image_id, "method": method, "birads": f"BI-RADS {birads}", "view": view, "laterality": laterality,
-        "density": density, "bbox": bbox or [], "seed": 1, "mask_seed": 2, "prompt": prompt,
-        "source_image": source_image, "lesion_source": None, "manufacturer": "PHANTOM", "generator": "test",
+        "image_id": image_id,
+        "method": method,
+        "birads": f"BI-RADS {birads}",
+        "view": view,
+        "laterality": laterality,
+        "density": density,
+        "bbox": bbox or [],
+        "seed": 1,
+        "mask_seed": 2,
+        "prompt": prompt,
+        "source_image": source_image,
+        "lesion_source": None,
+        "manufacturer": "PHANTOM",
+        "generator": "test",
     }
 
 
-def write_shards(method_dir: str | Path, shards: Iterable[Iterable[Row]], *,
-                 skipped: Sequence[dict[str, str]] = (), resume: bool = False) -> Path:
+def write_shards(
+    method_dir: str | Path,
+    shards: Iterable[Iterable[Row]],
+    *,
+    skipped: Sequence[dict[str, str]] = (),
+    resume: bool = False,
+) -> Path:
     """Write one method's shards (shard k = the k-th row batch) with the product's `ShardWriter`.
 
     ``skipped`` is recorded beside shard 0. With ``resume``, a shard already on disk is kept and its
@@ -124,8 +153,9 @@ def write_shards(method_dir: str | Path, shards: Iterable[Iterable[Row]], *,
     return writer.out_dir
 
 
-def write_generated(out: str | Path, rows_by_method: dict[str, list[Row]],
-                    skipped: dict[str, list[dict[str, str]]] | None = None) -> Path:
+def write_generated(
+    out: str | Path, rows_by_method: dict[str, list[Row]], skipped: dict[str, list[dict[str, str]]] | None = None
+) -> Path:
     """A generation output folder, one shard per method: ``out/generated/<method>/shard-00000.parquet``
     (+ stats JSON)."""
     out = Path(out)
@@ -146,7 +176,9 @@ def pil_default_png(img: np.ndarray) -> bytes:
 # --- image content -------------------------------------------------------------------------------
 
 
-def mammogram(rng: np.random.Generator, h: int = 320, w: int = 256, laterality: str = "L", view: str = "CC") -> np.ndarray:
+def mammogram(
+    rng: np.random.Generator, h: int = 320, w: int = 256, laterality: str = "L", view: str = "CC"
+) -> np.ndarray:
     """uint8 grey image: textured half-ellipse breast on the chest-wall side, black background.
 
     Textures use the phantom source's parenchyma model (`power_law_noise`), so images of different
@@ -213,7 +245,9 @@ def shift(img: np.ndarray, dx: int = 4, dy: int = 8) -> np.ndarray:
     if chest_wall_side(breast_mask(np.sqrt(img / float(np.iinfo(img.dtype).max)))) == "R":
         dx = -dx
     m = np.float32([[1, 0, dx], [0, 1, dy]])
-    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_CONSTANT, borderValue=int(img.min()))
+    return cv2.warpAffine(
+        img, m, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_CONSTANT, borderValue=int(img.min())
+    )
 
 
 def crop(img: np.ndarray, frac: float = 0.05) -> np.ndarray:
@@ -266,11 +300,21 @@ def reference_rows(n_studies: int, seed: int, h: int = 320, w: int = 256, prefix
                     box = lesion_box(img, rng)
                     img = add_lesion(img, box, rng)
                     findings.append({"bbox": box, "categories": ["Mass"], "finding_birads": birads})
-                rows.append(prepared_row(
-                    encode_png(img), f"{prefix}{seed}-{s:04d}-{lat}{view}", study_id=f"{prefix}{seed}-study{s:04d}",
-                    view=view, laterality=lat, birads=birads, density=density, findings=findings,
-                    manufacturer="PHANTOM", model_name="synthetic", orig_size=(h, w),
-                ))
+                rows.append(
+                    prepared_row(
+                        encode_png(img),
+                        f"{prefix}{seed}-{s:04d}-{lat}{view}",
+                        study_id=f"{prefix}{seed}-study{s:04d}",
+                        view=view,
+                        laterality=lat,
+                        birads=birads,
+                        density=density,
+                        findings=findings,
+                        manufacturer="PHANTOM",
+                        model_name="synthetic",
+                        orig_size=(h, w),
+                    )
+                )
     return rows
 
 
@@ -303,22 +347,43 @@ def write_generator_set(path: str | Path, n_backgrounds: int = 3, seed: int = 0)
             for i in range(n_backgrounds):
                 flipped = lat == "R" and i == 0
                 img = breast_image(rng, "L" if flipped else lat)
-                rows.append(prepared_row(pil_default_png(img), f"bg-{view}-{lat}-{i}", view=view, laterality=lat,
-                                         birads=1, density="BCD"[i % 3], flipped=flipped, **common))
+                rows.append(
+                    prepared_row(
+                        pil_default_png(img),
+                        f"bg-{view}-{lat}-{i}",
+                        view=view,
+                        laterality=lat,
+                        birads=1,
+                        density="BCD"[i % 3],
+                        flipped=flipped,
+                        **common,
+                    )
+                )
     for b, boxes in REFERENCE_BOXES.items():
         for j, (bw, bh) in enumerate(boxes):
             img = breast_image(rng, "L")
             findings = [{"bbox": [20.0, 40.0, 20.0 + bw, 40.0 + bh], "categories": ["Mass"], "finding_birads": b}]
-            rows.append(prepared_row(pil_default_png(img), f"lesion-{b}-{j}", view="CC", laterality="L",
-                                     birads=b, density="C", findings=findings, **common))
+            rows.append(
+                prepared_row(
+                    pil_default_png(img),
+                    f"lesion-{b}-{j}",
+                    view="CC",
+                    laterality="L",
+                    birads=b,
+                    density="C",
+                    findings=findings,
+                    **common,
+                )
+            )
     return write_prepared(path, rows)
 
 
 # --- scenario: the trainer test set ---------------------------------------------------------------
 
 
-def write_trainer_set(path: str | Path, *, n: int = 4, size: tuple[int, int] = (80, 64),
-                      birads: tuple[int, ...] = (4, 3), seed: int = 0) -> Path:
+def write_trainer_set(
+    path: str | Path, *, n: int = 4, size: tuple[int, int] = (80, 64), birads: tuple[int, ...] = (4, 3), seed: int = 0
+) -> Path:
     """A few rows with one lesion box each, for trainer unit tests that need exact control over
     rows (the phantom ingest is the realistic set); ``size`` is (height, width). PNGs by
     `pil_default_png` (the encoder this set was first written with)."""
@@ -332,12 +397,21 @@ def write_trainer_set(path: str | Path, *, n: int = 4, size: tuple[int, int] = (
         arr[:, half] += 140
         b = birads[i % len(birads)]
         box = [w * 0.2, h * 0.3, w * 0.45, h * 0.55] if lat == "L" else [w * 0.55, h * 0.3, w * 0.8, h * 0.55]
-        rows.append(prepared_row(
-            pil_default_png(arr), f"tiny{i:03d}", study_id=f"study{i // 2}", laterality=lat,
-            view=schema.VIEWS[(i // 2) % 2], birads=b, density=schema.DENSITIES[i % 4],
-            findings=[{"bbox": [float(v) for v in box], "categories": ["Mass"], "finding_birads": b}],
-            manufacturer="SIEMENS", model_name="tiny", orig_size=(h * 10, w * 10),
-        ))
+        rows.append(
+            prepared_row(
+                pil_default_png(arr),
+                f"tiny{i:03d}",
+                study_id=f"study{i // 2}",
+                laterality=lat,
+                view=schema.VIEWS[(i // 2) % 2],
+                birads=b,
+                density=schema.DENSITIES[i % 4],
+                findings=[{"bbox": [float(v) for v in box], "categories": ["Mass"], "finding_birads": b}],
+                manufacturer="SIEMENS",
+                model_name="tiny",
+                orig_size=(h * 10, w * 10),
+            )
+        )
     return write_prepared(path, rows)
 
 
@@ -361,8 +435,11 @@ def fake_row(task: Any, rng: np.random.Generator) -> Row:
         "bbox": [] if m == "text2image" else [[4.0, 4.0, 20.0, 24.0]],
         "seed": task.seed,
         "mask_seed": task.mask_seed,
-        "prompt": schema.text2image_prompt(task.laterality, task.view, "C", task.birads) if m == "text2image"
-        else schema.inpainting_prompt(task.birads) if m == "inpainting" else None,
+        "prompt": schema.text2image_prompt(task.laterality, task.view, "C", task.birads)
+        if m == "text2image"
+        else schema.inpainting_prompt(task.birads)
+        if m == "inpainting"
+        else None,
         "source_image": None if m == "text2image" else f"bg-{task.index:04d}",
         "lesion_source": f"lesion-{task.index:04d}" if m == "poisson" else None,
         "manufacturer": "SIEMENS",
@@ -379,7 +456,7 @@ def generate_fake(spec: ReleaseSpec, methods: list[str] | None = None, seed: int
         tasks = plan(spec, method)
         size = spec.output.shard_size
         # generators: a kept shard draws no random numbers, as before
-        batches = [(fake_row(t, rng) for t in tasks[k:k + size]) for k in range(0, len(tasks), size)]
+        batches = [(fake_row(t, rng) for t in tasks[k : k + size]) for k in range(0, len(tasks), size)]
         write_shards(spec.layout.generated(method), batches, resume=True)
         out[method] = len(tasks)
     return out

@@ -43,17 +43,22 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert "text2image" in summary and "README.md" in summary and "report.md" in summary
 
     # A second run finds every stage complete and produces the same release.
-    head = subprocess.run(["git", "-C", str(result.release), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = subprocess.run(
+        ["git", "-C", str(result.release), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
     again = run_demo(out, sizes, echo=lambda s: None)
     assert again.packaged == result.packaged
-    assert subprocess.run(["git", "-C", str(result.release), "rev-parse", "HEAD"], capture_output=True,
-                          text=True).stdout == head
+    assert (
+        subprocess.run(["git", "-C", str(result.release), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        == head
+    )
 
 
 def test_demo_refuses_a_file_as_output(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "mammosynth.builders.cli", "demo", "--out", str(target)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mammosynth.builders.cli", "demo", "--out", str(target)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "must be a folder" in proc.stderr

@@ -36,18 +36,24 @@ def test_wheel_installs_namespaced_subpackages(tmp_path: Path) -> None:
     # A fresh venv that sees the dependencies (via a plain path, so the editable finder is NOT loaded)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.check_output(
-        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
         check=True,
     )
-    code = "import importlib\n" + "".join(
-        f"m = importlib.import_module('mammosynth.{p}'); assert m.__file__.startswith({str(site)!r}), m.__file__\n"
-        for p in SUBPACKAGES
-    ) + "import mammosynth.builders.core.schema, mammosynth.builders.cli\nprint('ok')\n"
+    code = (
+        "import importlib\n"
+        + "".join(
+            f"m = importlib.import_module('mammosynth.{p}'); assert m.__file__.startswith({str(site)!r}), m.__file__\n"
+            for p in SUBPACKAGES
+        )
+        + "import mammosynth.builders.core.schema, mammosynth.builders.cli\nprint('ok')\n"
+    )
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
@@ -67,7 +73,8 @@ def test_console_script_maps_input_errors_to_exit_2(tmp_path: Path) -> None:
     spec.write_text("name: x\nversoin: 1.0\n")
     proc = subprocess.run(
         [sys.executable, "-c", "from mammosynth.builders.cli import main; main()", "card", str(spec)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

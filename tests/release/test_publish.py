@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mammosynth.builders.release.build import build
-from mammosynth.builders.core.errors import InputError
-from mammosynth.builders.release.publish import publish
-from mammosynth.builders.core.spec import load_spec
-
 from helpers.hub_standin import HubStandin  # noqa: E402
 from helpers.release_helpers import spec_dict, write_report, write_spec  # noqa: E402
 from helpers.synthetic import generate_fake  # noqa: E402
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.spec import load_spec
+from mammosynth.builders.release.build import build
+from mammosynth.builders.release.publish import publish
 
 TOKEN = "hf_standin_secret_token"
 
@@ -30,19 +29,38 @@ TOKEN = "hf_standin_secret_token"
 def _build(tmp: Path, *, version: str = "1.0", passed: bool = True, **kw) -> Path:
     spec = load_spec(write_spec(tmp, spec_dict(tmp, version=version, **kw), f"spec-{version}.yaml"))
     (tmp / "prepared").mkdir(exist_ok=True)
-    res = build(spec, generate_fn=generate_fake, validate_fn=lambda s, d: write_report(d, passed=passed),
-                force=not passed, reason=None if passed else "test override", progress=False, echo=lambda s: None)
+    res = build(
+        spec,
+        generate_fn=generate_fake,
+        validate_fn=lambda s, d: write_report(d, passed=passed),
+        force=not passed,
+        reason=None if passed else "test override",
+        progress=False,
+        echo=lambda s: None,
+    )
     return res.release
 
 
 def _cli(hub: HubStandin, *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0",
-               HF_HOME=str(Path(hub.home)), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_OFFLINE="0",
+        HF_HOME=str(Path(hub.home)),
+        NO_PROXY="127.0.0.1",
+        no_proxy="127.0.0.1",
+    )
     if token:
         env["HF_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "mammosynth.builders.cli", "publish", *args],
-                          capture_output=True, text=True, env=env, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "mammosynth.builders.cli", "publish", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
 
 
 @pytest.fixture
@@ -64,8 +82,11 @@ def test_publish_create_upload_tag_then_second_version(tmp_path: Path, hub: HubS
     assert repo.private  # spec says private
     assert repo.tags["v1.0"] == repo.branches["main"]
     files = hub.files_at("org/tiny-mammo", "v1.0")
-    local = {p.relative_to(v1).as_posix(): p.read_bytes() for p in v1.rglob("*")
-             if p.is_file() and ".git" not in p.relative_to(v1).parts and p.name != ".gitattributes"}
+    local = {
+        p.relative_to(v1).as_posix(): p.read_bytes()
+        for p in v1.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(v1).parts and p.name != ".gitattributes"
+    }
     for rel, content in local.items():
         assert hashlib.sha256(files[rel]).digest() == hashlib.sha256(content).digest(), rel
     assert ".git/HEAD" not in files
@@ -104,8 +125,17 @@ def test_forced_public_push_of_restricted_source_records_overrides(tmp_path: Pat
     r = _cli(hub, str(release), "--repo", "org/restricted", "--public", "--force", "--reason", "reader study")
     assert r.returncode == 2 and "forbids redistribution" in r.stderr
     assert "org/restricted" not in hub.state.repos
-    r = _cli(hub, str(release), "--repo", "org/restricted", "--public", "--force", "--allow-restricted-source",
-             "--reason", "licence holder agreed in writing")
+    r = _cli(
+        hub,
+        str(release),
+        "--repo",
+        "org/restricted",
+        "--public",
+        "--force",
+        "--allow-restricted-source",
+        "--reason",
+        "licence holder agreed in writing",
+    )
     assert r.returncode == 0, r.stderr
     card = hub.files_at("org/restricted", "v1.0")["README.md"].decode()
     assert "licence holder agreed in writing" in card

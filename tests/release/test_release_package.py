@@ -13,16 +13,15 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from mammosynth.builders.release import package as package_mod
-from mammosynth.builders.release.build import build
+from helpers.release_helpers import spec_dict, write_report, write_spec  # noqa: E402
+from helpers.synthetic import generate_fake  # noqa: E402
 from mammosynth.builders.core.errors import GateFailed
-from mammosynth.builders.release.package import shard_bounds, verify_checksums
 from mammosynth.builders.core.release_data import load_release_data
 from mammosynth.builders.core.schema import BIRADS_NAMES, release_features
 from mammosynth.builders.core.spec import load_spec
-
-from helpers.release_helpers import spec_dict, write_report, write_spec  # noqa: E402
-from helpers.synthetic import generate_fake  # noqa: E402
+from mammosynth.builders.release import package as package_mod
+from mammosynth.builders.release.build import build
+from mammosynth.builders.release.package import shard_bounds, verify_checksums
 
 QUIET = {"progress": False, "echo": lambda s: None}
 
@@ -117,13 +116,18 @@ def test_failed_round_trip_stops_the_build_and_keeps_the_previous_release(tmp_pa
 
 def test_second_build_on_one_folder_exits_2_naming_the_first(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
-    hold = ("import sys, time\nfrom mammosynth.builders.core.locks import folder_lock\n"
-            "with folder_lock(sys.argv[1], 'build'):\n    print('held', flush=True)\n    time.sleep(30)\n")
+    hold = (
+        "import sys, time\nfrom mammosynth.builders.core.locks import folder_lock\n"
+        "with folder_lock(sys.argv[1], 'build'):\n    print('held', flush=True)\n    time.sleep(30)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(spec.layout.root)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        run = subprocess.run([sys.executable, "-m", "mammosynth.builders.cli", "build", str(tmp_path / "spec.yaml")],
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "mammosynth.builders.cli", "build", str(tmp_path / "spec.yaml")],
+            capture_output=True,
+            text=True,
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -146,14 +150,21 @@ def test_forced_build_refuses_an_undecodable_image(tmp_path: Path) -> None:
         images[0] = {"bytes": images[0]["bytes"][:60], "path": None}  # a PNG cut off mid-stream
         import pyarrow as pa
 
-        table = table.set_column(table.schema.get_field_index("image"), "image",
-                                 pa.array(images, type=table.schema.field("image").type))
+        table = table.set_column(
+            table.schema.get_field_index("image"), "image", pa.array(images, type=table.schema.field("image").type)
+        )
         pq.write_table(table, shard)
         (tmp_path / "victim").write_text(victim)
 
     with pytest.raises(InputError, match="does not decode") as info:
-        build(spec, generate_fn=generate_truncated, validate_fn=lambda s, d: write_report(d, passed=False),
-              force=True, reason="test", **QUIET)
+        build(
+            spec,
+            generate_fn=generate_truncated,
+            validate_fn=lambda s, d: write_report(d, passed=False),
+            force=True,
+            reason="test",
+            **QUIET,
+        )
     assert info.value.record == (tmp_path / "victim").read_text() and info.value.field == "image"
     assert not spec.layout.release.exists()
 

@@ -43,8 +43,9 @@ def test_first_value_of_list_windows():
 
 
 def test_window_matches_pydicom(tmp_path):
-    path = _write(tmp_path / "w.dcm", RAMP, WindowCenter=[1500, 1000, 900, 800, 700],
-                  WindowWidth=[1000, 500, 400, 300, 200])
+    path = _write(
+        tmp_path / "w.dcm", RAMP, WindowCenter=[1500, 1000, 900, 800, 700], WindowWidth=[1000, 500, 400, 300, 200]
+    )
     ds = pydicom.dcmread(path)
     ref = apply_voi_lut(ds.pixel_array, ds, index=0).astype(float)
     ref = (ref - 0) / 4095 * 65535  # pydicom's window output spans the 12 stored bits
@@ -55,8 +56,16 @@ def test_window_matches_pydicom(tmp_path):
 
 def test_monochrome1_inverts_and_padding_is_black(tmp_path):
     m2 = read_display(_write(tmp_path / "m2.dcm", RAMP, WindowCenter=2048, WindowWidth=4096)).pixels
-    m1 = read_display(_write(tmp_path / "m1.dcm", RAMP, WindowCenter=2048, WindowWidth=4096,
-                             PhotometricInterpretation="MONOCHROME1", PixelPaddingValue=4080)).pixels
+    m1 = read_display(
+        _write(
+            tmp_path / "m1.dcm",
+            RAMP,
+            WindowCenter=2048,
+            WindowWidth=4096,
+            PhotometricInterpretation="MONOCHROME1",
+            PixelPaddingValue=4080,
+        )
+    ).pixels
     pad = RAMP == 4080
     assert (m1[pad] == 0).all()
     assert np.abs(m1[~pad].astype(int) + m2[~pad].astype(int) - 65535).max() <= 1
@@ -104,8 +113,7 @@ def test_window_width_zero_falls_back_to_the_used_range(tmp_path):
 
 
 def test_over_16_bits_is_refused_without_a_giant_table(make_dicom, tmp_path):
-    path = make_dicom(tmp_path / "b32.dcm", RAMP.astype(np.uint32) << 16, BitsAllocated=32, BitsStored=32,
-                      HighBit=31)
+    path = make_dicom(tmp_path / "b32.dcm", RAMP.astype(np.uint32) << 16, BitsAllocated=32, BitsStored=32, HighBit=31)
     with pytest.raises(DicomError, match="BitsAllocated 32") as exc:
         read_display(path)
     assert exc.value.field == "BitsAllocated"

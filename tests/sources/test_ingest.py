@@ -48,6 +48,7 @@ def test_cbis_laterality_and_view(cbis_prepared):
 
 # --- boxes, flip, crop, 16-bit -------------------------------------------------------------------
 
+
 def _findings_by_image(src):
     out: dict[str, list] = {}
     for r in csv.DictReader(open(src / "finding_annotations.csv")):
@@ -80,8 +81,12 @@ def test_boxes_rescaled_and_clipped(prepared_set, phantom_source):
 def test_flip_crop_and_16_bit(phantom_source, prepared_set, tmp_path):
     from mammosynth.builders.sources.ingest import IngestOptions, ingest_vindr
 
-    out = ingest_vindr(phantom_source, tmp_path / "flip",
-                       IngestOptions(size=256, bit_depth=8, flip_right=True, num_proc=2), progress=False)
+    out = ingest_vindr(
+        phantom_source,
+        tmp_path / "flip",
+        IngestOptions(size=256, bit_depth=8, flip_right=True, num_proc=2),
+        progress=False,
+    )
     plain = {r["image_id"]: r for r in datasets.load_from_disk(str(prepared_set))}
     flipped = datasets.load_from_disk(str(out))
     assert sum(flipped["flipped"]) == sum(1 for r in plain.values() if r["laterality"] == "R") > 0
@@ -96,8 +101,9 @@ def test_flip_crop_and_16_bit(phantom_source, prepared_set, tmp_path):
                 assert f["bbox"][2] == pytest.approx(w - g["bbox"][0])
         else:
             assert not row["flipped"] and np.array_equal(a, b)
-    crop = ingest_vindr(phantom_source, tmp_path / "crop",
-                        IngestOptions(size=128, mode="crop", bit_depth=16), progress=False)
+    crop = ingest_vindr(
+        phantom_source, tmp_path / "crop", IngestOptions(size=128, mode="crop", bit_depth=16), progress=False
+    )
     ds = datasets.load_from_disk(str(crop))
     img = ds[0]["image"]
     assert img.size == (128, 128) and np.asarray(img).max() > 255  # 16-bit PNG kept its depth
@@ -152,8 +158,7 @@ def _cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "mammosynth.builders.cli", *args],
-                          capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "mammosynth.builders.cli", *args], capture_output=True, text=True)
 
 
 def test_missing_csv(source, tmp_path):
@@ -168,9 +173,13 @@ def test_missing_csv(source, tmp_path):
 
 
 def test_misspelled_column(source, tmp_path):
-    _edit_csv(source / "breast-level_annotations.csv",
-              lambda c, r: ([x if x != "breast_birads" else "breast_bi_rads" for x in c],
-                            [{("breast_bi_rads" if k == "breast_birads" else k): v for k, v in x.items()} for x in r]))
+    _edit_csv(
+        source / "breast-level_annotations.csv",
+        lambda c, r: (
+            [x if x != "breast_birads" else "breast_bi_rads" for x in c],
+            [{("breast_bi_rads" if k == "breast_birads" else k): v for k, v in x.items()} for x in r],
+        ),
+    )
     with pytest.raises(InputError) as exc:
         ingest_vindr(source, tmp_path / "out", SMALL, progress=False)
     assert exc.value.field == "breast_birads" and "breast_bi_rads" in str(exc.value)
@@ -198,8 +207,9 @@ def test_per_record_problems_are_skipped(source, tmp_path):
     def finding_edit(cols, rs):
         for r in rs:
             if r["image_id"] == ids[6]:
-                r.update(finding_categories="['Mass']", finding_birads="BI-RADS 4",
-                         xmin="50", xmax="40", ymin="1", ymax="9")
+                r.update(
+                    finding_categories="['Mass']", finding_birads="BI-RADS 4", xmin="50", xmax="40", ymin="1", ymax="9"
+                )
         return cols, rs
 
     _edit_csv(source / "finding_annotations.csv", finding_edit)
@@ -210,7 +220,8 @@ def test_per_record_problems_are_skipped(source, tmp_path):
     dup = [r for r in _skipped(out) if r["field"] == "image_id"]
     assert len(dup) == 2 and all(ids[2] in r["record"] and "duplicate" in r["reason"] for r in dup)
     assert "missing on disk" in skipped["file"]["reason"] or any(
-        "missing on disk" in r["reason"] for r in _skipped(out))
+        "missing on disk" in r["reason"] for r in _skipped(out)
+    )
     assert "truncated" in skipped["PixelData"]["reason"] and ids[4] in skipped["PixelData"]["record"]
     non_dicom = [r for r in _skipped(out) if r["field"] == "file" and ids[5] in r["record"]]
     assert non_dicom and "not a readable DICOM" in non_dicom[0]["reason"]
@@ -234,6 +245,7 @@ def test_output_holding_other_dataset(source, tmp_path):
 
 
 # --- resume and atomicity ------------------------------------------------------------------------
+
 
 def test_failure_mid_run_resumes_without_redoing(source, tmp_path):
     from mammosynth.builders.sources import ingest as ing
@@ -306,8 +318,7 @@ def test_killed_process_resumes(source, tmp_path):
         return ing.cache_record(job)
 
     records, skips = vindr.vindr_records(source)
-    ing.run_ingest(vindr.vindr_source(source), source, out, records, skips, SMALL, progress=False,
-                   worker=counting)
+    ing.run_ingest(vindr.vindr_source(source), source, out, records, skips, SMALL, progress=False, worker=counting)
     assert len(redo) == 12 - cached
     assert len(datasets.load_from_disk(str(out))) == 12
 
@@ -326,7 +337,12 @@ def test_cli_phantom_then_ingest(tmp_path):
     for row in ds:
         b = breast[row["image_id"]]
         assert (row["laterality"], row["view"], row["birads"], row["density"], row["split"]) == (
-            b["laterality"], b["view_position"], int(b["breast_birads"][-1]), b["breast_density"][-1], b["split"])
+            b["laterality"],
+            b["view_position"],
+            int(b["breast_birads"][-1]),
+            b["breast_density"][-1],
+            b["split"],
+        )
         assert len(row["findings"]) == len(boxes.get(row["image_id"], []))
     assert sum(len(f) for f in ds["findings"]) == sum(len(v) for v in boxes.values()) > 0
     assert json.loads((prep / "ingest.json").read_text())["counts"]["images"] == 80

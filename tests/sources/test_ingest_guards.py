@@ -42,6 +42,7 @@ def tiny_set(small_phantom, tmp_path, cli) -> Path:
 
 # --- 2: the pseudonym key ------------------------------------------------------------------------
 
+
 def test_another_pseudonym_key_is_refused_on_an_existing_set(small_phantom, tiny_set, cli, monkeypatch) -> None:
     before = _snapshot(tiny_set)
     monkeypatch.setenv(PSEUDONYM_KEY_ENV, "another secret key")
@@ -83,13 +84,13 @@ def test_a_resumed_run_under_another_key_reuses_nothing(phantom_copy, tmp_path, 
 
 # --- 3 and 4: broken DICOMs, other modalities -----------------------------------------------------
 
+
 def test_broken_and_foreign_dicoms_are_skipped_or_refused(make_dicom, cli, tmp_path) -> None:
     src = tmp_path / "dicoms"
     src.mkdir()
     shutil.copy(sorted(sample_dicom_dir().rglob("*.dcm"))[0], src / "good.dcm")
     make_dicom(src / "ww0.dcm", WindowCenter=2048, WindowWidth=0, ImageLaterality="R", PatientID="P2")
-    make_dicom(src / "b32.dcm", np.full((16, 16), 1 << 30, np.uint32), BitsAllocated=32, BitsStored=32,
-               HighBit=31)
+    make_dicom(src / "b32.dcm", np.full((16, 16), 1 << 30, np.uint32), BitsAllocated=32, BitsStored=32, HighBit=31)
     make_dicom(src / "ct.dcm", Modality="CT")
     res = cli("ingest", "dicom", src, tmp_path / "out", *SMALL)
     assert res.code == 0, res.err
@@ -106,6 +107,7 @@ def test_broken_and_foreign_dicoms_are_skipped_or_refused(make_dicom, cli, tmp_p
 
 
 # --- 3: broken prepared sets given to merge -------------------------------------------------------
+
 
 def test_truncated_arrow_file_is_named(tiny_set, cbis_prepared, cli, tmp_path) -> None:
     broken = Path(shutil.copytree(tiny_set, tmp_path / "broken"))
@@ -125,13 +127,16 @@ def test_merge_into_an_existing_file(tiny_set, cbis_prepared, cli, tmp_path) -> 
     assert target.read_text() == "keep me"
 
 
-@pytest.mark.parametrize("text, field", [
-    ('{"format_version": 1, "counts": ', None),
-    ('{"options": "x", "counts": {"images": 12}}', "options"),
-    ('{"sources": {"A": ["CC0"]}, "counts": {"images": 12}}', "sources.A"),
-    ('{"sources": {"A": {"licence": "CC0"}}}', "sources.A.redistribution_allowed"),
-    ('{"options": {"bit_depth": 12}}', "options.bit_depth"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ('{"format_version": 1, "counts": ', None),
+        ('{"options": "x", "counts": {"images": 12}}', "options"),
+        ('{"sources": {"A": ["CC0"]}, "counts": {"images": 12}}', "sources.A"),
+        ('{"sources": {"A": {"licence": "CC0"}}}', "sources.A.redistribution_allowed"),
+        ('{"options": {"bit_depth": 12}}', "options.bit_depth"),
+    ],
+)
 def test_malformed_ingest_json(text, field, tiny_set, cbis_prepared, cli, tmp_path) -> None:
     bad = Path(shutil.copytree(tiny_set, tmp_path / "bad"))
     (bad / "ingest.json").write_text(text)
@@ -150,10 +155,12 @@ def test_merge_refuses_mixed_bit_depths(small_phantom, tiny_set, cli, tmp_path) 
 
 # --- 4: nested folders ----------------------------------------------------------------------------
 
+
 def test_output_inside_the_source_or_source_inside_the_output(phantom_copy, cli, tmp_path) -> None:
     before = _snapshot(phantom_copy)
     cli("ingest", "vindr", phantom_copy, phantom_copy / "prep", *SMALL).one_line_error(
-        phantom_copy / "prep", "inside the source folder")
+        phantom_copy / "prep", "inside the source folder"
+    )
     cli("ingest", "vindr", phantom_copy, phantom_copy, *SMALL).one_line_error("inside the source folder")
     assert _snapshot(phantom_copy) == before and not list(phantom_copy.glob(".*"))
     outer = tmp_path / "outer"
@@ -197,10 +204,10 @@ def test_a_second_ingest_into_the_same_folder_names_the_first(small_phantom, cli
 
 # --- 6: a killed run's temporaries ----------------------------------------------------------------
 
+
 def test_only_this_targets_temporaries_are_removed(small_phantom, cli, tmp_path) -> None:
     mine = [tmp_path / ".out.tmp-99999", tmp_path / ".out.tmp-1"]
-    others = [tmp_path / ".out2.tmp-5", tmp_path / ".other.tmp-7", tmp_path / ".out.tmp-abc",
-              tmp_path / ".out.old-3"]
+    others = [tmp_path / ".out2.tmp-5", tmp_path / ".other.tmp-7", tmp_path / ".out.tmp-abc", tmp_path / ".out.old-3"]
     mine[0].mkdir()
     (mine[0] / "data-00000-of-00001.arrow").write_bytes(b"half")
     mine[1].write_text("x")

@@ -49,8 +49,10 @@ def test_vindr_is_restricted_and_the_phantom_is_not(phantom_copy, tmp_path) -> N
 def test_cbis_samples_are_cc_by_with_attribution(cbis_prepared) -> None:
     terms = licences(cbis_prepared)["CBIS-DDSM"]
     assert terms.licence == "CC BY 3.0" and terms.redistribution_allowed
-    assert terms.attribution == ("Data from: Curated Breast Imaging Subset of DDSM. The Cancer Imaging Archive. "
-                                 "DOI 10.7937/K9/TCIA.2016.7O02S9CY")
+    assert terms.attribution == (
+        "Data from: Curated Breast Imaging Subset of DDSM. The Cancer Imaging Archive. "
+        "DOI 10.7937/K9/TCIA.2016.7O02S9CY"
+    )
     assert "Lee" in terms.citation and "2017" in terms.citation and "Scientific Data" in terms.citation
     assert _sources(cbis_prepared) == {"CBIS-DDSM"}
 
@@ -69,8 +71,23 @@ def test_plain_folder_is_unknown_unless_declared(cli, tmp_path) -> None:
     assert res.code == 0, res.err
     assert licences(tmp_path / "a") == {"my-dicoms": SourceLicence("unknown", False)}
     assert _sources(tmp_path / "a") == {"my-dicoms"}
-    res = cli("ingest", "dicom", src, tmp_path / "b", "--size", "64", "--bit-depth", "8", "--licence",
-              "CC BY 4.0", "--redistribution-allowed", "--attribution", "Courtesy of X", "--source-name", "X")
+    res = cli(
+        "ingest",
+        "dicom",
+        src,
+        tmp_path / "b",
+        "--size",
+        "64",
+        "--bit-depth",
+        "8",
+        "--licence",
+        "CC BY 4.0",
+        "--redistribution-allowed",
+        "--attribution",
+        "Courtesy of X",
+        "--source-name",
+        "X",
+    )
     assert res.code == 0, res.err
     assert licences(tmp_path / "b") == {"X": SourceLicence("CC BY 4.0", True, "Courtesy of X")}
     res = cli("ingest", "dicom", src, tmp_path / "c", "--size", "32", "--licence", "CC BY 4.0")
@@ -97,7 +114,8 @@ def test_merge_refuses_one_name_under_two_licences(cli, tmp_path) -> None:
     assert cli("ingest", "dicom", a, tmp_path / "pa", "--size", "32").code == 0
     assert cli("ingest", "dicom", b, tmp_path / "pb", "--size", "32", "--licence", "CC BY 4.0").code == 0
     line = cli("ingest", "merge", tmp_path / "m", tmp_path / "pa", tmp_path / "pb").one_line_error(
-        "sources.dicoms", tmp_path / "pb" / "ingest.json")
+        "sources.dicoms", tmp_path / "pb" / "ingest.json"
+    )
     assert "'unknown'" in line and "'CC BY 4.0'" in line
     assert not (tmp_path / "m").exists()
     assert cli("ingest", "merge", tmp_path / "m", tmp_path / "pa", tmp_path / "pa2").code == 2  # missing input
@@ -110,10 +128,25 @@ def _old_set(path: Path, info: dict, rows: int = 2) -> Path:
     from mammosynth.builders.core.imageio import encode_png
 
     png = encode_png(np.full((8, 8), 100, np.uint8))
-    data = [{"image": {"bytes": png, "path": None}, "image_id": f"{path.name}-{i}", "study_id": "s",
-             "laterality": "L", "view": "CC", "birads": 1, "density": None, "manufacturer": None,
-             "model_name": None, "split": "training", "orig_height": 8, "orig_width": 8, "findings": [],
-             "flipped": False} for i in range(rows)]
+    data = [
+        {
+            "image": {"bytes": png, "path": None},
+            "image_id": f"{path.name}-{i}",
+            "study_id": "s",
+            "laterality": "L",
+            "view": "CC",
+            "birads": 1,
+            "density": None,
+            "manufacturer": None,
+            "model_name": None,
+            "split": "training",
+            "orig_height": 8,
+            "orig_width": 8,
+            "findings": [],
+            "flipped": False,
+        }
+        for i in range(rows)
+    ]
     datasets.Dataset.from_list(data, features=prepared_features()).save_to_disk(str(path))
     (path / "ingest.json").write_text(json.dumps(info))
     return path
@@ -121,18 +154,25 @@ def _old_set(path: Path, info: dict, rows: int = 2) -> Path:
 
 def test_sets_without_the_column_fall_back_to_their_single_source(tmp_path) -> None:
     assert SOURCE_COLUMN not in PREPARED_COLUMNS  # sets without it still open
-    legacy = _old_set(tmp_path / "legacy", {"source": {"kind": "vindr"}, "licence": "some licence",
-                                            "counts": {"images": 2}})
+    legacy = _old_set(
+        tmp_path / "legacy", {"source": {"kind": "vindr"}, "licence": "some licence", "counts": {"images": 2}}
+    )
     ds = open_prepared(legacy)
     assert SOURCE_COLUMN not in ds.column_names
     info = read_ingest_info(legacy)
     assert licences(legacy) == {"vindr": SourceLicence("some licence", False)}
     assert row_source(ds[0], info) == "vindr"
-    named = _old_set(tmp_path / "named", {"sources": {"A": {"licence": "CC0", "redistribution_allowed": True}},
-                                          "counts": {"images": 2}})
+    named = _old_set(
+        tmp_path / "named",
+        {"sources": {"A": {"licence": "CC0", "redistribution_allowed": True}}, "counts": {"images": 2}},
+    )
     assert row_source(open_prepared(named)[0], read_ingest_info(named)) == "A"
-    two = {"sources": {"A": {"licence": "x", "redistribution_allowed": True},
-                       "B": {"licence": "y", "redistribution_allowed": False}}}
+    two = {
+        "sources": {
+            "A": {"licence": "x", "redistribution_allowed": True},
+            "B": {"licence": "y", "redistribution_allowed": False},
+        }
+    }
     with pytest.raises(InputError, match="lists 2") as exc:
         row_source({"image_id": "r1"}, two)
     assert exc.value.field == SOURCE_COLUMN and exc.value.record == "r1"

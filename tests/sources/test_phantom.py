@@ -58,8 +58,17 @@ def test_finding_quirks(phantom_source):
             assert cats != ["No Finding"], "BI-RADS 3-5 images carry a lesion box"
     raw = (phantom_source / "finding_annotations.csv").read_text()
     assert "\"['Mass', 'Suspicious Calcification']\"" in raw or "['Suspicious Lymph Node']" in raw
-    outside = [r for r in findings if r["xmin"] and (float(r["xmin"]) < 0 or float(r["ymin"]) < 0
-               or float(r["xmax"]) > int(r["width"]) or float(r["ymax"]) > int(r["height"]))]
+    outside = [
+        r
+        for r in findings
+        if r["xmin"]
+        and (
+            float(r["xmin"]) < 0
+            or float(r["ymin"]) < 0
+            or float(r["xmax"]) > int(r["width"])
+            or float(r["ymax"]) > int(r["height"])
+        )
+    ]
     assert outside, "some boxes spill past the image edge, as in VinDr"
 
 
@@ -79,14 +88,14 @@ def test_right_breasts_on_right_edge_and_labels(phantom_source):
     for r in _rows(phantom_source / "breast-level_annotations.csv"):
         img = read_display(phantom_source / "images" / r["study_id"] / f"{r['image_id']}.dicom").pixels
         h, w = img.shape
-        mid = img[h // 4: 3 * h // 4].astype(float)
-        left, right = mid[:, : w // 4].mean(), mid[:, -w // 4:].mean()
+        mid = img[h // 4 : 3 * h // 4].astype(float)
+        left, right = mid[:, : w // 4].mean(), mid[:, -w // 4 :].mean()
         assert (right > left) == (r["laterality"] == "R"), r
         # burned-in label: bright pixels in the top corner away from the chest wall
-        corner = img[: h // 10, : w // 3] if r["laterality"] == "R" else img[: h // 10, -w // 3:]
+        corner = img[: h // 10, : w // 3] if r["laterality"] == "R" else img[: h // 10, -w // 3 :]
         assert corner.max() > max(50000, np.percentile(img[img > 0], 90))
         if r["view_position"] == "MLO":  # pectoral muscle: bright top corner at the chest wall
-            chest = img[: h // 10, -w // 10:] if r["laterality"] == "R" else img[: h // 10, : w // 10]
+            chest = img[: h // 10, -w // 10 :] if r["laterality"] == "R" else img[: h // 10, : w // 10]
             assert np.median(chest) > np.median(img[img > 0])
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mammosynth.builders.core.errors import InputError
 from helpers import synthetic as S
+from mammosynth.builders.core.errors import InputError
 from mammosynth.validation.gate import validate_release
 
 
@@ -14,7 +14,9 @@ def ref_and_release(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("drift")
     ref = S.write_reference_set(tmp / "ref", n_studies=3, seed=0)
     rows = [
-        S.release_row(r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"])
+        S.release_row(
+            r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"]
+        )
         for k, r in enumerate(S.reference_rows(2, 77))
     ]
     return ref, S.write_generated(tmp / "rel", {"text2image": rows})

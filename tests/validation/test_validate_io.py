@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import synthetic as S
 from mammosynth.builders.cli import main
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.spec import ReleaseSpec
-from helpers import synthetic as S
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.reference import CACHE_DIR_NAME, reference_index
 from mammosynth.validation.release_io import load_release
@@ -28,16 +28,26 @@ def ref(tmp_path_factory):
 def _t2i_rows(n_studies=2, seed=77):
     rows = []
     for r in S.reference_rows(n_studies, seed):
-        rows.append(S.release_row(r["image"]["bytes"], "", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"]))
+        rows.append(
+            S.release_row(
+                r["image"]["bytes"], "", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"]
+            )
+        )
     return rows
 
 
 def _spec(counts: list[dict]) -> ReleaseSpec:
-    return ReleaseSpec.model_validate({
-        "name": "t", "version": "1.0", "pretty_name": "t", "description": "t", "authors": ["a"],
-        "source": {"name": "s", "prepared": "p", "license": "cc0", "redistribution_allowed": True},
-        "methods": {"text2image": {"counts": counts, "text2image": {"base_model": "x", "resolution": 320}}},
-    })
+    return ReleaseSpec.model_validate(
+        {
+            "name": "t",
+            "version": "1.0",
+            "pretty_name": "t",
+            "description": "t",
+            "authors": ["a"],
+            "source": {"name": "s", "prepared": "p", "license": "cc0", "redistribution_allowed": True},
+            "methods": {"text2image": {"counts": counts, "text2image": {"base_model": "x", "resolution": 320}}},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +56,15 @@ def counted_release(tmp_path_factory):
     rows = []
     for r in S.reference_rows(2, 77):
         b, v, lat = r["birads"], r["view"], r["laterality"]
-        row = S.release_row(r["image"]["bytes"], f"text2image-b{b}-{v.lower()}-{lat.lower()}-00000", "text2image", b, v, lat, density=r["density"])
+        row = S.release_row(
+            r["image"]["bytes"],
+            f"text2image-b{b}-{v.lower()}-{lat.lower()}-00000",
+            "text2image",
+            b,
+            v,
+            lat,
+            density=r["density"],
+        )
         rows.append(row)
     return rows
 
@@ -63,7 +81,11 @@ def test_counts_exact_and_explained_shortfall(ref, counted_release, tmp_path):
     assert rep.gates["counts"].status == "pass", rep.gates["counts"]
     # one row missing, with the generator's recorded reason: a warning, not a failure
     missing = counted_release[0]["image_id"]
-    rel2 = S.write_generated(tmp_path / "short", {"text2image": counted_release[1:]}, {"text2image": [{"image_id": missing, "reason": "no placement"}]})
+    rel2 = S.write_generated(
+        tmp_path / "short",
+        {"text2image": counted_release[1:]},
+        {"text2image": [{"image_id": missing, "reason": "no placement"}]},
+    )
     g = validate_release(rel2, ref, spec=spec, progress=False, plots=False).gates["counts"]
     assert g.status == "warn" and g.mismatched_cells[0]["skipped_with_reason"] == 1
     # missing without a reason, and a spec asking for more: failures
@@ -145,7 +167,9 @@ def test_cli_exit_codes_reports_and_step_summary(ref, counted_release, tmp_path,
     assert "## Validation" in summary.read_text()
     # plant a training copy: exit 1
     ds = datasets.load_from_disk(str(ref))
-    copy = S.release_row(ds.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"], "copy", "text2image", 1, "CC", "L")
+    copy = S.release_row(
+        ds.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"], "copy", "text2image", 1, "CC", "L"
+    )
     rel2 = S.write_generated(tmp_path / "gen2", {"text2image": [*counted_release, copy]})
     with pytest.raises(SystemExit) as e:
         main(["validate", str(rel2), "--reference", str(ref), "--report", str(tmp_path / "r1"), "--no-progress"])
@@ -153,7 +177,10 @@ def test_cli_exit_codes_reports_and_step_summary(ref, counted_release, tmp_path,
     assert "copy" in json.loads((tmp_path / "r1" / "report.json").read_text())["failed_image_ids"]
     # thresholds file with an unknown key / a bad value: exit 2, one line naming the field
     bad = tmp_path / "bad.yaml"
-    for content, field in (({"dedup": {"radius": 3}}, "dedup.radius"), ({"sanity": {"blank_std": -1}}, "sanity.blank_std")):
+    for content, field in (
+        ({"dedup": {"radius": 3}}, "dedup.radius"),
+        ({"sanity": {"blank_std": -1}}, "sanity.blank_std"),
+    ):
         bad.write_text(yaml.safe_dump(content))
         with pytest.raises(SystemExit) as e:
             main(["validate", str(rel), "--reference", str(ref), "--config", str(bad), "--no-progress"])

@@ -45,19 +45,36 @@ def _alive(pids: set[int]) -> set[int]:
 
 def test_sigkill_leaves_no_workers(tmp_path) -> None:
     ref = S.write_reference_set(tmp_path / "ref", n_studies=3, seed=0)
-    rows = [S.release_row(r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"],
-                          density=r["density"]) for k, r in enumerate(S.reference_rows(12, 77))]
+    rows = [
+        S.release_row(
+            r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"]
+        )
+        for k, r in enumerate(S.reference_rows(12, 77))
+    ]
     rel = S.write_generated(tmp_path / "rel", {"text2image": rows})
-    proc = subprocess.Popen([sys.executable, "-m", "mammosynth.builders.cli", "validate", str(rel), "--reference",
-                             str(ref), "--report", str(tmp_path / "report")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline, seen = time.time() + 120, set()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mammosynth.builders.cli",
+            "validate",
+            str(rel),
+            "--reference",
+            str(ref),
+            "--report",
+            str(tmp_path / "report"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline, seen = time.time() + 300, set()
     while time.time() < deadline and proc.poll() is None:
         seen |= _children(proc.pid)
         if len(_alive(seen)) >= 3:  # the fork server and both workers are up
             break
         time.sleep(0.05)
-    assert proc.poll() is None and len(_alive(seen)) >= 3, "the pool never started"
+    assert proc.poll() is None, "validate ended before its pool was seen"
+    assert len(_alive(seen)) >= 3, "the pool never started"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10

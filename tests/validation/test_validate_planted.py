@@ -6,8 +6,8 @@ import datasets
 import numpy as np
 import pytest
 
-from mammosynth.builders.core.imageio import decode
 from helpers import synthetic as S
+from mammosynth.builders.core.imageio import decode
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.image_features import analyse
 
@@ -18,8 +18,17 @@ def _ref_rows(path):
 
 def _as_release_row(r, image_id, img=None, method="text2image", laterality=None, bbox=None, source=None):
     img = decode(r["image"]) if img is None else img
-    return S.release_row(img, image_id, method, int(r["birads"]), r["view"], laterality or r["laterality"],
-                         density=r["density"] or None, bbox=bbox, source_image=source)
+    return S.release_row(
+        img,
+        image_id,
+        method,
+        int(r["birads"]),
+        r["view"],
+        laterality or r["laterality"],
+        density=r["density"] or None,
+        bbox=bbox,
+        source_image=source,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +92,11 @@ def _checks(report, image_id):
 @pytest.mark.parametrize("name", list(PLANTS))
 def test_planted_copy_is_memorization(planted_report, name):
     report, targets, _ = planted_report
-    flags = [f for f in report.flagged if f.image_id == f"plant-{name}" and f.check in ("memorization", "exact_copy", "near_duplicate_phash")]
+    flags = [
+        f
+        for f in report.flagged
+        if f.image_id == f"plant-{name}" and f.check in ("memorization", "exact_copy", "near_duplicate_phash")
+    ]
     assert flags, f"plant-{name} not caught: {_checks(report, 'plant-' + name)}"
     assert flags[0].nearest_training_id == targets[f"plant-{name}"]
     assert f"plant-{name}" in report.failed_image_ids
@@ -113,7 +126,9 @@ def test_clean_other_phantom_passes(planted_report):
     report, _, clean = planted_report
     flagged = [f for f in report.flagged if f.image_id in clean]
     fpr = len({f.image_id for f in flagged}) / len(clean)
-    print(f"false-positive rate on {len(clean)} clean images of another phantom: {fpr:.3f}", [f.reason for f in flagged])
+    print(
+        f"false-positive rate on {len(clean)} clean images of another phantom: {fpr:.3f}", [f.reason for f in flagged]
+    )
     assert fpr == 0.0, [(f.image_id, f.check, f.reason) for f in flagged]
 
 
@@ -122,7 +137,14 @@ def test_report_gates_and_files(planted_report):
     assert not report.passed
     assert report.gates["sanity"].status == "fail" and report.gates["memorization"].status == "fail"
     out = __import__("pathlib").Path(report.release["source"]) / "validation"
-    for name in ("report.json", "report.md", "intensity_histograms.png", "box_sizes.png", "class_counts.png", "flagged.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "intensity_histograms.png",
+        "box_sizes.png",
+        "class_counts.png",
+        "flagged.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     import json
 
@@ -134,7 +156,10 @@ def test_report_gates_and_files(planted_report):
 
 def test_clean_release_passes_every_gate(prepared_set, other_phantom, tmp_path):
     other = _ref_rows(other_phantom)
-    rows = [_as_release_row(other[k], f"clean-{k}", bbox=[f["bbox"] for f in other[k]["findings"]]) for k in range(len(other))]
+    rows = [
+        _as_release_row(other[k], f"clean-{k}", bbox=[f["bbox"] for f in other[k]["findings"]])
+        for k in range(len(other))
+    ]
     rel = S.write_generated(tmp_path / "out", {"text2image": rows})
     report = validate_release(rel, prepared_set, progress=False)
     assert report.flagged == []
@@ -163,7 +188,9 @@ def test_mlo_shift_and_crop_copies_caught(prepared_set, tmp_path):
     thr = report.gates["memorization"].nn_threshold
     assert max(plain) > thr, (plain, thr)  # the plain grid distance alone would miss some of them
     for image_id, target in targets.items():
-        hits = [f for f in report.flagged if f.image_id == image_id and f.check in ("memorization", "near_duplicate_phash")]
+        hits = [
+            f for f in report.flagged if f.image_id == image_id and f.check in ("memorization", "near_duplicate_phash")
+        ]
         assert hits and hits[0].nearest_training_id == target, (image_id, _checks(report, image_id), plain, thr)
 
 

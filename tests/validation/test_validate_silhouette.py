@@ -7,8 +7,8 @@ import datasets
 import numpy as np
 import pytest
 
-from mammosynth.builders.core.imageio import decode
 from helpers import synthetic as S
+from mammosynth.builders.core.imageio import decode
 from mammosynth.validation.gate import validate_release
 from mammosynth.validation.image_features import analyse
 from mammosynth.validation.thresholds import SanityThresholds
@@ -72,13 +72,33 @@ def test_gate_flags_noise_and_implausible_inpainting(prepared_set, tmp_path):
         r = ref[4 * j + 1]
         img = decode(r["image"])
         box = S.lesion_box(img, rng)
-        inp.append(S.release_row(_fill(img, box, how, rng), f"inp-{how}", "inpainting", int(r["birads"]), r["view"], r["laterality"],
-                                 density=r["density"] or None, bbox=[box], source_image=r["image_id"]))
+        inp.append(
+            S.release_row(
+                _fill(img, box, how, rng),
+                f"inp-{how}",
+                "inpainting",
+                int(r["birads"]),
+                r["view"],
+                r["laterality"],
+                density=r["density"] or None,
+                bbox=[box],
+                source_image=r["image_id"],
+            )
+        )
         expect[f"inp-{how}"] = how in ("black", "salt")
     for k in range(3):  # real phantom images as text2image rows: a silhouette on dark air
         r = ref[4 * k + 2]
-        t2i.append(S.release_row(decode(r["image"]), f"real-{k}", "text2image", int(r["birads"]), r["view"], r["laterality"],
-                                 density=r["density"] or None))
+        t2i.append(
+            S.release_row(
+                decode(r["image"]),
+                f"real-{k}",
+                "text2image",
+                int(r["birads"]),
+                r["view"],
+                r["laterality"],
+                density=r["density"] or None,
+            )
+        )
     rel = S.write_generated(tmp_path / "out", {"text2image": t2i, "inpainting": inp})
     rep = validate_release(rel, prepared_set, progress=False, plots=False)
     checks: dict[str, set[str]] = {}
