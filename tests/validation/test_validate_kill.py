@@ -49,7 +49,7 @@ def test_sigkill_leaves_no_workers(tmp_path) -> None:
         S.release_row(
             r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"], density=r["density"]
         )
-        for k, r in enumerate(S.reference_rows(12, 77))
+        for k, r in enumerate(S.reference_rows(24, 77))
     ]
     rel = S.write_generated(tmp_path / "rel", {"text2image": rows})
     proc = subprocess.Popen(
