@@ -95,6 +95,7 @@ def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> Re
                 f"no generated shards for method {method!r} in {writer.out_dir}; run `mammosynth generate` first",
                 field=f"methods.{method}",
             )
+        writer.verify_all()  # the bytes released are the bytes generate wrote
         # pyarrow directly: the shards already hold the release schema, no datasets cache needed
         table = pa.concat_tables([pq.read_table(f) for f in writer.shard_files()])
         if table.schema.names != list(features):

@@ -142,19 +142,15 @@ def test_forced_build_refuses_an_undecodable_image(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
 
     def generate_truncated(s) -> None:
-        generate_fake(s)
-        shard = sorted(s.layout.generated("poisson").glob("shard-*.parquet"))[0]
-        table = pq.read_table(shard)
-        images = table.column("image").to_pylist()
-        victim = table.column("image_id")[0].as_py()
-        images[0] = {"bytes": images[0]["bytes"][:60], "path": None}  # a PNG cut off mid-stream
-        import pyarrow as pa
+        """A generator that wrote a PNG cut off mid-stream (the shard and its record agree)."""
+        from mammosynth.builders.core.shard_writer import ShardWriter
 
-        table = table.set_column(
-            table.schema.get_field_index("image"), "image", pa.array(images, type=table.schema.field("image").type)
-        )
-        pq.write_table(table, shard)
-        (tmp_path / "victim").write_text(victim)
+        generate_fake(s)
+        writer = ShardWriter(s.layout.generated("poisson"))
+        rows = pq.read_table(writer.shard_files()[0]).to_pylist()
+        rows[0]["image"] = {"bytes": rows[0]["image"]["bytes"][:60], "path": None}
+        writer.write(0, rows, [], 0.0)
+        (tmp_path / "victim").write_text(rows[0]["image_id"])
 
     with pytest.raises(InputError, match="does not decode") as info:
         build(
