@@ -14,10 +14,10 @@ from pathlib import Path
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.schema import METHODS
+from mammosynth.builders.core.shard_writer import ShardWriter
 from mammosynth.builders.core.spec import ReleaseSpec, load_spec
 from mammosynth.generators.engine import RunResult, Sampler, plan, run
 from mammosynth.generators.pipelines import Runtime
-from mammosynth.builders.core.shard_writer import ShardWriter
 
 SAMPLERS: dict[str, str] = {
     "text2image": "mammosynth.generators.text2image:Text2ImageSampler",

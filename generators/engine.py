@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.builders.core.seeds import mask_seed, sampling_seed
 from mammosynth.builders.core.shard_writer import ShardWriter
+from mammosynth.builders.core.spec import ReleaseSpec
 
 
 @dataclass(frozen=True)

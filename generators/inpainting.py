@@ -24,19 +24,26 @@ import numpy as np
 from PIL import Image
 
 from mammosynth.builders.core import schema
-from mammosynth.builders.core.errors import InputError
-from mammosynth.builders.core.spec import InpaintingParams, ReleaseSpec
 from mammosynth.builders.core.box_mask import box_mask
 from mammosynth.builders.core.breast_mask import allowed_region
+from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.imageio import as_bit_depth, rgb_to_grey
 from mammosynth.builders.core.provenance import checkpoint_identity
-from mammosynth.generators.backgrounds import Background, backgrounds_by_view, class_size_ranges, decode_row, load_prepared
+from mammosynth.builders.core.spec import InpaintingParams, ReleaseSpec
+from mammosynth.generators.backgrounds import (
+    Background,
+    backgrounds_by_view,
+    class_size_ranges,
+    decode_row,
+    load_prepared,
+)
 from mammosynth.generators.box_sampling import Box, sample_box
 from mammosynth.generators.engine import SampleTask, Skip
 from mammosynth.generators.pipelines import (
     Runtime,
     check_resolution,
     component_config,
+    decode,
     generators_for,
     pipeline_folder,
     prepare_pipeline,
@@ -176,7 +183,7 @@ class InpaintingSampler:
             pipe.scheduler = DPMSolverMultistepScheduler.from_config(
                 pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
             )
-            self._pipes[birads] = prepare_pipeline(pipe, rt, "unet")
+            self._pipes[birads] = prepare_pipeline(pipe, rt, "unet", fp32_decode=self.bit_depth == 16)
         return self._pipes[birads]
 
     def inpaint(self, birads: int, batch: list[Placement]) -> list[np.ndarray]:
@@ -187,8 +194,9 @@ class InpaintingSampler:
         images = [Image.fromarray(as_bit_depth(pl.image, 8)).convert("RGB") for pl in batch]
         # the pipeline's "inpaint here": 255 inside the box
         masks = [Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255)) for pl in batch]
+        pipe = self.pipeline(birads)
         with torch.inference_mode():
-            out = self.pipeline(birads)(
+            latents = pipe(
                 prompt=[schema.inpainting_prompt(birads)] * len(batch),
                 image=images,
                 mask_image=masks,
@@ -197,9 +205,9 @@ class InpaintingSampler:
                 num_inference_steps=p.steps,
                 guidance_scale=p.guidance,
                 generator=generators_for([pl.task.seed for pl in batch]),
-                output_type="np",
+                output_type="latent",  # decoded below, in float32 for 16-bit output
             ).images
-        return [rgb_to_grey(o, self.bit_depth) for o in out]
+        return [rgb_to_grey(o, self.bit_depth) for o in decode(pipe, latents)]
 
     def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:
         placed = [self.place(t) for t in tasks]

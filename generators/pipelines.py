@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mammosynth.builders.core.errors import InputError
+from mammosynth.generators.speed import Speed, apply_speed
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -121,22 +124,60 @@ class Runtime:
         return getattr(torch, self.dtype or "float32")
 
 
-def prepare_pipeline(pipe, runtime: Runtime, denoiser: str):
-    """Move to the device and apply the speed settings; ``denoiser`` is "unet" or "transformer"."""
+def prepare_pipeline(pipe, runtime: Runtime, denoiser: str, *, fp32_decode: bool = False, speed: Speed | None = None):
+    """Move to the device and apply the speed settings; ``denoiser`` is "unet" or "transformer".
+
+    ``fp32_decode``: the VAE decoder runs in float32 whatever the pipeline's dtype (see ``decode``).
+    ``speed``: the transformer's own options (fused QKV, fp8, regional compile), applied before the
+    whole-model ``runtime.compile``, which they exclude (``speed.check_speed``).
+    """
     import torch
 
     pipe = pipe.to(runtime.device)
     pipe.set_progress_bar_config(disable=True)
+    if fp32_decode:
+        decoder_in_fp32(pipe.vae)
     model = getattr(pipe, denoiser)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if runtime.vae_tiling:
         pipe.vae.enable_tiling()
+    if speed is not None:
+        apply_speed(model, speed)
     if runtime.compile:
         setattr(pipe, denoiser, torch.compile(model, mode="max-autotune-no-cudagraphs", fullgraph=False))
         pipe.vae.decode = torch.compile(pipe.vae.decode, mode="max-autotune-no-cudagraphs")
     return pipe
+
+
+# --- VAE decode ----------------------------------------------------------------------------------
+
+
+def decoder_in_fp32(vae) -> None:
+    """Upcast the VAE's decoder (and post-quant conv) to float32; the encoder keeps the pipeline's
+    dtype, so an inpainting pipeline still encodes its bf16 inputs. A bf16 decoder output has 8
+    significant bits: 16-bit PNGs made from it show about 129 distinct levels over [0.5, 1]."""
+    import torch
+
+    vae.decoder.to(torch.float32)
+    if getattr(vae, "post_quant_conv", None) is not None:
+        vae.post_quant_conv.to(torch.float32)
+
+
+def decode(pipe, latents) -> np.ndarray:
+    """Latents from a pipeline called with ``output_type="latent"`` to float RGB in [0, 1], shape
+    (N, H, W, 3), decoded in the decoder's own dtype. Same arithmetic as the pipelines' own decode
+    (scale, then shift where the VAE has one), so a float32 run gives the same bytes."""
+    import torch
+
+    vae = pipe.vae
+    z = latents / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None) is not None:
+        z = z + vae.config.shift_factor
+    with torch.inference_mode():
+        image = vae.decode(z.to(vae.decoder.conv_in.weight.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="np")
 
 
 def generators_for(seeds: list[int]):

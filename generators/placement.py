@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from mammosynth.builders.core.config_io import StrictModel
 from mammosynth.builders.core.breast_mask import chest_wall_side, distance_to_edge, mask_to_full, poisson_mask_work
+from mammosynth.builders.core.config_io import StrictModel
 from mammosynth.generators.lesion_bank import intensity_window, local_std
 
 WORK_SIZE = 512

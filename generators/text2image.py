@@ -15,15 +15,16 @@ from typing import Any
 
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.hashing import tree_hash
+from mammosynth.builders.core.imageio import rgb_to_grey
+from mammosynth.builders.core.provenance import checkpoint_identity
 from mammosynth.builders.core.spec import ReleaseSpec, Text2ImageParams
 from mammosynth.generators.engine import SampleTask, Skip
-from mammosynth.builders.core.provenance import checkpoint_identity
-from mammosynth.builders.core.imageio import rgb_to_grey
-from mammosynth.builders.core.hashing import tree_hash
 from mammosynth.generators.pipelines import (
     Runtime,
     check_resolution,
     component_config,
+    decode,
     generators_for,
     pipeline_folder,
     prepare_pipeline,
@@ -204,19 +205,20 @@ class Text2ImageSampler:
             if self.lora is not None:
                 apply_adapter(pipe, self.lora)
             pipe.scheduler = make_scheduler(self.params.scheduler, dict(pipe.scheduler.config))
-            self._pipe = prepare_pipeline(pipe, rt, "transformer")
+            self._pipe = prepare_pipeline(pipe, rt, "transformer", fp32_decode=self.bit_depth == 16)
         return self._pipe
 
     def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:
         import torch
 
         p = self.params
+        pipe = self.pipeline()
         rows: list[dict[str, Any] | Skip] = []
         for s in range(0, len(tasks), p.batch_size):
             batch = tasks[s : s + p.batch_size]
             prompts = [prompt_for(t, p) for t in batch]
             with torch.inference_mode():
-                images = self.pipeline()(
+                latents = pipe(
                     prompt=prompts,
                     negative_prompt=[p.negative_prompt] * len(batch) if p.negative_prompt else None,
                     height=p.resolution,
@@ -224,8 +226,9 @@ class Text2ImageSampler:
                     num_inference_steps=p.steps,
                     guidance_scale=p.guidance,
                     generator=generators_for([t.seed for t in batch]),
-                    output_type="np",
+                    output_type="latent",  # decoded below, in float32 for 16-bit output
                 ).images
+            images = decode(pipe, latents)
             rows.extend(self.row(t, prompt, img) for t, prompt, img in zip(batch, prompts, images))
         return rows
 
