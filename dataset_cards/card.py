@@ -225,6 +225,8 @@ def render_card(
     overrides: list[Override] = (),  # type: ignore[assignment]
     previous: dict[str, Any] | None = None,
 ) -> str:
+    from mammosynth.builders.core.licensing import source_uses
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
@@ -237,6 +239,7 @@ def render_card(
     citations = [SOURCE_PAPERS["methods"], SOURCE_PAPERS["mam-e"]]
     if spec.source.citation:
         citations.append(spec.source.citation.strip())
+    sources = source_uses(spec, data.tables)
     citations += [c.strip() for c in spec.citations]
     text = env.get_template("README.md.j2").render(
         yaml_metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
@@ -260,6 +263,8 @@ def render_card(
         overrides_text="\n".join(o.line() for o in overrides) or NO_OVERRIDES,
         changes_text=changes_text(spec, data, previous),
         citations=citations,
+        sources=sources,
+        source_citations=[(n, u.licence.citation.strip()) for n, u in sources.items() if u.licence.citation],
     )
     if not spec.hub.repo_id:
         text = text.replace(f'"<org>/{spec.name}"', f'"path/to/{spec.name}"')

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from mammosynth.builders.core import schema
 from mammosynth.builders.core.atomic import temp_path
 from mammosynth.builders.core.breast_mask import poisson_mask
 from mammosynth.builders.core.errors import InputError
@@ -148,7 +149,7 @@ class LesionBank:
             arrays[f"crop_{i}"] = les.crop
             arrays[f"mask_{i}"] = les.mask
         np.savez_compressed(tmp / "bank.npz", **arrays)
-        meta = {"version": BANK_VERSION, "fingerprint": self.fingerprint, "lesions": [l.meta() for l in self.lesions]}
+        meta = {"version": BANK_VERSION, "fingerprint": self.fingerprint, "lesions": [lesion.meta() for lesion in self.lesions]}
         (tmp / "bank.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(tmp, folder)
@@ -208,7 +209,7 @@ def build_lesion_bank(prepared: str | Path, birads: list[int] | tuple[int, ...] 
             full[cy0:cy1, cx0:cx1] = m
             lesions.append(
                 Lesion(
-                    lesion_id=f"{meta['image_id'][row]}-f{k}",
+                    lesion_id=schema.lesion_id(meta["image_id"][row], k),
                     source_image=meta["image_id"][row],
                     manufacturer=meta["manufacturer"][row],
                     birads=int(f["finding_birads"]),

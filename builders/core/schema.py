@@ -92,6 +92,16 @@ def release_features() -> datasets.Features:
 RELEASE_COLUMNS: tuple[str, ...] = tuple(release_features().keys())
 
 
+def lesion_id(image_id: str, finding: int) -> str:
+    """The pseudonymous id of a donor lesion: its source image's id and the finding's index."""
+    return f"{image_id}-f{finding}"
+
+
+def lesion_image_id(lesion: str) -> str:
+    """The source image id inside a ``lesion_id`` (the donor whose pixels a Poisson row embeds)."""
+    return lesion.rsplit("-f", 1)[0]
+
+
 SOURCE_COLUMN = "source"  # prepared column: the name of the source a row came from (ingest.json ``sources`` key)
 
 

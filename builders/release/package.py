@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core.hashing import sha256_file
+from mammosynth.builders.core.licensing import SOURCES_FILE, source_uses, write_sources
 from mammosynth.builders.core.provenance import strip_local_paths
 from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON
@@ -244,6 +245,7 @@ def package(
         if report_dir is not None and (report_dir / REPORT_JSON).is_file():
             shutil.copytree(report_dir, tmp / "validation", ignore=shutil.ignore_patterns(".*", "*.tmp*"))
         (tmp / "spec.yaml").write_text(spec_yaml(spec), encoding="utf-8")
+        write_sources(tmp / SOURCES_FILE, source_uses(spec, data.tables))
         (tmp / ".gitattributes").write_text("*.parquet binary\n*.png binary\n")
         write_checksums(tmp)
         if verify:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.licensing import SOURCES_FILE
 from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec
 from mammosynth.builders.release.package import CHECKSUMS, git, git_commit_release, write_checksums
@@ -131,14 +132,15 @@ def plan_publish(
                 file=rel.report_path,
             )
         overrides.append(("validation", reason or ""))
-    pixels = [m for m in rel.methods if m in ("inpainting", "poisson")]
-    if visibility != "private" and pixels and not spec.source.redistribution_allowed:
+    blocked = rel.restricted_sources() if visibility != "private" else {}
+    if blocked:
         if not allow_restricted:
+            terms = ", ".join(f"{n} (licence {u.licence.licence}, {sum(u.rows.values())} rows)" for n, u in blocked.items())
             raise InputError(
-                f"{', '.join(pixels)} rows embed pixels of {spec.source.name} (licence {spec.source.license}), "
-                f"which forbids redistribution; a {visibility} push is refused (publish --private, or override "
-                'with --allow-restricted-source --reason "...")',
-                field="source.redistribution_allowed",
+                f"rows embed pixels of {terms}, whose terms forbid redistribution; a {visibility} push is "
+                'refused (publish --private, or override with --allow-restricted-source --reason "...")',
+                file=rel.folder / SOURCES_FILE,
+                field="redistribution_allowed",
             )
         overrides.append(("licence", reason or ""))
     files = rel.files()

@@ -11,6 +11,7 @@ import yaml
 
 from mammosynth.builders.core.config_io import validate_model
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.licensing import PIXEL_COLUMNS, SOURCES_FILE, SourceUse, embedded_images, read_sources
 from mammosynth.builders.core.run_layout import REPORT_JSON
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.builders.release.package import CHECKSUMS, release_files, verify_checksums
@@ -63,6 +64,38 @@ class Release:
         if not data.is_dir():
             return []
         return sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+
+    @cached_property
+    def sources(self) -> dict[str, SourceUse]:
+        """The terms of every source, with the rows and images that embed its pixels."""
+        return read_sources(self.folder / SOURCES_FILE)
+
+    def embedded_images(self) -> dict[str, str]:
+        """Source image id -> the first row embedding it, over every parquet file of the release
+        (read from the rows themselves, whatever the folders are called)."""
+        import pyarrow.parquet as pq
+
+        out: dict[str, str] = {}
+        for path in sorted((self.folder / "data").rglob("*.parquet")):
+            table = pq.read_table(path, columns=["image_id", *PIXEL_COLUMNS]).to_pylist()
+            for row in table:
+                for used in embedded_images(row):
+                    out.setdefault(used, row["image_id"])
+        return out
+
+    def restricted_sources(self) -> dict[str, SourceUse]:
+        """Sources whose terms forbid redistribution although rows embed their pixels; an
+        embedded image that ``sources.json`` does not list is an error (never a pass)."""
+        listed = {image: name for name, use in self.sources.items() for image in use.images}
+        blocked = {}
+        for image, row in self.embedded_images().items():
+            if image not in listed:
+                raise InputError(f"embeds image {image!r}, which {SOURCES_FILE} does not list; package it again",
+                                 file=self.folder / SOURCES_FILE, record=row, field="source_image")
+            use = self.sources[listed[image]]
+            if not use.licence.redistribution_allowed:
+                blocked[listed[image]] = use
+        return blocked
 
     def files(self) -> list[str]:
         """Every file a push uploads, relative to the folder (the manifest included)."""

@@ -123,7 +123,7 @@ def test_forced_public_push_of_restricted_source_records_overrides(tmp_path: Pat
     r = _cli(hub, str(release), "--repo", "org/restricted", "--public")
     assert r.returncode == 2 and "validation report is failed" in r.stderr
     r = _cli(hub, str(release), "--repo", "org/restricted", "--public", "--force", "--reason", "reader study")
-    assert r.returncode == 2 and "forbids redistribution" in r.stderr
+    assert r.returncode == 2 and "forbid redistribution" in r.stderr
     assert "org/restricted" not in hub.state.repos
     r = _cli(
         hub,
@@ -190,3 +190,42 @@ def test_hub_and_input_failures_are_one_line_exit_2(tmp_path: Path, hub: HubStan
     (release / "spec.yaml").write_text("name: [unclosed\n")
     broken = _cli(hub, str(release), "--repo", "org/x")
     assert broken.returncode == 2 and "spec.yaml: not valid YAML" in broken.stderr
+
+
+def _restricted_prepared(tmp: Path, n: int = 4) -> None:
+    """A prepared set holding the fake rows' backgrounds and donors, recorded at ingest as a source
+    whose terms forbid redistribution."""
+    import json
+
+    import numpy as np
+
+    from helpers import synthetic as S
+
+    img = np.zeros((16, 16), np.uint8)
+    ids = [f"bg-{i:04d}" for i in range(n)] + [f"lesion-{i:04d}" for i in range(n)]
+    S.write_prepared(tmp / "prepared", [S.prepared_row(img, i, view="CC", laterality="L", birads=1) for i in ids])
+    terms = {"licence": "PhysioNet Restricted Health Data License 1.5.0", "redistribution_allowed": False}
+    (tmp / "prepared" / "ingest.json").write_text(json.dumps({"sources": {"VinDr-Mammo": terms}}))
+
+
+def test_licence_comes_from_the_source_record_not_the_spec(tmp_path: Path, hub: HubStandin) -> None:
+    import json
+
+    (tmp_path / "prepared").mkdir()
+    _restricted_prepared(tmp_path)
+    release = _build(tmp_path, redistribution=True)  # the spec claims the pixels may be published
+    sources = json.loads((release / "sources.json").read_text())
+    assert sources["VinDr-Mammo"]["redistribution_allowed"] is False and sources["VinDr-Mammo"]["rows"]
+    assert "VinDr-Mammo: licence `PhysioNet Restricted" in (release / "README.md").read_text()
+    public = _cli(hub, str(release), "--repo", "org/leak", "--public")
+    assert public.returncode == 2 and "VinDr-Mammo" in public.stderr and "forbid redistribution" in public.stderr
+
+    # renaming the method folder (manifest regenerated) does not hide the pixels
+    from mammosynth.builders.release.package import write_checksums
+
+    (release / "data" / "poisson").rename(release / "data" / "Poisson")
+    write_checksums(release)
+    renamed = _cli(hub, str(release), "--repo", "org/leak", "--public")
+    assert renamed.returncode == 2 and "forbid redistribution" in renamed.stderr
+    assert "org/leak" not in hub.state.repos
+    assert _cli(hub, str(release), "--repo", "org/leak", "--private").returncode == 0  # private is fine
