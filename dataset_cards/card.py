@@ -306,6 +306,12 @@ def lint_card(text: str, *, source: str | Path | None = None) -> None:
         )
 
 
+def override_recorded(readme: Path, override: Override) -> bool:
+    """Whether the card's overrides block already holds ``override``."""
+    m = OVERRIDES_RE.search(readme.read_text(encoding="utf-8"))
+    return m is not None and override.line() in m.group(2).splitlines()
+
+
 def record_override(readme: Path, override: Override) -> str:
     """Add ``override`` to the card's overrides block (idempotent); returns the new text."""
     text = readme.read_text(encoding="utf-8")
@@ -327,6 +333,7 @@ __all__ = [
     "lint_card",
     "parse_card",
     "record_override",
+    "override_recorded",
     "previous_release_info",
     "size_category",
     "json",

@@ -253,7 +253,12 @@ def _publish(
                     ).read_text()
                 except EntryNotFoundError:
                     remote = None
-            apply_local = plan.overrides and remote is not None
+            from mammosynth.dataset_cards.card import Override, override_recorded
+
+            # a forced rerun of a release already published with its overrides recorded is a no-op
+            apply_local = remote is not None and not all(
+                override_recorded(release / "README.md", Override(kind, why)) for kind, why in plan.overrides
+            )
             if remote is not None and remote == (release / CHECKSUMS).read_text() and not apply_local:
                 echo(f"{repo_id}@{plan.tag} is already published with the same content: {url}")
                 echo(load_line)
