@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mammosynth.builders.core import atomic
+from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE
 from mammosynth.builders.core.spec import ReleaseSpec
@@ -30,6 +31,8 @@ def write_card(
     leaves the previous card; other files in ``out`` are left alone."""
     text = render_card(spec, data, report, overrides=list(overrides), previous=previous)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("the card's output must be a folder, not a file", file=out, field="--out")
     lint_card(text, source=out / CARD_FILE)
     out.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_file(out / CROISSANT_FILE) as croissant:

@@ -103,3 +103,26 @@ def test_card_cli_needs_generated_rows(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no generated shards"):
         write_card(path)
     assert datasets.__version__
+
+
+def test_bad_outputs_and_previous_releases_are_exit_2(release_inputs, tmp_path, capsys) -> None:
+    from mammosynth.builders.cli import main
+
+    spec, spec_path = release_inputs
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        main(["card", str(spec_path), "--out", str(target)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "must be a folder" in err and "Traceback" not in err
+    assert target.read_text() == "not a folder"
+
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "README.md").write_text("---\nlicense: [unclosed\n---\n# card\n")
+    spec_text = spec_path.read_text() + f"\nprevious_release: {previous}\n"
+    spec_path.write_text(spec_text)
+    with pytest.raises(SystemExit) as info:
+        main(["card", str(spec_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "previous release's card metadata is malformed" in err and "Traceback" not in err
