@@ -15,17 +15,17 @@ import click
 from mammosynth.builders.core.errors import InputError, run_click
 from mammosynth.builders.core.provenance import package_version
 
-# command name -> "module:attribute" of a click command or group
-COMMANDS: dict[str, str] = {
-    "phantom": "mammosynth.builders.sources.commands:phantom",
-    "ingest": "mammosynth.builders.sources.commands:ingest",
-    "train": "mammosynth.training.commands:train",
-    "generate": "mammosynth.generators.commands:generate",
-    "validate": "mammosynth.validation.commands:validate",
-    "card": "mammosynth.dataset_cards.commands:card",
-    "publish": "mammosynth.builders.release.commands:publish",
-    "build": "mammosynth.builders.release.commands:build",
-    "demo": "mammosynth.builders.release.demo:demo",
+# command name -> ("module:attribute" of a click command or group, one-line help for `--help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "phantom": ("mammosynth.builders.sources.commands:phantom", "Write a VinDr-format phantom (DICOM + CSVs)."),
+    "ingest": ("mammosynth.builders.sources.commands:ingest", "Turn a source into a prepared training set."),
+    "train": ("mammosynth.training.commands:train", "Train SD3.5 LoRA or a BI-RADS inpainting model."),
+    "generate": ("mammosynth.generators.commands:generate", "Generate a release candidate from a spec."),
+    "validate": ("mammosynth.validation.commands:validate", "Validate a candidate or release; exit 1 on a failed gate."),
+    "card": ("mammosynth.dataset_cards.commands:card", "Render the dataset card and Croissant metadata."),
+    "publish": ("mammosynth.builders.release.commands:publish", "Upload a release to the Hub and tag it."),
+    "build": ("mammosynth.builders.release.commands:build", "generate -> validate -> card -> package (-> publish)."),
+    "demo": ("mammosynth.builders.release.demo:demo", "The whole chain on the embedded default, on CPU."),
 }
 
 
@@ -43,11 +43,15 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table: `mammosynth --help` imports no command (torch, datasets)."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in COMMANDS.items()])
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
-        if target is None:
+        if name not in COMMANDS:
             return None
-        module_name, attr = target.split(":")
+        module_name, attr = COMMANDS[name][0].split(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
