@@ -7,6 +7,16 @@ range is placed there by rejection sampling with the image's mask seed; class b'
 inpaints the box (DPM-Solver++ multistep); the original pixels are pasted back outside the box, so
 only the lesion region differs from the background.
 
+The mask the model fills is the box grown to whole latent cells (``box_mask(..., grid=8)``): the
+pipeline downsamples the mask to the latent grid, and a cell only partly inside the box would be
+kept as "known" while its box pixels are blanked in the masked image, which the model then
+reproduces as grey strips up to 7 px wide along the box edges.
+
+Two modes (``InpaintingParams.mode``): ``full_frame`` (the paper) denoises the whole background at
+the output resolution; ``window`` denoises only a ``window``-pixel square around the box, cut from
+the background at output resolution and placed on the latent grid. Every window has the same shape,
+so they batch and compile like full frames, at a fraction of the pixels.
+
 Everything that can be wrong with the spec is checked in the constructor, from JSON configs and
 the prepared set's labels, before a single weight is loaded.
 """
@@ -61,6 +71,24 @@ class Placement:
     background: Background
     image: np.ndarray  # output-size grey, spec bit depth
     box: Box
+    frame: tuple[int, int, int]  # x, y and side of the square the model denoises (the whole image, or the window)
+
+
+def aligned_box(shape: tuple[int, int], box: Box, grid: int) -> Box:
+    """``box`` grown to whole ``grid`` cells, as ``box_mask`` draws it."""
+    ys, xs = np.nonzero(box_mask(shape, [box], grid=grid))
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def window_origin(box: Box, aligned: Box, side: int, image_side: int, grid: int) -> tuple[int, int]:
+    """Top-left corner of the ``side``-pixel window: centred on ``box``, on the ``grid``, inside the
+    image, and holding the whole ``aligned`` box (needs ``aligned`` no larger than ``side``)."""
+
+    def axis(b0: int, b1: int, a0: int, a1: int) -> int:
+        start = int(round((b0 + b1 - side) / 2)) // grid * grid
+        return min(max(start, max(0, a1 - side)), min(a0, image_side - side))
+
+    return axis(box[0], box[2], aligned[0], aligned[2]), axis(box[1], box[3], aligned[1], aligned[3])
 
 
 class InpaintingSampler:
@@ -80,6 +108,7 @@ class InpaintingSampler:
 
         # checkpoints: one per requested class, each an SD inpainting pipeline
         self.folders: dict[int, Path] = {}
+        self.factors: dict[int, int] = {}  # VAE downsampling of each class's pipeline
         for b in self.classes:
             if b not in p.checkpoints:
                 raise InputError(
@@ -96,8 +125,17 @@ class InpaintingSampler:
                     file=spec_file,
                     field=field,
                 )
-            check_resolution(p.resolution, vae_factor(folder, field=field), field=f"{FIELD}.resolution", spec_file=spec_file)
+            self.factors[b] = vae_factor(folder, field=field)
+            check_resolution(p.resolution, self.factors[b], field=f"{FIELD}.resolution", spec_file=spec_file)
+            if p.mode == "window":
+                check_resolution(p.window, self.factors[b], field=f"{FIELD}.window", spec_file=spec_file, what="window")
             self.folders[b] = folder
+        if p.mode == "window" and p.window > p.resolution:
+            raise InputError(
+                f"window {p.window} is larger than the output resolution {p.resolution}; use mode full_frame",
+                file=spec_file,
+                field=f"{FIELD}.window",
+            )
 
         # backgrounds and reference box sizes from the prepared set
         self.dataset = load_prepared(spec.source.prepared)
@@ -117,6 +155,15 @@ class InpaintingSampler:
                     f"the prepared set has no BI-RADS {b} finding boxes to take lesion sizes from",
                     file=spec.source.prepared,
                     field="findings",
+                )
+            # the window must hold the largest box once grown to whole latent cells
+            need = max(r.w_max, r.h_max) + 2 * self.factors[b]  # type: ignore[union-attr]
+            if p.mode == "window" and need > p.window:
+                raise InputError(
+                    f"window {p.window} cannot hold BI-RADS {b}'s largest boxes ({max(r.w_max, r.h_max):.0f} px at "
+                    f"resolution {p.resolution}, plus the latent-cell margin): use window >= {int(np.ceil(need / 8)) * 8}",  # type: ignore[union-attr]
+                    file=spec_file,
+                    field=f"{FIELD}.window",
                 )
         self.generator_names = {b: checkpoint_identity(f) for b, f in self.folders.items()}
         self._pipes: dict[int, Any] = {}
@@ -168,7 +215,17 @@ class InpaintingSampler:
                 else f"background {bg.image_id} has an empty allowed region"
             )
             return Skip(task.image_id, reason)
-        return Placement(task, bg, image, box)
+        return Placement(task, bg, image, box, self.frame(task.birads, box))
+
+    def frame(self, birads: int, box: Box) -> tuple[int, int, int]:
+        """(x, y, side) of what the model denoises for ``box``: the whole image, or its window."""
+        p = self.params
+        if p.mode == "full_frame":
+            return 0, 0, p.resolution
+        grid = self.factors[birads]
+        aligned = aligned_box((p.resolution, p.resolution), box, grid)
+        x, y = window_origin(box, aligned, p.window, p.resolution, grid)
+        return x, y, p.window
 
     # -- GPU side --------------------------------------------------------------------------------
 
@@ -186,22 +243,31 @@ class InpaintingSampler:
             self._pipes[birads] = prepare_pipeline(pipe, rt, "unet", fp32_decode=self.bit_depth == 16)
         return self._pipes[birads]
 
+    def inputs(self, pl: Placement) -> tuple[Image.Image, Image.Image]:
+        """The pipeline's image and mask for ``pl``, cut to its frame. The mask ("inpaint here":
+        255) covers the box grown to whole latent cells; the frame's corner lies on the same grid."""
+        x, y, side = pl.frame
+        crop = as_bit_depth(pl.image, 8)[y : y + side, x : x + side]
+        x0, y0, x1, y1 = pl.box
+        mask = box_mask((side, side), [(x0 - x, y0 - y, x1 - x, y1 - y)], grid=self.factors[pl.task.birads])
+        return Image.fromarray(crop).convert("RGB"), Image.fromarray(mask.astype(np.uint8) * np.uint8(255))
+
     def inpaint(self, birads: int, batch: list[Placement]) -> list[np.ndarray]:
-        """Run class ``birads``'s pipeline on a batch; returns output-size grey images."""
+        """Run class ``birads``'s pipeline on a batch (frames of one side); returns each frame's
+        generated grey pixels."""
         import torch
 
         p = self.params
-        images = [Image.fromarray(as_bit_depth(pl.image, 8)).convert("RGB") for pl in batch]
-        # the pipeline's "inpaint here": 255 inside the box
-        masks = [Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255)) for pl in batch]
+        images, masks = zip(*(self.inputs(pl) for pl in batch))
+        side = batch[0].frame[2]
         pipe = self.pipeline(birads)
         with torch.inference_mode():
             latents = pipe(
                 prompt=[schema.inpainting_prompt(birads)] * len(batch),
-                image=images,
-                mask_image=masks,
-                height=p.resolution,
-                width=p.resolution,
+                image=list(images),
+                mask_image=list(masks),
+                height=side,
+                width=side,
                 num_inference_steps=p.steps,
                 guidance_scale=p.guidance,
                 generator=generators_for([pl.task.seed for pl in batch]),
@@ -225,9 +291,15 @@ class InpaintingSampler:
         return results
 
     def row(self, pl: Placement, generated: np.ndarray) -> dict[str, Any]:
+        """The row of ``pl``, ``generated`` being its frame's pixels. Only the lesion box takes
+        generated pixels, and ``bbox`` records that box, not the latent-cell-aligned mask around it:
+        the box is the lesion, drawn from the real annotations' size range (which validation
+        compares against); the margin up to the next latent cell is the model's working room and
+        keeps the background's own pixels."""
         x0, y0, x1, y1 = pl.box
+        fx, fy, _ = pl.frame
         image = pl.image.copy()
-        image[y0:y1, x0:x1] = generated[y0:y1, x0:x1]  # only the lesion region changes
+        image[y0:y1, x0:x1] = generated[y0 - fy : y1 - fy, x0 - fx : x1 - fx]  # only the lesion region changes
         t = pl.task
         return {
             "image": image,

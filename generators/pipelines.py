@@ -75,11 +75,13 @@ def vae_factor(folder: Path, *, field: str, spec_file: str | Path | None = None)
     return 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
 
 
-def check_resolution(resolution: int, factor: int, *, field: str, spec_file: str | Path | None = None) -> None:
+def check_resolution(
+    resolution: int, factor: int, *, field: str, spec_file: str | Path | None = None, what: str = "resolution"
+) -> None:
     if resolution % factor:
         lower = resolution - resolution % factor
         raise InputError(
-            f"resolution {resolution} is not divisible by {factor} (the VAE/patch factor); use {lower} or {lower + factor}",
+            f"{what} {resolution} is not divisible by {factor} (the VAE/patch factor); use {lower} or {lower + factor}",
             file=spec_file,
             field=field,
         )

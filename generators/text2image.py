@@ -30,6 +30,7 @@ from mammosynth.generators.pipelines import (
     prepare_pipeline,
     vae_factor,
 )
+from mammosynth.generators.speed import Speed, check_speed
 
 FIELD = "methods.text2image.text2image"
 # diffusers-format LoRA first (what load_lora_weights reads), then a bare PEFT state dict
@@ -187,6 +188,10 @@ class Text2ImageSampler:
             check_adapter(self.lora, self.base, spec_file=spec_file)
         names = [checkpoint_identity(self.base)] + ([checkpoint_identity(self.lora)] if self.lora else [])
         self.generator_name = "+".join(names)
+        self.speed = Speed(fuse_qkv=p.fuse_qkv, compile_blocks=p.compile_blocks, fp8=p.fp8)
+        if self.speed != Speed():
+            device = self.runtime.resolved().device or "cpu"
+            check_speed(self.speed, device, whole_model_compile=self.runtime.compile, field=FIELD, spec_file=spec_file)
         self._pipe = None
 
     @property
@@ -205,7 +210,7 @@ class Text2ImageSampler:
             if self.lora is not None:
                 apply_adapter(pipe, self.lora)
             pipe.scheduler = make_scheduler(self.params.scheduler, dict(pipe.scheduler.config))
-            self._pipe = prepare_pipeline(pipe, rt, "transformer", fp32_decode=self.bit_depth == 16)
+            self._pipe = prepare_pipeline(pipe, rt, "transformer", fp32_decode=self.bit_depth == 16, speed=self.speed)
         return self._pipe
 
     def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:

@@ -43,6 +43,11 @@ class Text2ImageParams(StrictModel):
     densities: list[Density] = Field(default_factory=lambda: list(DENSITIES), min_length=1)
     vendor_in_prompt: str | None = None
     batch_size: int = Field(4, ge=1)
+    fuse_qkv: bool = Field(False, description="fuse each attention's Q, K and V projections into one matrix product (speed)")
+    compile_blocks: bool = Field(
+        False, description="torch.compile the transformer blocks (regional compilation: seconds to compile, faster steps)"
+    )
+    fp8: bool = Field(False, description="fp8 matrix products in the transformer blocks (torchao; GPUs of compute capability 8.9+)")
 
 
 class InpaintingParams(StrictModel):
@@ -55,6 +60,15 @@ class InpaintingParams(StrictModel):
     margin_px: int = Field(24, ge=0)
     max_tries: int = Field(200, ge=1)
     batch_size: int = Field(4, ge=1)
+    mode: Literal["full_frame", "window"] = Field(
+        "full_frame",
+        description="full_frame (the paper): the model denoises the whole background at `resolution`; window: "
+        "only a `window`-pixel square around the box, cut from the background at output resolution (same-shape "
+        "windows batch and compile; pixels outside the box are the background's either way)",
+    )
+    window: int = Field(
+        512, ge=16, description="side of the denoised square in mode window (output pixels; a multiple of 8, at most resolution)"
+    )
 
 
 class PoissonParams(StrictModel):
