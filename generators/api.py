@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.schema import METHODS
 from mammosynth.builders.core.shard_writer import ShardWriter
 from mammosynth.builders.core.spec import ReleaseSpec, load_spec
@@ -67,6 +68,13 @@ def generate(
             raise InputError(f"unknown method {m!r}; one of {list(METHODS)}", file=spec_file, field="method")
         if m not in spec.methods:
             raise InputError(f"the spec has no method {m!r} (it has {list(spec.methods)})", file=spec_file, field="methods")
+    with folder_lock(spec.layout.generated(), "generate", key=f"rank{process_index}"):
+        return _generate(spec, wanted, process_index, num_processes, runtime=runtime, spec_file=spec_file,
+                         progress=progress)
+
+
+def _generate(spec: ReleaseSpec, wanted: list[str], process_index: int, num_processes: int, *,
+              runtime: Runtime | None, spec_file: Path | None, progress: bool) -> dict[str, RunResult]:
     samplers = {m: make_sampler(spec, m, runtime=runtime, spec_file=spec_file) for m in wanted}
     results: dict[str, RunResult] = {}
     for m, sampler in samplers.items():

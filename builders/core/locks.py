@@ -22,17 +22,18 @@ from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import InputError
 
 
-def lock_path(folder: Path) -> Path:
-    return folder.with_name(f".{folder.name}.lock")
+def lock_path(folder: Path, key: str | None = None) -> Path:
+    return folder.with_name(f".{folder.name}.{key}.lock" if key else f".{folder.name}.lock")
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str, *, wait: float = 0.0) -> Iterator[None]:
+def folder_lock(folder: str | Path, what: str, *, key: str | None = None, wait: float = 0.0) -> Iterator[None]:
     """Hold the lock of ``folder`` for the block; ``InputError`` (exit 2) when another process
-    holds it for longer than ``wait`` seconds."""
+    holds it for longer than ``wait`` seconds. ``key`` splits one folder's lock into several (the
+    ranks of one multi-process run each hold their own; a second run's rank 0 meets the first's)."""
     folder = Path(folder).resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    path = lock_path(folder)
+    path = lock_path(folder, key)
     owner = path.with_name(path.name + ".owner")
     lock = FileLock(str(path), timeout=wait)
     try:

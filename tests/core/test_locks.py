@@ -41,3 +41,11 @@ def test_lock_is_reentrant_across_sequential_runs(tmp_path) -> None:
         with folder_lock(tmp_path / "out", "ingest"):
             (tmp_path / "out").mkdir(exist_ok=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
+
+
+def test_keyed_locks_are_independent(tmp_path) -> None:
+    with folder_lock(tmp_path / "generated", "generate", key="rank0"):
+        with folder_lock(tmp_path / "generated", "generate", key="rank1"):  # another rank of the same run
+            pass
+        with pytest.raises(InputError, match="in use by pid"), folder_lock(tmp_path / "generated", "generate", key="rank0"):
+            pass
