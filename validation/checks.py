@@ -1,4 +1,4 @@
-"""The names of every check and gate, defined once, and the gate a set of per-image checks makes.
+"""The names of every check and gate, defined once (the rules that judge them: ``rules``).
 
 A finding names its check (``Flag.check``), the per-image gates list the checks they count, and
 report.json keys its gates by name; every module of the gate (and anything reading a report) takes
@@ -6,12 +6,6 @@ the names from here, so a check cannot be renamed in one place and miss another.
 """
 
 from __future__ import annotations
-
-from collections import Counter
-from collections.abc import Iterable
-from typing import Any
-
-from mammosynth.validation.report import Flag, Gate
 
 # --- per-image sanity checks (Otsu breast mask, format, boxes) ---------------------------------
 UNREADABLE = "unreadable"
@@ -81,24 +75,6 @@ GATE_DIVERSITY = "diversity"
 GATE_DRIFT = "drift"  # only with a baseline
 
 
-def flagged_gate(
-    flags: list[Flag], checks: Iterable[str], n_rows: int, max_flagged_fraction: float, **figures: Any
-) -> Gate:
-    """A per-image gate: it fails when more than ``max_flagged_fraction`` of the rows are flagged."""
-    ids = {f.image_id for f in flags}
-    frac = len(ids) / max(1, n_rows)
-    by_check = dict(Counter(f.check for f in flags))
-    return Gate(
-        status="fail" if frac > max_flagged_fraction else "pass",
-        summary=f"{len(ids)} image(s) flagged ({frac:.1%})" + (f": {by_check}" if by_check else ""),
-        flagged_images=len(ids),
-        flagged_fraction=round(frac, 4),
-        by_check=by_check,
-        checks=sorted(checks),
-        **figures,
-    )
-
-
 __all__ = [
     "UNREADABLE",
     "BLANK",
@@ -132,5 +108,4 @@ __all__ = [
     "GATE_AREA",
     "GATE_DIVERSITY",
     "GATE_DRIFT",
-    "flagged_gate",
 ]

@@ -15,11 +15,11 @@ import numpy as np
 
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.validation import checks as C
-from mammosynth.validation import stats
+from mammosynth.validation import rules, stats
 from mammosynth.validation.analysis import Analysed, Rows
 from mammosynth.validation.reference import ReferenceIndex
 from mammosynth.validation.report import Gate
-from mammosynth.validation.thresholds import StatsThresholds, Thresholds
+from mammosynth.validation.thresholds import Thresholds
 
 NO_PROMPT = "(no prompt)"  # the prompt group of rows without a prompt
 DiversityPairs = dict[str, list[tuple[str, str]]]
@@ -36,7 +36,7 @@ def _box_extents(rows: Rows, an: Analysed, ok: list[int], birads: int) -> tuple[
     return ws, hs
 
 
-def counts_gate(rows: Rows, spec: ReleaseSpec | None, skipped: list[dict[str, str]]) -> Gate:
+def counts_gate(rows: Rows, spec: ReleaseSpec | None, skipped: list[dict[str, str]], th: Thresholds) -> Gate:
     """Rows per (method, BI-RADS, view, laterality) against the spec."""
     observed = Counter((rows.method[k], rows.birads[k], rows.view[k], rows.laterality[k]) for k in range(len(rows.ids)))
     c = stats.count_gate(observed, stats.expected_counts(spec), skipped)
@@ -44,12 +44,13 @@ def counts_gate(rows: Rows, spec: ReleaseSpec | None, skipped: list[dict[str, st
     summary = c.get("note") or (
         f"{c['observed_total']} of {c['expected_total']} images; {mism} cell(s) differ; {c['skipped_total']} generator skip(s)"
     )
-    return Gate(summary=summary, **c)
+    return rules.judged_gate(C.GATE_COUNTS, th, summary, c)
 
 
-def categorical_gate(rows: Rows, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator) -> Gate:
+def categorical_gate(rows: Rows, index: ReferenceIndex, th: Thresholds, rng: np.random.Generator) -> Gate:
     """Category shares vs the reference; only ``categorical_gated`` columns can fail (the spec
-    fixes the others on purpose)."""
+    fixes the others on purpose: ``rules``)."""
+    st = th.stats
     cols = {
         "birads": ([f"BI-RADS {b}" for b in rows.birads], np.char.add("BI-RADS ", index.birads.astype(str))),
         "view": (rows.view, index.views),
@@ -57,22 +58,13 @@ def categorical_gate(rows: Rows, index: ReferenceIndex, st: StatsThresholds, rng
         "density": (rows.density, index.density),
     }
     per_col = {name: stats.categorical(a, b, st.categorical, st.bootstrap, rng) for name, (a, b) in cols.items()}
-    for name, fig in per_col.items():
-        if name not in st.categorical_gated:
-            fig["gated"] = False
-            fig["status"] = "pass"
-    gated = {k: v for k, v in per_col.items() if k in st.categorical_gated}
-    return Gate(
-        status=stats.worst(v["status"] for v in gated.values()),
-        summary=", ".join(f"{k} TV {v['value']:.3f} (floor {v['noise_floor']:.3f})" for k, v in per_col.items()),
-        columns=per_col,
-    )
+    summary = ", ".join(f"{k} TV {v['value']:.3f} (floor {v['noise_floor']:.3f})" for k, v in per_col.items())
+    return rules.judged_gate(C.GATE_CATEGORICAL, th, summary, {"columns": per_col})
 
 
-def box_size_gate(
-    rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator
-) -> Gate:
+def box_size_gate(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, rng: np.random.Generator) -> Gate:
     """Box widths and heights per BI-RADS class vs the reference's."""
+    st = th.stats
     ok = _readable(rows, an)
     box = {}
     for b in sorted({rows.birads[k] for k in ok if rows.bbox[k]}):
@@ -85,17 +77,12 @@ def box_size_gate(
     summary = "; ".join(
         f"{k}: W/std w {v['width'].get('value', '-')}, h {v['height'].get('value', '-')}" for k, v in box.items()
     )
-    return Gate(
-        status=stats.worst(d["status"] for v in box.values() for d in v.values()),
-        summary=summary or "no boxes in the release",
-        per_birads=box,
-    )
+    return rules.judged_gate(C.GATE_BOX_SIZE, th, summary or "no boxes in the release", {"per_birads": box})
 
 
-def intensity_gate(
-    rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator
-) -> Gate:
+def intensity_gate(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, rng: np.random.Generator) -> Gate:
     """In-breast intensity histograms per method vs the reference's."""
+    st = th.stats
     ok = _readable(rows, an)
     hist_by_method = {}
     for m in sorted({rows.method[k] for k in ok}):
@@ -103,17 +90,15 @@ def intensity_gate(
         hist_by_method[m] = stats.histograms(
             np.stack([an.feats[k].hist for k in idx]), index.hist[index.side != ""], st.intensity, st.bootstrap, rng
         )
-    return Gate(
-        status=stats.worst(v["status"] for v in hist_by_method.values()),
-        summary=", ".join(
-            f"{m} JS {v.get('value', '-')} (floor {v.get('noise_floor', '-')})" for m, v in hist_by_method.items()
-        ),
-        per_method=hist_by_method,
+    summary = ", ".join(
+        f"{m} JS {v.get('value', '-')} (floor {v.get('noise_floor', '-')})" for m, v in hist_by_method.items()
     )
+    return rules.judged_gate(C.GATE_INTENSITY, th, summary, {"per_method": hist_by_method})
 
 
-def area_gate(rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThresholds, rng: np.random.Generator) -> Gate:
+def area_gate(rows: Rows, an: Analysed, index: ReferenceIndex, th: Thresholds, rng: np.random.Generator) -> Gate:
     """Breast-area fractions per view vs the reference's."""
+    st = th.stats
     ok = _readable(rows, an)
     area = {}
     for view in ("CC", "MLO"):
@@ -122,11 +107,8 @@ def area_gate(rows: Rows, an: Analysed, index: ReferenceIndex, st: StatsThreshol
             area[view] = stats.continuous(
                 x, index.area[(index.views == view) & (index.side != "")], st.area, st.bootstrap, rng
             )
-    return Gate(
-        status=stats.worst(v["status"] for v in area.values()),
-        summary=", ".join(f"{v_}: W/std {d.get('value', '-')}" for v_, d in area.items()),
-        per_view=area,
-    )
+    summary = ", ".join(f"{v_}: W/std {d.get('value', '-')}" for v_, d in area.items())
+    return rules.judged_gate(C.GATE_AREA, th, summary, {"per_view": area})
 
 
 def prompt_groups(rows: Rows, an: Analysed) -> dict[str, list[tuple[str, str | None]]]:
@@ -150,15 +132,14 @@ def distribution_gates(
     """The counts, categorical, box-size, intensity and area gates, and the image pairs the
     diversity gate compares (drawn here, in the same order of random draws as the statistics;
     MS-SSIM itself runs on a thread: see ``validate_release``)."""
-    st = th.stats
     gates = {
-        C.GATE_COUNTS: counts_gate(rows, spec, skipped),
-        C.GATE_CATEGORICAL: categorical_gate(rows, index, st, rng),
-        C.GATE_BOX_SIZE: box_size_gate(rows, an, index, st, rng),
-        C.GATE_INTENSITY: intensity_gate(rows, an, index, st, rng),
-        C.GATE_AREA: area_gate(rows, an, index, st, rng),
+        C.GATE_COUNTS: counts_gate(rows, spec, skipped, th),
+        C.GATE_CATEGORICAL: categorical_gate(rows, index, th, rng),
+        C.GATE_BOX_SIZE: box_size_gate(rows, an, index, th, rng),
+        C.GATE_INTENSITY: intensity_gate(rows, an, index, th, rng),
+        C.GATE_AREA: area_gate(rows, an, index, th, rng),
     }
-    return gates, stats.diversity_pairs(prompt_groups(rows, an), st.msssim_max_pairs, rng)
+    return gates, stats.diversity_pairs(prompt_groups(rows, an), th.stats.msssim_max_pairs, rng)
 
 
 def thumb_rows(rows: Rows, th: Thresholds, rng: np.random.Generator) -> set[int]:
@@ -176,11 +157,10 @@ def thumb_rows(rows: Rows, th: Thresholds, rng: np.random.Generator) -> set[int]
 def diversity_gate(div: dict[str, Any], th: Thresholds) -> Gate:
     """Mean MS-SSIM within prompt groups (``stats.diversity``): too similar images warn or fail."""
     if "mean_msssim" in div:
-        div["status"] = th.stats.diversity_msssim.status(div["mean_msssim"])
-        div["summary"] = f"mean MS-SSIM within prompt groups {div['mean_msssim']:.3f} (MAM-E reports 0.29-0.60)"
+        summary = f"mean MS-SSIM within prompt groups {div['mean_msssim']:.3f} (MAM-E reports 0.29-0.60)"
     else:
-        div["summary"] = div["note"]
-    return Gate(**div)
+        summary = div["note"]
+    return rules.judged_gate(C.GATE_DIVERSITY, th, summary, div)
 
 
 def drift_gate(
@@ -198,8 +178,6 @@ def drift_gate(
         "method": (rows.method, base_rows.method),
     }
     out["categorical"] = {k: stats.categorical(a, b, st.drift, st.bootstrap, rng) for k, (a, b) in cols.items()}
-    for v in out["categorical"].values():
-        v["status"] = "pass"
     ok, bok = _readable(rows, an), _readable(base_rows, base)
     hists = np.stack([an.feats[k].hist for k in ok]) if ok else np.zeros((0, 1))
     base_hists = np.stack([base.feats[k].hist for k in bok]) if bok else np.zeros((0, 1))
@@ -214,12 +192,11 @@ def drift_gate(
     rw = np.array([(x1 - x0) / an.feats[k].width for k in ok for x0, _, x1, _ in rows.bbox[k]])
     bw = np.array([(x1 - x0) / base.feats[k].width for k in bok for x0, _, x1, _ in base_rows.bbox[k]])
     out["box_width"] = stats.continuous(rw, bw, st.drift, st.bootstrap, rng)
-    status = stats.worst([out["intensity"]["status"], out["area"]["status"], out["box_width"]["status"]])
     summary = (
         f"vs baseline: intensity JS {out['intensity'].get('value', '-')}, area W/std {out['area'].get('value', '-')}, "
         f"box width W/std {out['box_width'].get('value', '-')}"
     )
-    return Gate(status=status, summary=summary, **out)
+    return rules.judged_gate(C.GATE_DRIFT, th, summary, out)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mammosynth.builders.core.imageio import UnreadableImage, decode
 from mammosynth.validation import checks as C
-from mammosynth.validation import dedup
+from mammosynth.validation import dedup, rules
 from mammosynth.validation.analysis import Analysed, Rows
 from mammosynth.validation.reference import ReferenceIndex, reference_image
 from mammosynth.validation.release_io import LoadedRelease
@@ -273,10 +273,8 @@ def memorization_flags(
 def memorization_gate(flags: list[Flag], figures: dict[str, Any], n_rows: int, th: Thresholds) -> Gate:
     """The per-image gate over the de-duplication findings; a warning at best when the distance
     ceiling could not be calibrated (a reference of one patient has no other-patient distances)."""
-    gate = C.flagged_gate(flags, C.MEMORIZATION_CHECKS, n_rows, th.max_flagged_fraction, **figures)
-    cal = figures["calibration"]
-    if cal["reference_other_patient_nn"] is None and not cal["overridden"]["nn_distance"]:
-        gate.status = "warn" if gate.status == "pass" else gate.status
+    gate = rules.flagged_gate(C.GATE_MEMORIZATION, flags, C.MEMORIZATION_CHECKS, n_rows, th, **figures)
+    if rules.uncalibrated(figures):
         gate.summary += f"; UNCALIBRATED (reference has < 2 patients): distance ceiling {th.dedup.nn_distance_max} used"
     return gate
 

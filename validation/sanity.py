@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.validation import checks as C
+from mammosynth.validation import rules
 from mammosynth.validation.analysis import Analysed, Rows
 from mammosynth.validation.image_features import ImageFeatures
 from mammosynth.validation.reference import ReferenceIndex
@@ -139,7 +140,7 @@ def sanity_flags(
 
 
 def sanity_gate(flags: list[Flag], n_rows: int, th: Thresholds) -> Gate:
-    return C.flagged_gate(flags, C.SANITY_CHECKS, n_rows, th.max_flagged_fraction)
+    return rules.flagged_gate(C.GATE_SANITY, flags, C.SANITY_CHECKS, n_rows, th)
 
 
 __all__ = ["sanity_flags", "sanity_gate"]

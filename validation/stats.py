@@ -14,16 +14,11 @@ import numpy as np
 from scipy import stats as sst
 from scipy.spatial.distance import jensenshannon
 
+from mammosynth.validation import rules
 from mammosynth.validation.thresholds import EffectLimits
 
 if TYPE_CHECKING:
     from mammosynth.builders.core.spec import ReleaseSpec
-
-STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
-
-
-def worst(statuses: Iterable[str]) -> str:
-    return max(statuses, key=lambda s: STATUS_ORDER.get(s, 0), default="pass")
 
 
 def _shares(values: Iterable[Any]) -> dict[str, float]:
@@ -77,17 +72,26 @@ def categorical(
                 for _ in range(boot)
             ]
         )
-    excess = max(0.0, tv - floor)
-    return {
-        "effect": "total_variation",
-        "value": round(tv, 4),
-        "noise_floor": round(floor, 4),
-        "excess": round(excess, 4),
-        "status": limits.status(excess),
-        "release_shares": {k: round(v, 4) for k, v in a.items()},
-        "reference_shares": {k: round(v, 4) for k, v in b.items()},
-        "n": n,
-    }
+    return _judged(
+        limits,
+        {
+            "effect": "total_variation",
+            "value": round(tv, 4),
+            "noise_floor": round(floor, 4),
+            "excess": rules.excess(tv, floor),
+            "release_shares": {k: round(v, 4) for k, v in a.items()},
+            "reference_shares": {k: round(v, 4) for k, v in b.items()},
+            "n": n,
+        },
+    )
+
+
+def _judged(limits: EffectLimits, figure: dict[str, Any]) -> dict[str, Any]:
+    """``figure`` with its status (the effect rule on its stored excess), after its excess."""
+    status = rules.effect_status(figure, limits)
+    keys = list(figure)
+    at = keys.index("excess") + 1 if "excess" in keys else 0
+    return {**{k: figure[k] for k in keys[:at]}, "status": status, **{k: figure[k] for k in keys[at:]}}
 
 
 def _w_over_std(x: np.ndarray, ref: np.ndarray, sd: float) -> float:
@@ -100,31 +104,29 @@ def continuous(
     """Wasserstein distance in units of the reference's std (effect), KS statistic and p-value."""
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     if len(x) < 2 or len(ref) < 2:
-        return {
-            "status": "pass",
-            "note": f"too few values to compare (release {len(x)}, reference {len(ref)})",
-            "n": len(x),
-        }
+        note = f"too few values to compare (release {len(x)}, reference {len(ref)})"
+        return _judged(limits, {"note": note, "n": len(x)})
     sd = float(ref.std()) or 1e-9
     eff = _w_over_std(x, ref, sd)
     ks = sst.ks_2samp(x, ref)
     floor = _floor(
         [_w_over_std(rng.choice(ref, _cap(len(x))), rng.choice(ref, _cap(len(ref))), sd) for _ in range(boot)]
     )
-    excess = max(0.0, eff - floor)
-    return {
-        "effect": "wasserstein/std",
-        "value": round(eff, 4),
-        "noise_floor": round(floor, 4),
-        "excess": round(excess, 4),
-        "status": limits.status(excess),
-        "ks": round(float(ks.statistic), 4),
-        "p_value": float(f"{ks.pvalue:.4g}"),
-        "release_mean": round(float(x.mean()), 4),
-        "reference_mean": round(float(ref.mean()), 4),
-        "n": len(x),
-        "n_reference": len(ref),
-    }
+    return _judged(
+        limits,
+        {
+            "effect": "wasserstein/std",
+            "value": round(eff, 4),
+            "noise_floor": round(floor, 4),
+            "excess": rules.excess(eff, floor),
+            "ks": round(float(ks.statistic), 4),
+            "p_value": float(f"{ks.pvalue:.4g}"),
+            "release_mean": round(float(x.mean()), 4),
+            "reference_mean": round(float(ref.mean()), 4),
+            "n": len(x),
+            "n_reference": len(ref),
+        },
+    )
 
 
 def _js(h: np.ndarray, ref: np.ndarray) -> float:
@@ -138,7 +140,7 @@ def histograms(
 ) -> dict[str, Any]:
     """Jensen-Shannon distance between pooled in-breast intensity histograms."""
     if len(hists) == 0 or len(ref_hists) == 0:
-        return {"status": "pass", "note": "no images to compare", "n": len(hists)}
+        return _judged(limits, {"note": "no images to compare", "n": len(hists)})
     ref_total = ref_hists.sum(0)
     js = _js(hists.sum(0), ref_total)
     n = len(hists)
@@ -149,15 +151,16 @@ def histograms(
             for _ in range(boot)
         ]
     )
-    excess = max(0.0, js - floor)
-    return {
-        "effect": "jensen_shannon",
-        "value": round(js, 4),
-        "noise_floor": round(floor, 4),
-        "excess": round(excess, 4),
-        "status": limits.status(excess),
-        "n": n,
-    }
+    return _judged(
+        limits,
+        {
+            "effect": "jensen_shannon",
+            "value": round(js, 4),
+            "noise_floor": round(floor, 4),
+            "excess": rules.excess(js, floor),
+            "n": n,
+        },
+    )
 
 
 def quantiles(x: np.ndarray | None) -> dict[str, float] | None:
@@ -187,10 +190,10 @@ def count_gate(
     skipped: list[dict[str, str]],
 ) -> dict[str, Any]:
     """Rows per (method, BI-RADS, view, laterality) against the spec, exactly. A shortfall is
-    explained only by generator skips with a recorded reason (warn); anything else fails."""
+    explained only by generator skips with a recorded reason (warn); anything else fails
+    (``rules.count_cell_status``; the gate's status: ``rules.judge``)."""
     if expected is None:
         return {
-            "status": "warn",
             "note": "no release spec: counts not checked",
             "observed_total": sum(observed.values()),
         }
@@ -202,16 +205,10 @@ def count_gate(
             explained[cell] += 1
             reasons.setdefault(cell, []).append(f"{s['image_id']}: {s['reason']}")
     cells = []
-    status = "pass"
     for cell in sorted(set(expected) | set(observed), key=str):
         want, got, why = expected.get(cell, 0), observed.get(cell, 0), explained.get(cell, 0)
         if got == want:
             continue
-        if got < want and got + why >= want:
-            st = "warn"
-        else:
-            st = "fail"
-        status = worst([status, st])
         cells.append(
             {
                 "method": cell[0],
@@ -221,12 +218,11 @@ def count_gate(
                 "expected": want,
                 "observed": got,
                 "skipped_with_reason": why,
-                "status": st,
+                "status": rules.count_cell_status(want, got, why),
                 "skips": reasons.get(cell, [])[:20],
             }
         )
     return {
-        "status": status,
         "expected_total": sum(expected.values()),
         "observed_total": sum(observed.values()),
         "skipped_total": len(skipped),
