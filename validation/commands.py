@@ -23,7 +23,8 @@ from mammosynth.builders.core.run_layout import REPORT_MD, RunLayout, report_jso
     "report_dir",
     default=None,
     type=click.Path(path_type=Path),
-    help="report folder (default RELEASE/validation or ./validation-report)",
+    help="report folder, replaced by each run (default RUN/validation for a generation run folder, else "
+    "./validation-report); image panels go to its local-only sibling FOLDER-local",
 )
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def validate(
@@ -42,7 +43,9 @@ def validate(
     from mammosynth.validation.gate import validate_release
 
     if report_dir is None:
-        report_dir = RunLayout(Path(release)).validation if Path(release).is_dir() else Path("validation-report")
+        run = RunLayout(Path(release))
+        # inside a run folder only: a release folder (a git repo that is published) gets no report
+        report_dir = run.validation if run.generated().is_dir() else Path("validation-report")
     report = validate_release(
         release, reference, baseline=baseline, spec=spec, config=config, report_dir=report_dir, progress=not no_progress
     )

@@ -3,11 +3,17 @@
 Order of work: thresholds -> reference index (cached) -> release rows -> one analysis pass per
 image (``analysis``) -> per-image checks (``sanity``, ``memorization``) -> distribution statistics
 (``distribution``) -> reports (``report``). Per-image problems (including unreadable bytes) become
-findings for that row; only bad inputs (reference, release schema, thresholds) raise InputError.
+findings for that row; only bad inputs (reference, release schema, thresholds, a report folder that
+is a file or holds other files) raise InputError.
+
+Each run writes its report folder and the local-only sibling afresh: both are staged and swapped
+in when the run succeeds (a failed run leaves the previous report as it was).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -16,18 +22,29 @@ from typing import Any
 
 import numpy as np
 
+from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.config_io import read_mapping
-from mammosynth.builders.core.provenance import package_version
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.provenance import package_version, strip_local_paths
+from mammosynth.builders.core.run_layout import REPORT_JSON
 from mammosynth.builders.core.spec import ReleaseSpec, load_spec
 from mammosynth.validation import checks as C
-from mammosynth.validation import dedup, stats
+from mammosynth.validation import dedup, rules, stats
 from mammosynth.validation.analysis import Rows, analyse_rows, analysis_pool
 from mammosynth.validation.distribution import distribution_gates, diversity_gate, drift_gate, thumb_rows
 from mammosynth.validation.image_features import PIXEL_HASH
 from mammosynth.validation.memorization import memorization_flags, memorization_gate
 from mammosynth.validation.reference import ReferenceIndex, reference_index
-from mammosynth.validation.release_io import LoadedRelease, load_release
-from mammosynth.validation.report import DataPlots, Gate, ValidationReport, write_reports
+from mammosynth.validation.release_io import LoadedRelease, load_release, shipped_name
+from mammosynth.validation.report import (
+    LOCAL_MARKER,
+    DataPlots,
+    Gate,
+    ValidationReport,
+    local_dir,
+    spec_digest,
+    write_reports,
+)
 from mammosynth.validation.sanity import sanity_flags, sanity_gate
 from mammosynth.validation.thresholds import Thresholds, deep_merge, validate_overrides
 
@@ -67,13 +84,38 @@ def _implementations(th: Thresholds) -> dict[str, str]:
 
 def _reference_info(reference: str | Path, index: ReferenceIndex, th: Thresholds) -> dict[str, Any]:
     return {
-        "source": str(reference),
+        "source": shipped_name(reference),
         "n": index.n,
         "content_hash": index.meta.get("content_hash"),
         "cache_key": index.meta.get("key"),
         "area_ranges": {v: index.area_range(v, *th.sanity.area_percentiles) for v in ("CC", "MLO")},
         "expected_side": index.expected_side(),
     }
+
+
+def check_report_dir(report_dir: str | Path, keep: list[str | Path]) -> Path:
+    """The report folder as an absolute path, when a run may replace it (and its local sibling)
+    whole: a folder or nothing (no file on the way), holding a report or nothing, and neither
+    holding nor being any of ``keep`` (the data, the working directory). Else InputError."""
+    folder = Path(os.path.abspath(report_dir))
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            raise InputError("the report goes into a folder, and this is a file", file=p)
+    for k in keep:
+        path = Path(os.path.abspath(k))
+        if folder == path or folder in path.parents:
+            raise InputError(f"each run replaces its report folder, and this one holds {path.name}", file=folder)
+    local = local_dir(folder)
+    if local.exists() and not local.is_dir():
+        raise InputError("the local-only report folder must be a folder, and this is a file", file=local)
+    for f, marker in ((folder, REPORT_JSON), (local, LOCAL_MARKER)):
+        if f.is_dir() and any(f.iterdir()) and not (f / marker).is_file():
+            raise InputError(
+                f"holds files that are not a validation report (no {marker}); each run replaces the report "
+                "folder, so choose a new or empty one",
+                file=f,
+            )
+    return folder
 
 
 def validate_release(
@@ -87,7 +129,32 @@ def validate_release(
     progress: bool = True,
     plots: bool = True,
 ) -> ValidationReport:
-    """Run every check; write report.json/report.md/PNGs to ``report_dir`` when given."""
+    """Run every check; with ``report_dir``, write report.json, report.md and the statistics plots
+    there and the image panels into ``local_dir(report_dir)``, both afresh."""
+    with contextlib.ExitStack() as stack:
+        out = local = None
+        if report_dir is not None:
+            keep = [Path.cwd(), reference]
+            keep += [release.source] if isinstance(release, LoadedRelease) else [release]
+            keep += [baseline] if baseline is not None else []
+            folder = check_report_dir(report_dir, [k for k in keep if Path(k).exists()])
+            out = stack.enter_context(atomic_dir(folder))
+            local = stack.enter_context(atomic_dir(local_dir(folder)))
+        return _validate(release, reference, baseline, spec, config, out, local, progress, plots)
+
+
+def _validate(
+    release: str | Path | LoadedRelease,
+    reference: str | Path,
+    baseline: str | Path | None,
+    spec: str | Path | ReleaseSpec | None,
+    config: str | Path | Thresholds | None,
+    out: Path | None,
+    local: Path | None,
+    progress: bool,
+    plots: bool,
+) -> ValidationReport:
+    """``validate_release`` with its report folders staged (``out``, ``local``: None for no report)."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     rel = release if isinstance(release, LoadedRelease) else load_release(release)
@@ -114,9 +181,11 @@ def validate_release(
     timings["analysis"] = time.perf_counter() - t
     started = None
     pool = analysis_pool(len(rows.ids))
-    if report_dir is not None and plots and pool is not None:
-        Path(report_dir).mkdir(parents=True, exist_ok=True)
-        started = DataPlots(rows, an, index, spec, Path(report_dir), pool)
+    if out is not None and plots and pool is not None:
+        started = DataPlots(rows, an, index, spec, out, pool)
+    t = time.perf_counter()
+    row_hashes = rel.row_hashes()
+    timings["row_hashes"] = time.perf_counter() - t
 
     t = time.perf_counter()
     sanity = sanity_flags(rows, an, index, th, spec)
@@ -144,18 +213,20 @@ def validate_release(
     if base_rel is not None and base_rows is not None:
         base_an = analyse_rows(base_rel, base_rows, th, set(), "baseline", progress)
         gates[C.GATE_DRIFT] = drift_gate(rows, an, base_rows, base_an, th, rng)
-        base_info = {"source": base_rel.source, "kind": base_rel.kind, "n": len(base_rows.ids)}
+        base_info = {"source": base_rel.name, "kind": base_rel.kind, "n": len(base_rows.ids), "files": base_rel.files}
     timings["statistics"] = stats_s + time.perf_counter() - t
 
     flags = sanity + memo
     report = ValidationReport(
-        passed=all(g.status != "fail" for g in gates.values()),
+        passed=rules.overall(g.status for g in gates.values()),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         release={
-            "source": rel.source,
+            "source": rel.name,
             "kind": rel.kind,
-            "spec": str(spec_path) if spec_path else None,
+            "spec": spec_path.name if spec_path else None,
+            "spec_digest": spec_digest(spec) if spec is not None else None,
             "skipped": rel.skipped,
+            "files": rel.files,
         },
         reference=_reference_info(reference, index, th),
         baseline=base_info,
@@ -166,11 +237,15 @@ def validate_release(
         flagged=flags,
         failed_image_ids=sorted({f.image_id for f in flags}),
         timings_s={k: round(v, 3) for k, v in timings.items()},
+        row_hashes=row_hashes,
     )
-    if report_dir is not None:
+    # names only: no machine paths in a report that ships (the sources above are names already)
+    report = ValidationReport.model_validate(strip_local_paths(report.model_dump(mode="json")))
+    if out is not None and local is not None:
         write_reports(
             report,
-            Path(report_dir),
+            out,
+            local,
             rows=rows,
             an=an,
             index=index,

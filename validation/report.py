@@ -2,14 +2,27 @@
 plots.
 
 Other stages (the card, the release build, publishing) read reports through
-``ValidationReport.read``, so this module stays light to import: OpenCV, faiss and matplotlib are
-imported only by the functions that draw the plots.
+``ValidationReport.read`` (or ``read_verified``: its statuses re-derived from its figures), so this
+module stays light to import: OpenCV, faiss and matplotlib are imported only by the functions that
+draw the plots.
+
+A report is bound to the data it judged: ``release.files`` (each data file's name, rows, size and
+sha256), ``release.spec_digest`` (``spec_digest``), ``reference.content_hash``, ``thresholds`` and
+``row_hashes`` (image_id -> sha256 of the image bytes; ``rows_not_validated`` compares a release's
+rows with them).
+
+Two folders per run, each written afresh (staged, then swapped in): the report folder holds what
+may ship with a release (report.json, report.md, plots of the released rows' statistics:
+``SHIPPABLE_PLOTS``); its sibling ``local_dir(report_dir)`` (the report folder's name +
+``LOCAL_SUFFIX``, e.g. ``validation-local/``) holds the image panels (flagged rows beside their
+nearest training image): restricted pixels that never leave the machine.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +33,7 @@ import pydantic
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.config_io import read_mapping, validate_model
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.hashing import sha256_json
 from mammosynth.builders.core.run_layout import REPORT_JSON, REPORT_MD, report_json
 
 if TYPE_CHECKING:
@@ -31,6 +45,26 @@ if TYPE_CHECKING:
     from mammosynth.validation.release_io import LoadedRelease
 
 Status = Literal["pass", "warn", "fail"]
+
+# --- the two output folders ----------------------------------------------------------------------
+
+LOCAL_SUFFIX = "-local"  # <report_dir><LOCAL_SUFFIX>/: local-only image panels, never packaged
+LOCAL_MARKER = "NOT-FOR-RELEASE.txt"  # written into the local folder, naming what it holds
+FLAGGED_PANEL = "flagged.png"  # flagged rows beside their nearest training image (local folder)
+# the only PNGs the report folder holds: statistics of the released rows against the reference's
+SHIPPABLE_PLOTS: tuple[str, ...] = ("intensity_histograms.png", "box_sizes.png", "class_counts.png")
+
+
+def local_dir(report_dir: str | Path) -> Path:
+    """The local-only sibling of a report folder: ``validation/`` -> ``validation-local/``."""
+    report_dir = Path(report_dir)
+    return report_dir.with_name(report_dir.name + LOCAL_SUFFIX)
+
+
+def spec_digest(spec: ReleaseSpec) -> str:
+    """sha256 of the spec's content (``output_dir``, where the run lies, left out): what the report
+    records as ``release.spec_digest`` and a build compares with its own spec."""
+    return sha256_json(spec.model_dump(mode="json", exclude={"output_dir"}))
 
 
 class Gate(pydantic.BaseModel):
@@ -72,7 +106,9 @@ class ValidationReport(pydantic.BaseModel):
     flagged: list[Flag] = []
     failed_image_ids: list[str] = []
     timings_s: dict[str, float] = {}
-    plots: list[str] = []
+    plots: list[str] = []  # file names in the report folder
+    local_plots: list[str] = []  # file names in ``local_dir(report folder)``: not shipped
+    row_hashes: dict[str, str] = {}  # image_id -> sha256 of the validated image bytes
 
     @classmethod
     def read(cls, path: str | Path) -> "ValidationReport":
@@ -84,6 +120,29 @@ class ValidationReport(pydantic.BaseModel):
         except OSError as exc:
             raise InputError(f"cannot read the validation report: {exc.strerror or exc}", file=path) from None
         return validate_model(cls, data, source=path)
+
+    @classmethod
+    def read_verified(cls, path: str | Path) -> "ValidationReport":
+        """``read``, and every gate's status and ``passed`` re-derived from the report's own figures
+        and recorded thresholds (``verdict``); a disagreement is an InputError naming the file and
+        the field (``gates.<name>.status``, ``passed``, or the figure that does not add up)."""
+        from mammosynth.validation.verdict import verify  # the rules import the thresholds model
+
+        return verify(cls.read(path), source=Path(path))
+
+    def rows_not_validated(self, hashes: Mapping[str, str]) -> list[str]:
+        """The image ids of ``hashes`` (image_id -> sha256 of its image bytes, e.g.
+        ``ReleaseData.image_hashes``) that this report did not validate with those bytes."""
+        return sorted(i for i, h in hashes.items() if not h or self.row_hashes.get(i) != h)
+
+    def is_for_spec(self, spec: ReleaseSpec) -> bool:
+        """Whether this report judged the release ``spec`` describes (``spec_digest``)."""
+        return self.release.get("spec_digest") == spec_digest(spec)
+
+    @property
+    def data_files(self) -> dict[str, list[dict[str, Any]]]:
+        """method (or config) -> the data files validated: {name, rows, bytes, sha256}."""
+        return self.release.get("files", {})
 
     def failed_gates(self) -> list[str]:
         return [k for k, g in self.gates.items() if g.status == "fail"]
@@ -122,7 +181,7 @@ def render_markdown(report: ValidationReport, plots_rel: str = "") -> str:
         "|---|---|---|",
     ]
     for name, g in report.gates.items():
-        lines.append(f"| {name} | {_ICON[g.status]} | {g.summary.replace('|', '/')} |")
+        lines.append(f"| {name} | {_ICON.get(g.status, g.status)} | {g.summary.replace('|', '/')} |")
     lines += ["", f"Flagged images: {len(report.failed_image_ids)} of {report.n_rows}."]
     if report.flagged:
         lines += ["", "| image | check | reason | nearest training image |", "|---|---|---|---|"]
@@ -137,6 +196,12 @@ def render_markdown(report: ValidationReport, plots_rel: str = "") -> str:
     ]
     if report.plots:
         lines += ["", " ".join(f"![{Path(p).stem}]({plots_rel}{Path(p).name})" for p in report.plots)]
+    if report.local_plots:
+        lines += [
+            "",
+            f"Image panels of flagged rows ({', '.join(report.local_plots)}) are kept on the validating machine, "
+            f"beside this folder in its `{LOCAL_SUFFIX}` sibling; they show training images and are not released.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +224,8 @@ FLAGGED_GRID_ROWS = 12  # flagged images drawn beside their nearest training ima
 def _data_plot_jobs(
     rows: Rows, an: Analysed, index: ReferenceIndex, spec: ReleaseSpec | None, out: Path
 ) -> list[tuple[str, tuple, Path]]:
-    """The plots that need only the analysis (not the findings): (plots function, args, file)."""
+    """The plots that need only the analysis (not the findings): (plots function, args, file).
+    Statistics only (histograms, box sizes, counts): no pixels of any row, so they may ship."""
     from mammosynth.validation.stats import expected_counts  # scipy: not needed to read a report
 
     ok = [k for k in range(len(rows.ids)) if an.feats[k] is not None]
@@ -180,11 +246,12 @@ def _data_plot_jobs(
         label((rows.method[k], rows.birads[k], rows.view[k], rows.laterality[k])) for k in range(len(rows.ids))
     )
     exp = {label(c): v for c, v in expected_counts(spec).items()} if spec is not None else None
-    return [
-        ("intensity_histograms", (dict(per_m), index.hist[index.side != ""].sum(0)), out / "intensity_histograms.png"),
-        ("box_sizes", (rb, refb), out / "box_sizes.png"),
-        ("class_counts", (dict(obs), exp), out / "class_counts.png"),
-    ]
+    args = {
+        "intensity_histograms": (dict(per_m), index.hist[index.side != ""].sum(0)),
+        "box_sizes": (rb, refb),
+        "class_counts": (dict(obs), exp),
+    }
+    return [(Path(file).stem, args[Path(file).stem], out / file) for file in SHIPPABLE_PLOTS]
 
 
 def _render(name: str, args: tuple, path: Path) -> str:
@@ -216,11 +283,14 @@ class DataPlots:
         )
 
     def files(self) -> list[str]:
+        """The plots' file names (in the folder they were drawn into), once drawn."""
         if self.futures is None:
-            return [_render(*j) for j in self.jobs]
-        for f in self.futures:
-            f.result()
-        return [str(path) for _, _, path in self.jobs]
+            for j in self.jobs:
+                _render(*j)
+        else:
+            for f in self.futures:
+                f.result()
+        return [path.name for _, _, path in self.jobs]
 
 
 def _flagged_pairs(
@@ -248,9 +318,16 @@ def _flagged_pairs(
     return pairs
 
 
+LOCAL_NOTE = """Local-only output of `mammosynth validate`: image panels that show training (reference)
+images and flagged rows. Restricted pixels: do not publish, share or package this folder. The
+report that may ship is in the sibling folder without the "{suffix}" suffix.
+"""
+
+
 def write_reports(
     report: ValidationReport,
     out: Path,
+    local: Path,
     *,
     rows: Rows,
     an: Analysed,
@@ -261,15 +338,23 @@ def write_reports(
     plots: bool = True,
     started: DataPlots | None = None,
 ) -> None:
-    """report.json, report.md and (with ``plots``) the PNGs into ``out``; ``report.plots`` lists them."""
+    """report.json, report.md and (with ``plots``) the statistics plots into ``out``; the image
+    panels (and ``LOCAL_MARKER``) into ``local``. Both are a run's own fresh (staging) folders;
+    ``report.plots`` and ``report.local_plots`` list the files by name."""
     out.mkdir(parents=True, exist_ok=True)
+    local.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(local / LOCAL_MARKER, LOCAL_NOTE.format(suffix=LOCAL_SUFFIX))
     if plots:
         from mammosynth.validation.plots import flagged_grid
 
         pairs = _flagged_pairs(report, rows, index, ref_ds, rel)
-        grid = flagged_grid(pairs, out / "flagged.png") if pairs else None
-        files = (started or DataPlots(rows, an, index, spec, out)).files()
-        report.plots = files + ([grid] if grid else [])
+        if pairs:
+            flagged_grid(pairs, local / FLAGGED_PANEL)
+            report.local_plots = [FLAGGED_PANEL]
+        report.plots = (started or DataPlots(rows, an, index, spec, out)).files()
+    stray = sorted(p.name for p in out.iterdir() if p.suffix == ".png" and p.name not in SHIPPABLE_PLOTS)
+    if stray:  # a new plot must be declared shippable (statistics only) or drawn into ``local``
+        raise RuntimeError(f"undeclared plots in the report folder: {stray}")
     write_json(report, report_json(out))
     write_markdown(report, out / REPORT_MD)
 
@@ -284,4 +369,10 @@ __all__ = [
     "write_markdown",
     "DataPlots",
     "write_reports",
+    "LOCAL_SUFFIX",
+    "LOCAL_MARKER",
+    "FLAGGED_PANEL",
+    "SHIPPABLE_PLOTS",
+    "local_dir",
+    "spec_digest",
 ]

@@ -82,7 +82,7 @@ def planted_report(prepared_set, other_phantom, tmp_path_factory):
     rows.append(_as_release_row(other[3], "plant-box-outside-image", bbox=[[w - 10.0, h - 10.0, w + 40.0, h + 40.0]]))
     rel = S.write_generated(tmp_path_factory.mktemp("rel") / "out", {"text2image": rows})
     report = validate_release(rel, prepared_set, report_dir=rel / "validation", progress=False)
-    return report, targets, clean_ids
+    return report, targets, clean_ids, rel
 
 
 def _checks(report, image_id):
@@ -91,7 +91,7 @@ def _checks(report, image_id):
 
 @pytest.mark.parametrize("name", list(PLANTS))
 def test_planted_copy_is_memorization(planted_report, name):
-    report, targets, _ = planted_report
+    report, targets, *_ = planted_report
     flags = [
         f
         for f in report.flagged
@@ -103,7 +103,7 @@ def test_planted_copy_is_memorization(planted_report, name):
 
 
 def test_exact_copy_is_pixel_identical(planted_report):
-    report, _, _ = planted_report
+    report, *_ = planted_report
     assert "exact_copy" in _checks(report, "plant-exact")
 
 
@@ -118,12 +118,12 @@ def test_exact_copy_is_pixel_identical(planted_report):
     ],
 )
 def test_planted_sanity_problem_caught(planted_report, image_id, check):
-    report, _, _ = planted_report
+    report, *_ = planted_report
     assert check in _checks(report, image_id)
 
 
 def test_clean_other_phantom_passes(planted_report):
-    report, _, clean = planted_report
+    report, _, clean, _ = planted_report
     flagged = [f for f in report.flagged if f.image_id in clean]
     fpr = len({f.image_id for f in flagged}) / len(clean)
     print(
@@ -133,21 +133,23 @@ def test_clean_other_phantom_passes(planted_report):
 
 
 def test_report_gates_and_files(planted_report):
-    report, _, _ = planted_report
-    assert not report.passed
-    assert report.gates["sanity"].status == "fail" and report.gates["memorization"].status == "fail"
-    out = __import__("pathlib").Path(report.release["source"]) / "validation"
-    for name in (
-        "report.json",
-        "report.md",
-        "intensity_histograms.png",
-        "box_sizes.png",
-        "class_counts.png",
-        "flagged.png",
-    ):
-        assert (out / name).stat().st_size > 0, name
+    """The report folder holds the report and the statistics plots; the panel of flagged rows beside
+    their nearest training images (restricted pixels) lies only in the local-only sibling."""
     import json
 
+    from mammosynth.validation.report import FLAGGED_PANEL, LOCAL_MARKER, SHIPPABLE_PLOTS, local_dir
+
+    report, *_, rel = planted_report
+    assert not report.passed
+    assert report.gates["sanity"].status == "fail" and report.gates["memorization"].status == "fail"
+    out, local = rel / "validation", local_dir(rel / "validation")
+    for name in ("report.json", "report.md", *SHIPPABLE_PLOTS):
+        assert (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(SHIPPABLE_PLOTS)
+    assert not (out / FLAGGED_PANEL).exists()
+    assert (local / FLAGGED_PANEL).stat().st_size > 0 and (local / LOCAL_MARKER).is_file()
+    assert local.name == "validation-local" and local.parent == out.parent
+    assert report.plots == list(SHIPPABLE_PLOTS) and report.local_plots == [FLAGGED_PANEL]
     data = json.loads((out / "report.json").read_text())
     assert data["passed"] is False and set(data["failed_image_ids"]) == set(report.failed_image_ids)
     assert {"image_id", "check", "reason", "nearest_training_id"} <= set(data["flagged"][0])
