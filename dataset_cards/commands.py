@@ -18,7 +18,7 @@ def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | Non
 
     spec = load_spec(spec_path)
     report_path = spec.layout.report_json
-    report = ValidationReport.read(report_path) if report_path.is_file() else None
+    report = ValidationReport.read_verified(report_path) if report_path.is_file() else None
     drop = report.failed_ids() if drop_failed and report else set()
     data = load_release_data(spec, drop)
     previous = previous_release_info(spec.previous_release) if spec.previous_release else None

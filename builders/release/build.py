@@ -184,7 +184,7 @@ def _run_stages(
             raise RuntimeError(f"validation wrote no {layout.report_json.name} in {report_dir}")
         _stamp(spec, "validate", gen_key, layout.report_json)
         result.ran.append("validate")
-    report = ValidationReport.read(layout.report_json)
+    report = ValidationReport.read_verified(layout.report_json)  # statuses re-derived from its figures
     overrides: list[Override] = []
     if not report.passed:
         if not (drop_failed or force):
@@ -198,6 +198,10 @@ def _run_stages(
     # 3. card
     drop = report.failed_ids() if drop_failed else set()
     data: ReleaseData = load_release_data(spec, drop)
+    unvalidated = report.rows_not_validated({i: h for m in data.methods for i, h in data.image_hashes(m).items()})
+    if unvalidated:
+        raise InputError(f"the validation report does not describe {len(unvalidated)} row(s) to be released "
+                         f"(e.g. {unvalidated[0]}); validate again", file=layout.report_json, field="row_hashes")
     result.dropped = sum(len(v) for v in data.dropped.values())
     if result.dropped:
         echo(f"dropping {result.dropped} row(s) that failed validation")

@@ -123,7 +123,13 @@ def plan_publish(
     if private is False and spec.hub.visibility == "gated":
         visibility = "gated"
     overrides: list[tuple[str, str]] = []
-    report = rel.report
+    report = rel.report  # read verified: every status re-derived from its figures
+    if report is not None:
+        unvalidated = report.rows_not_validated(rel.row_hashes())
+        if unvalidated:
+            raise InputError(f"the validation report does not describe {len(unvalidated)} released row(s) "
+                             f"(e.g. {unvalidated[0]}); build the release again", file=rel.report_path,
+                             field="row_hashes")
     if report is None or not report.passed:
         what = "missing" if report is None else "failed"
         if not force:

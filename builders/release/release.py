@@ -51,7 +51,19 @@ class Release:
     @cached_property
     def report(self) -> ValidationReport | None:
         """The validation report shipped with the release, or None when there is none."""
-        return ValidationReport.read(self.report_path) if self.report_path.is_file() else None
+        return ValidationReport.read_verified(self.report_path) if self.report_path.is_file() else None
+
+    def row_hashes(self) -> dict[str, str]:
+        """image_id -> sha256 of the image bytes, over every parquet file of the release."""
+        import hashlib
+
+        import pyarrow.parquet as pq
+
+        out: dict[str, str] = {}
+        for path in sorted((self.folder / "data").rglob("*.parquet")):
+            for row in pq.read_table(path, columns=["image_id", "image"]).to_pylist():
+                out[row["image_id"]] = hashlib.sha256(row["image"]["bytes"]).hexdigest()
+        return out
 
     @property
     def tag(self) -> str:

@@ -58,21 +58,57 @@ def write_spec(tmp: Path, d: dict, name: str = "spec.yaml") -> Path:
 
 
 def write_report(report_dir: Path, *, passed: bool = True, failed: list[str] = ()) -> Path:
+    """A validation report as the validation stage shapes it, built with its own rules (so that it
+    reads verified): a sanity gate over ``failed`` (a failing counts gate when ``passed`` is false
+    and nothing is flagged), and the row hashes of the shards generated beside ``report_dir``."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from mammosynth.validation import checks as C
+    from mammosynth.validation import rules
+    from mammosynth.validation.report import Flag, ValidationReport, write_json
+    from mammosynth.validation.thresholds import Thresholds
+
     report_dir.mkdir(parents=True, exist_ok=True)
-    report = {
-        "passed": passed,
-        "gates": {
-            "sanity": {"status": "fail" if failed else "pass"},
-            "memorization": {"status": "pass"},
-            "counts": {"status": "pass" if passed else "fail"},
-        },
-        "flagged": [
-            {"image_id": i, "check": "sanity.blank", "reason": "no breast mask", "nearest_training_id": None}
-            for i in failed
-        ],
-        "failed_image_ids": list(failed),
+    hashes = {}
+    for shard in sorted((report_dir.parent / "generated").glob("*/shard-*.parquet")):
+        for row in pq.read_table(shard, columns=["image_id", "image"]).to_pylist():
+            hashes[row["image_id"]] = hashlib.sha256(row["image"]["bytes"]).hexdigest()
+    th = Thresholds()
+    flags = [Flag(image_id=i, check=C.BLANK, reason="no breast mask") for i in failed]
+    n_rows = len(hashes)
+    gates = {
+        C.GATE_SANITY: rules.flagged_gate(C.GATE_SANITY, flags, C.SANITY_CHECKS, n_rows, th),
+        C.GATE_MEMORIZATION: rules.flagged_gate(
+            C.GATE_MEMORIZATION, [], C.MEMORIZATION_CHECKS, n_rows, th,
+            calibration={"reference_other_patient_nn": 0.2, "overridden": {"nn_distance": False}},
+        ),
+        C.GATE_COUNTS: rules.judged_gate(
+            C.GATE_COUNTS, th, "as requested", {"expected_total": n_rows, "observed_total": n_rows, "mismatched_cells": []}
+        ),
     }
-    (report_dir / "report.json").write_text(json.dumps(report))
+    empty = {C.GATE_CATEGORICAL: {"columns": {}}, C.GATE_BOX_SIZE: {"per_birads": {}},
+             C.GATE_INTENSITY: {"per_method": {}}, C.GATE_AREA: {"per_view": {}},
+             C.GATE_DIVERSITY: {"note": "not measured (fake report)"}}
+    for name, figures in empty.items():
+        gates[name] = rules.judged_gate(name, th, "not measured (fake report)", figures)
+    if not passed and not failed:
+        cell = {"method": "poisson", "birads": 5, "view": "MLO", "laterality": "L", "expected": 2, "observed": 1,
+                "skipped_with_reason": 0}
+        gates[C.GATE_COUNTS] = rules.judged_gate(
+            C.GATE_COUNTS, th, "1 cell differs", {"expected_total": n_rows + 1, "observed_total": n_rows, "mismatched_cells": [cell]}
+        )
+    report = ValidationReport(
+        passed=rules.overall(g.status for g in gates.values()),
+        gates=gates,
+        flagged=flags,
+        failed_image_ids=sorted(failed),
+        thresholds=th.model_dump(mode="json"),
+        n_rows=n_rows,
+        row_hashes=hashes,
+    )
+    write_json(report, report_dir / "report.json")
     (report_dir / "report.md").write_text("# Validation\n\nAll gates listed in report.json.\n")
     return report_dir / "report.json"
 

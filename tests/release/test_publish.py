@@ -234,3 +234,31 @@ def test_licence_comes_from_the_source_record_not_the_spec(tmp_path: Path, hub: 
     assert renamed.returncode == 2 and "forbid redistribution" in renamed.stderr
     assert "org/leak" not in hub.state.repos
     assert _cli(hub, str(release), "--repo", "org/leak", "--private").returncode == 0  # private is fine
+
+
+def test_a_hand_edited_report_does_not_publish(tmp_path: Path) -> None:
+    """The 'passed: true' edit of issue #1: statuses are re-derived from the figures, and the
+    report must describe exactly the released rows' bytes."""
+    import json
+
+    from mammosynth.builders.release.package import write_checksums
+
+    release = _build(tmp_path, passed=False)  # a forced build of a failed release
+    path = release / "validation" / "report.json"
+    report = json.loads(path.read_text())
+    report["passed"] = True
+    for gate in report["gates"].values():
+        gate["status"] = "pass"
+    path.write_text(json.dumps(report))
+    write_checksums(release)  # the manifest regenerated too
+    with pytest.raises(InputError, match="report.json: field 'gates.counts.status'"):
+        publish(release, "org/x", dry_run=True, echo=lambda s: None)
+
+    report = json.loads(path.read_text())  # a consistent report, but of other bytes
+    report["passed"], report["gates"]["counts"]["status"] = False, "fail"
+    first = sorted(report["row_hashes"])[0]
+    report["row_hashes"][first] = "0" * 64
+    path.write_text(json.dumps(report))
+    write_checksums(release)
+    with pytest.raises(InputError, match="does not describe 1 released row"):
+        publish(release, "org/x", dry_run=True, force=True, reason="test", echo=lambda s: None)
