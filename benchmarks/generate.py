@@ -1,23 +1,33 @@
-"""Generation throughput: images/s per GPU for BI-RADS inpainting (SD2, 24 steps, CFG 7) and SD3.5-L
-text-to-image (28 steps), real architecture sizes with random weights (GPU speed does not depend
-on weight values), against the plain diffusers pipeline called once per image, same run.
+"""Generation throughput, ours against a plain diffusers pipeline called once per image, in the same run.
 
-Baseline: what a user writes from the model card: ``from_pretrained(..., torch_dtype=bf16)`` on
-GPU (float32 on CPU), default scheduler, one ``pipe(prompt, ...)`` call per image. Ours: the
-mammosynth samplers' own ``generate`` (batched, per-image CPU generators, bf16, SDPA,
-channels-last, optional torch.compile / VAE tiling) with the same weights injected.
+Methods: BI-RADS inpainting (SD2-inpainting, 24 steps, CFG 7) and text-to-image (SD3.5-Large, 28
+steps, CFG 7), at the real architecture sizes with random weights (``gpu/real_models.py``; speed
+does not depend on weight values) or, with ``--arch tiny``, the tests' tiny models.
 
-    .venv/bin/python benchmarks/generate.py --tiny          # CPU: tiny configs, GPU figures pending
-    python benchmarks/generate.py --batch 8 --compile       # GPU: real sizes at 1024²
+Plain: what a user writes from the model card: the pipeline in bf16 on GPU (float32 on CPU), its
+default scheduler and settings, one ``pipe(prompt, ...)`` call per image. Ours: the mammosynth
+sampler's ``generate`` (its own loading code, batched, per-image seeds, channels-last on GPU) in
+each variant: inpainting ``full_frame`` (the paper) or ``window``, text-to-image ``default`` or
+with ``fuse_qkv``, ``compile_blocks``, ``fp8``; ``+compile`` adds the whole-model torch.compile
+(the CLI's ``--compile``). Variants join options with ``+``.
+
+On CPU the figures are ratios (speedup of each variant over plain, same run): absolute images/s
+are recorded only from a GPU.
+
+    .venv/bin/python benchmarks/generate.py --arch tiny --steps 8 --images 8
+    python benchmarks/generate.py --method inpainting --images 16 --repeats 3            # GPU, real sizes
+    python benchmarks/generate.py --method text2image --images 4 --steps 8 --variants default,fuse_qkv+compile_blocks
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 import io
 import json
+import os
 import platform
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -27,88 +37,35 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mammosynth.builders.core.schema import prepared_features
-from mammosynth.builders.core.spec import ReleaseSpec
-from mammosynth.generators.engine import plan
-from mammosynth.generators.inpainting import InpaintingSampler
-from mammosynth.generators.pipelines import Runtime, prepare_pipeline
-from mammosynth.generators.text2image import Text2ImageSampler
-from mammosynth.training import tiny_models
+sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
+import real_models  # noqa: E402
 
+from mammosynth.builders.core.box_mask import box_mask  # noqa: E402
+from mammosynth.builders.core.errors import InputError  # noqa: E402
+from mammosynth.builders.core.schema import inpainting_prompt, prepared_features  # noqa: E402
+from mammosynth.builders.core.spec import ReleaseSpec  # noqa: E402
+from mammosynth.generators.engine import plan  # noqa: E402
+from mammosynth.generators.inpainting import InpaintingSampler  # noqa: E402
+from mammosynth.generators.pipelines import Runtime  # noqa: E402
+from mammosynth.generators.text2image import Text2ImageSampler, prompt_for  # noqa: E402
 
-# --- real-size random pipelines ------------------------------------------------------------------
-
-
-def real_sd2_inpainting(dtype, device):
-    """stable-diffusion-2-inpainting's architecture (865M UNet, OpenCLIP-H text), random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.device(device), default_dtype(dtype):
-        unet = UNet2DConditionModel(
-            sample_size=64, in_channels=9, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=1024, use_linear_projection=True,
-        ).to(dtype)
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=768,
-        ).to(dtype)
-        tok = tiny_models._clip_tokenizer()
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-            max_position_embeddings=77, projection_dim=1024, hidden_act="gelu",
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )).to(dtype)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                          clip_sample=False, set_alpha_to_one=False)
-    return StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
-def real_sd35_large(dtype, device):
-    """SD3.5-Large's architecture (8B MMDiT, CLIP-L, CLIP-G, T5-XXL), random weights."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-    tok, tok2, tok3 = tiny_models._clip_tokenizer(), tiny_models._clip_tokenizer(), tiny_models._t5_tokenizer()
-
-    def clip(hidden, layers, heads, inter):
-        return CLIPTextModelWithProjection(CLIPTextConfig(
-            vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-            num_attention_heads=heads, max_position_embeddings=77, projection_dim=hidden, hidden_act="gelu",
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )).to(dtype)
-
-    with torch.device(device), default_dtype(dtype):
-        transformer = SD3Transformer2DModel(
-            sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
-            num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
-            pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm",
-        ).to(dtype)
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
-            use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305,
-        ).to(dtype)
-        t5 = T5EncoderModel(T5Config(
-            vocab_size=len(tok3), d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-            feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )).to(dtype)
-        text, text2 = clip(768, 12, 12, 3072), clip(1280, 32, 20, 5120)
-    return StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=text, tokenizer=tok, text_encoder_2=text2, tokenizer_2=tok2, text_encoder_3=t5, tokenizer_3=tok3,
-    )
+METHODS = ("inpainting", "text2image")
+PAPER_STEPS = {"inpainting": 24, "text2image": 28}
+VARIANTS = {
+    "inpainting": ["full_frame", "window", "window+compile"],
+    "text2image": ["default", "fuse_qkv", "compile_blocks", "fp8", "fuse_qkv+compile_blocks+fp8"],
+}
+OPTIONS = {"inpainting": {"full_frame", "window", "compile"}, "text2image": {"default", "fuse_qkv", "compile_blocks", "fp8", "compile"}}
+TARGETS = {"inpainting": 3.0, "text2image": 1.5}  # issue 14: speedup over plain on one H100/H200
+GUIDANCE = 7.0
 
 
 # --- inputs --------------------------------------------------------------------------------------
 
 
 def synthetic_prepared(path: Path, size: int, n: int) -> Path:
-    """BI-RADS 1 CC-L backgrounds (textured half-ellipses) and BI-RADS 4 boxes of ~8% width."""
+    """n BI-RADS 1 CC-L backgrounds (textured half-ellipses) and four BI-RADS 4 images whose boxes
+    (6-9 % of the width) give the lesion sizes."""
     import datasets
 
     rng = np.random.default_rng(0)
@@ -138,159 +95,223 @@ def spec_for(work: Path, method: str, params: dict, n: int) -> ReleaseSpec:
     })
 
 
-def sampler_scheduler(pipe):
-    """The scheduler InpaintingSampler.pipeline() installs (DPM-Solver++ multistep)."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
-    return pipe
-
-
-class default_dtype:
-    """Build modules directly in ``dtype`` (no float32 copy of an 8B model on the GPU)."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        self.prev = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        torch.set_default_dtype(self.prev)
+def method_params(method: str, variant: str, checkpoint: Path, args) -> tuple[dict, bool]:
+    """Spec parameters of ``variant`` and whether it adds the whole-model compile."""
+    options = set(variant.split("+"))
+    unknown = options - OPTIONS[method]
+    if unknown:
+        raise SystemExit(f"--variants: {sorted(unknown)} are not options of {method} ({sorted(OPTIONS[method])})")
+    res = args.resolution
+    if method == "inpainting":
+        params = {"checkpoints": {4: str(checkpoint)}, "steps": args.steps_of[method], "guidance": GUIDANCE, "resolution": res,
+                  "batch_size": args.batch, "margin_px": max(2, res * 24 // 1024), "erosion_px": max(1, res * 5 // 1024)}
+        if "window" in options:
+            params.update(mode="window", window=args.window or res // 2)
+    else:
+        params = {"base_model": str(checkpoint), "steps": args.steps_of[method], "guidance": GUIDANCE, "resolution": res,
+                  "batch_size": args.batch, **{o: True for o in options & {"fuse_qkv", "compile_blocks", "fp8"}}}
+    return params, "compile" in options
 
 
-def timed(fn, sync) -> float:
-    sync()
+# --- timing --------------------------------------------------------------------------------------
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    sync()
+    sync(device)
     return time.perf_counter() - t0
 
 
-def bench_method(method: str, args, work: Path, device: str, dtype) -> dict:
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    res, n, batch = args.resolution, args.images, args.batch
-    if method == "inpainting":
-        tiny_models.write_tiny_sd2_inpainting(work / "ckpt")  # folder for the sampler's checks only
-        steps = 24 if not args.tiny else args.steps
-        params = {"checkpoints": {4: str(work / "ckpt")}, "steps": steps, "guidance": 7.0, "resolution": res,
-                  "batch_size": batch, "margin_px": max(2, res * 24 // 1024), "erosion_px": max(1, res * 5 // 1024)}
-        pipe = tiny_models.build_tiny_sd2_inpainting() if args.tiny else real_sd2_inpainting(dtype, device)
-    else:
-        tiny_models.write_tiny_sd3(work / "ckpt")
-        steps = 28 if not args.tiny else args.steps
-        params = {"base_model": str(work / "ckpt"), "steps": steps, "guidance": 7.0, "resolution": res, "batch_size": batch}
-        pipe = tiny_models.build_tiny_sd3() if args.tiny else real_sd35_large(dtype, device)
-    pipe = pipe.to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    spec = spec_for(work, method, params, n)
-    sampler = (InpaintingSampler if method == "inpainting" else Text2ImageSampler)(spec, Runtime(device=device))
+def free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+
+
+class Plain:
+    """The plain pipeline, one call per image, on the sampler's own inputs (placements, prompts)."""
+
+    def __init__(self, method: str, kind: str, sampler, tasks, args, device: str, dtype) -> None:
+        self.pipe = real_models.build(kind, dtype=dtype, device=device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.method, self.args, self.res = method, args, args.resolution
+        if method == "inpainting":
+            self.calls = [dict(prompt=inpainting_prompt(4), image=Image.fromarray(pl.image).convert("RGB"),
+                               mask_image=Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255)))
+                          for pl in (sampler.place(t) for t in tasks)]
+        else:
+            self.calls = [dict(prompt=prompt_for(t, sampler.params)) for t in tasks]
+
+    def __call__(self, calls=None) -> None:
+        for kw in calls or self.calls:
+            self.pipe(**kw, height=self.res, width=self.res, num_inference_steps=self.args.steps_of[self.method], guidance_scale=GUIDANCE)
+
+    def warm_up(self) -> None:
+        self(self.calls[:1])
+
+
+def ours(method: str, variant: str, kind: str, checkpoint: Path, work: Path, args, device: str, dtype):
+    """The sampler of ``variant``, loaded by its own code on random weights, warmed up (kernels,
+    allocator, torch.compile) on one batch. Returns (sampler, tasks) or (None, reason)."""
+    params, whole_compile = method_params(method, variant, checkpoint, args)
+    spec = spec_for(work, method, params, args.images)
+    cls = InpaintingSampler if method == "inpainting" else Text2ImageSampler
+    runtime = Runtime(device=device, dtype=str(dtype).split(".")[-1], compile=whole_compile)
+    try:
+        sampler = cls(spec, runtime)
+    except InputError as exc:  # e.g. fp8 on a CPU: recorded, not a failure of the run
+        return None, exc.reason
     tasks = plan(spec, method)
+    with real_models.random_weights(kind):
+        sampler.pipeline() if method == "text2image" else sampler.pipeline(4)
+    sampler.generate(tasks[: args.batch])
+    return sampler, tasks
 
-    # baseline: one plain call per image, default scheduler and settings
-    if method == "inpainting":
-        placed = [sampler.place(t) for t in tasks]
-        from mammosynth.builders.core.box_mask import box_mask
 
-        def mask_image(pl) -> Image.Image:  # the pipeline's "inpaint here": 255 inside the box
-            return Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255))
+def bench_method(method: str, args, work: Path, device: str, dtype) -> dict:
+    kind = real_models.FOR_ARCH[(args.arch, method)]
+    checkpoint = real_models.config_folder(kind, work)
+    synthetic_prepared(work / "prepared", args.resolution, args.images)
+    on_gpu = device.startswith("cuda")
+    figures: dict = {"images": args.images, "resolution": args.resolution, "steps": args.steps_of[method], "guidance": GUIDANCE,
+                     "batch_size": args.batch, "repeats": args.repeats, "variants": {}}
 
-        def baseline():
-            for pl in placed:
-                pipe(prompt="A mammogram with BI-RADS 4 lesion.", image=Image.fromarray(pl.image).convert("RGB"),
-                     mask_image=mask_image(pl), height=res, width=res,
-                     num_inference_steps=steps, guidance_scale=7.0)
+    # plain first, on its own pipeline; on CPU it stays resident so that the runs interleave (the
+    # shared machine's load then falls on both alike); on a GPU it is freed before ours loads
+    reference = "full_frame" if method == "inpainting" else "default"
+    spec0 = spec_for(work, method, method_params(method, reference, checkpoint, args)[0], args.images)
+    sampler0 = (InpaintingSampler if method == "inpainting" else Text2ImageSampler)(spec0, Runtime(device=device))
+    tasks = plan(spec0, method)  # the same tasks (and so prompts, boxes) in every variant
+    free(device)
+    plain = Plain(method, kind, sampler0, tasks, args, device, dtype)
+    plain.warm_up()
+    plain_runs: list[float] = []
+    if on_gpu:
+        plain_runs = [timed(plain, device) for _ in range(args.repeats)]
+        figures["plain"] = {"seconds": [round(x, 3) for x in plain_runs], "peak_gb": peak_gb(device)}
+        del plain
+        free(device)
+
+    for variant in args.variants_of[method]:
+        free(device)
+        t0 = time.perf_counter()
+        sampler, tasks_or_reason = ours(method, variant, kind, checkpoint, work, args, device, dtype)
+        if sampler is None:
+            figures["variants"][variant] = {"skipped": tasks_or_reason}
+            print(f"{method} {variant}: skipped ({tasks_or_reason})", flush=True)
+            continue
+        warm = time.perf_counter() - t0
+        runs, base = [], []
+        for _ in range(args.repeats):
+            if not on_gpu:
+                base.append(timed(plain, device))
+            runs.append(timed(lambda s=sampler, t=tasks_or_reason: s.generate(t), device))
+        plain_runs.extend(base)
+        b = float(np.median(base if base else plain_runs))
+        o = float(np.median(runs))
+        entry = {"speedup": round(b / o, 3), "seconds": [round(x, 3) for x in runs], "load_and_warm_up_seconds": round(warm, 1),
+                 "params": {k: v for k, v in sampler.params.model_dump(mode="json").items() if k not in ("checkpoints", "base_model")}}
+        if base:
+            entry["plain_seconds"] = [round(x, 3) for x in base]
+        if on_gpu:
+            entry["images_per_s"] = round(args.images / o, 4)
+            entry["peak_gb"] = peak_gb(device)
+        figures["variants"][variant] = entry
+        print(f"{method} {variant}: {json.dumps(entry)}", flush=True)
+        del sampler
+    if on_gpu:
+        figures["plain"]["images_per_s"] = round(args.images / float(np.median(figures["plain"]["seconds"])), 4)
     else:
-        def baseline():
-            for t in tasks:
-                pipe(prompt="A left craniocaudal (CC) mammogram, breast density C, BI-RADS 4.", height=res, width=res,
-                     num_inference_steps=steps, guidance_scale=7.0)
+        del plain
+    measured = [v["speedup"] for v in figures["variants"].values() if "speedup" in v]
+    figures["best_speedup"] = max(measured) if measured else None
+    figures["target_speedup"] = TARGETS[method]
+    return figures
 
-    # ours: the sampler's generate with these weights injected
-    rt = Runtime(device=device, dtype=str(dtype).split(".")[-1], compile=args.compile, vae_tiling=args.vae_tiling).resolved()
-    def ours():
-        sampler.generate(tasks)
 
-    # baseline first, on the untouched pipeline (ours changes scheduler, memory format, compiles)
-    if method == "inpainting":
-        pipe(prompt="x", image=Image.fromarray(placed[0].image).convert("RGB"),
-             mask_image=mask_image(placed[0]), height=res, width=res, num_inference_steps=2)
-    else:
-        pipe(prompt="x", height=res, width=res, num_inference_steps=2)  # warm-up
-    # Ours gets its own copy on CPU so the runs can be interleaved (the shared CPU's load then
-    # hits both alike); on a GPU, weights are not duplicated and the baseline runs first.
-    ours_pipe = copy.deepcopy(pipe) if args.tiny else pipe
-    baseline_runs: list[float] = []
-    if not args.tiny:
-        baseline_runs = [timed(baseline, sync) for _ in range(args.repeats)]
-    if method == "inpainting":
-        sampler._pipes[4] = prepare_pipeline(sampler_scheduler(ours_pipe), rt, "unet")
-    else:
-        sampler._pipe = prepare_pipeline(ours_pipe, rt, "transformer")
-    sampler.generate(tasks[:batch])  # warm-up: kernels, allocator, torch.compile
-    ours_runs = []
-    for _ in range(args.repeats):
-        if args.tiny:
-            baseline_runs.append(timed(baseline, sync))
-        ours_runs.append(timed(ours, sync))
-    b, o = float(np.median(baseline_runs)), float(np.median(ours_runs))
+def machine() -> dict:
+    gpu = torch.cuda.is_available()
     return {
-        "images": n, "resolution": res, "steps": steps, "guidance": 7.0, "batch_size": batch,
-        "baseline_images_per_s": round(n / b, 4), "ours_images_per_s": round(n / o, 4), "speedup": round(b / o, 3),
-        "baseline_seconds": [round(x, 3) for x in baseline_runs], "ours_seconds": [round(x, 3) for x in ours_runs],
-        "weights": "tiny random (tests' configs)" if args.tiny else "real architecture sizes, random weights",
-        "runtime": {"dtype": rt.dtype, "channels_last": rt.channels_last, "compile": rt.compile, "vae_tiling": rt.vae_tiling},
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", action="store_true", help="tiny configs (CPU); GPU figures stay pending")
-    ap.add_argument("--images", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--resolution", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=8, help="steps with --tiny (GPU runs use 24 / 28)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--vae-tiling", action="store_true")
-    ap.add_argument("--methods", default="inpainting,text2image")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.json"))
-    args = ap.parse_args()
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "cuda": torch.version.cuda}
+    for name in ("torch", "diffusers", "transformers", "accelerate", "torchao"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--arch", choices=["real", "tiny"], default=None, help="architecture sizes (default: real on a GPU, tiny on CPU)")
+    ap.add_argument("--method", choices=METHODS, action="append", help="run this method (repeatable; default: both)")
+    ap.add_argument("--images", type=int, default=None, help="images per timed run (default: 16 real, 8 tiny)")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the paper's, 24 inpainting / 28 text-to-image)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each; medians are reported")
+    ap.add_argument("--batch", type=int, default=4, help="our batch size (the spec default)")
+    ap.add_argument("--resolution", type=int, default=None, help="output size (default: 1024 real, 256 tiny)")
+    ap.add_argument("--window", type=int, default=None, help="window side of the window variants (default: resolution / 2)")
+    ap.add_argument("--variants", default=None, help="comma-separated variants (default: every variant of the method)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generate.json")
+    args = ap.parse_args(argv)
     gpu = torch.cuda.is_available()
-    if not gpu and not args.tiny:
-        ap.error("no GPU: run with --tiny")
-    args.images = args.images or (8 if args.tiny else 16)
-    args.batch = args.batch or (4 if args.tiny else 8)
-    args.resolution = args.resolution or (256 if args.tiny else 1024)
+    args.arch = args.arch or ("real" if gpu else "tiny")
+    if args.arch == "real" and not gpu:
+        ap.error("real-size models need a GPU: use --arch tiny on CPU")
+    methods = args.method or list(METHODS)
+    args.images = args.images or (16 if args.arch == "real" else 8)
+    args.resolution = args.resolution or (1024 if args.arch == "real" else 256)
+    args.steps_of = {m: args.steps or PAPER_STEPS[m] for m in METHODS}
+    chosen = args.variants.split(",") if args.variants else None
+    args.variants_of = {m: [v for v in (chosen or VARIANTS[m]) if set(v.split("+")) <= OPTIONS[m]] for m in methods}
     device = "cuda" if gpu else "cpu"
     dtype = torch.bfloat16 if gpu else torch.float32
     torch.manual_seed(0)
     figures = {}
-    for method in args.methods.split(","):
+    for method in methods:
         with tempfile.TemporaryDirectory(prefix=f"bench-{method}-") as tmp:
-            work = Path(tmp)
-            synthetic_prepared(work / "prepared", args.resolution, args.images)
-            figures[method] = bench_method(method, args, work, device, dtype)
-            print(method, json.dumps(figures[method]))
-    import diffusers
-    import transformers
-
+            figures[method] = bench_method(method, args, Path(tmp), device, dtype)
     result = {
         "benchmark": "generate",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": __import__("os").cpu_count(),
-                    "gpu": torch.cuda.get_device_name(0) if gpu else None},
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__},
-        "baseline": "plain diffusers pipeline, default scheduler/settings, one call per image (bf16 on GPU as the model cards load it)",
-        "ours": "mammosynth sampler generate(): batched, per-image seeds, bf16+SDPA+channels-last on GPU, optional compile/VAE tiling",
+        "command": " ".join(["benchmarks/generate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "versions": versions(),
+        "arch": args.arch,
+        "device": device,
+        "dtype": str(dtype).split(".")[-1],
+        "plain": "diffusers pipeline as the model card loads it (bf16 on GPU, float32 on CPU), default scheduler and settings, "
+        "one call per image",
+        "ours": "mammosynth sampler generate(): batched, per-image seeds, channels-last on GPU; variants as named",
         "figures": figures,
-        "gpu_figures": "measured" if gpu else "pending: no GPU in this session; CPU tiny-config figures only show the harness runs",
-        "targets": {"inpainting_speedup": 3.0, "text2image_speedup": 2.0},
+        "absolute_figures": "measured on this GPU" if gpu else "none: CPU run with tiny models; only the speedups (same run) are meaningful. "
+        "GPU figures are pending (no device was lent): bash benchmarks/gpu/run.sh",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", args.out)
+    return result
 
 
 if __name__ == "__main__":
