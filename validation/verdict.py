@@ -73,13 +73,18 @@ def _excess_paths(fig: Any, path: str) -> list[Disagreement]:
     return out
 
 
+PER_IMAGE_GATES = {C.GATE_SANITY: C.SANITY_CHECKS, C.GATE_MEMORIZATION: C.MEMORIZATION_CHECKS}
+
+
 def _flagged_paths(report: ValidationReport, name: str, fig: dict[str, Any]) -> list[Disagreement]:
-    """A per-image gate's counts against the findings the report lists."""
+    """A per-image gate's counts against the findings of its checks that the report lists."""
     path = f"gates.{name}"
-    checks = set(fig["checks"])
+    checks = PER_IMAGE_GATES[name]
+    out = []
+    if sorted(fig["checks"]) != sorted(checks):
+        out.append(Disagreement(f"{path}.checks", fig["checks"], sorted(checks)))
     mine = [f for f in report.flagged if f.check in checks]
     want_images = len({f.image_id for f in mine})
-    out = []
     if fig["flagged_images"] != want_images:
         out.append(Disagreement(f"{path}.flagged_images", fig["flagged_images"], want_images))
     want_fraction = rules.flagged_fraction(want_images, report.n_rows)
@@ -91,9 +96,6 @@ def _flagged_paths(report: ValidationReport, name: str, fig: dict[str, Any]) -> 
     return out
 
 
-PER_IMAGE_GATES = {C.GATE_SANITY: C.SANITY_CHECKS, C.GATE_MEMORIZATION: C.MEMORIZATION_CHECKS}
-
-
 def thresholds_of(report: ValidationReport, source: str | Path | None = None) -> Thresholds:
     """The thresholds the report was judged with, as it records them."""
     try:
@@ -102,15 +104,12 @@ def thresholds_of(report: ValidationReport, source: str | Path | None = None) ->
         raise InputError(exc.reason, file=source, field=f"thresholds.{exc.field}") from None
 
 
-def derived_statuses(report: ValidationReport, th: Thresholds) -> dict[str, str]:
-    """Each gate's status as its judge derives it from the stored figures."""
-    return {name: rules.judge(name, copy.deepcopy(g.model_dump(mode="json")), th) for name, g in report.gates.items()}
-
-
 def disagreements(report: ValidationReport, source: str | Path | None = None) -> list[Disagreement]:
     """Everything in ``report`` that its own figures and thresholds do not support, in the order
     it is reported: missing or unknown gates, gate statuses, ``passed``, nested statuses, derived
     figures. Malformed figures (a rule's input missing) raise InputError naming the gate."""
+    if not report.thresholds:  # the defaults are not necessarily what the gates were judged with
+        return [Disagreement("thresholds", {}, "the thresholds the gates were judged with")]
     th = thresholds_of(report, source)
     out: list[Disagreement] = []
     want_gates = set(rules.REQUIRED_GATES) | ({C.GATE_DRIFT} if report.baseline is not None else set())
@@ -128,8 +127,9 @@ def disagreements(report: ValidationReport, source: str | Path | None = None) ->
         try:
             statuses[name] = rules.judge(name, derived[name], th)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"figures the status rule needs are missing or malformed ({exc!r})", file=source,
-                             field=f"gates.{name}") from None
+            raise InputError(
+                f"figures the status rule needs are missing or malformed ({exc!r})", file=source, field=f"gates.{name}"
+            ) from None
         if fig["status"] != statuses[name]:
             out.append(Disagreement(f"gates.{name}.status", fig["status"], statuses[name]))
     if report.passed != rules.overall(statuses.values()):
@@ -138,6 +138,10 @@ def disagreements(report: ValidationReport, source: str | Path | None = None) ->
         out += _status_paths(stored[name], derived[name], f"gates.{name}")
     for name in stored:
         out += _excess_paths(stored[name], f"gates.{name}")
+    known = set().union(*PER_IMAGE_GATES.values())
+    for i, f in enumerate(report.flagged):
+        if f.check not in known:  # a finding no gate counts
+            out.append(Disagreement(f"flagged.{i}.check", f.check, sorted(known)))
     for name in PER_IMAGE_GATES:
         try:
             out += _flagged_paths(report, name, stored[name])
@@ -148,6 +152,9 @@ def disagreements(report: ValidationReport, source: str | Path | None = None) ->
         out.append(Disagreement("failed_image_ids", report.failed_image_ids, failed))
     if len(report.row_hashes) != report.n_rows:
         out.append(Disagreement("row_hashes", f"{len(report.row_hashes)} rows", f"n_rows {report.n_rows}"))
+    file_rows = [f.get("rows") for files in report.data_files.values() for f in files]
+    if file_rows and all(isinstance(r, int) for r in file_rows) and sum(file_rows) != report.n_rows:
+        out.append(Disagreement("n_rows", report.n_rows, f"{sum(file_rows)} rows in release.files"))
     return out
 
 
@@ -162,4 +169,4 @@ def verify(report: ValidationReport, source: str | Path | None = None) -> Valida
     return report
 
 
-__all__ = ["Disagreement", "EXCESS_TOLERANCE", "thresholds_of", "derived_statuses", "disagreements", "verify"]
+__all__ = ["Disagreement", "EXCESS_TOLERANCE", "thresholds_of", "disagreements", "verify"]

@@ -178,6 +178,22 @@ def _wrong_excess(d):
     d["gates"]["intensity"]["per_method"]["text2image"]["value"] += 0.5  # excess no longer adds up
 
 
+def _more_rows(d, hashes=True):
+    """Rows that were never validated, to dilute the flagged share (the shares made to agree)."""
+    d["n_rows"] *= 10
+    for name in ("sanity", "memorization"):
+        d["gates"][name]["flagged_fraction"] = d["gates"][name]["flagged_images"] / d["n_rows"]
+    if hashes:
+        d["row_hashes"].update({f"made-up-{k}": "0" * 64 for k in range(d["n_rows"] - len(d["row_hashes"]))})
+
+
+def _checks_left_out(d):
+    """The copy's checks dropped from the gate, its counts, status and ``passed`` made to agree."""
+    d["gates"]["memorization"].update(checks=["background_altered"], flagged_images=0, flagged_fraction=0.0)
+    d["gates"]["memorization"].update(by_check={}, status="pass")
+    d["passed"] = all(g["status"] != "fail" for g in d["gates"].values())
+
+
 @pytest.mark.parametrize(
     "field, edit",
     [
@@ -188,6 +204,13 @@ def _wrong_excess(d):
         ("gates.counts.status", lambda d: d["gates"]["counts"]["mismatched_cells"][0].update(skipped_with_reason=0)),
         ("gates.diversity", lambda d: d["gates"].pop("diversity")),
         ("failed_image_ids", lambda d: d.update(failed_image_ids=[])),
+        ("gates.memorization.checks", _checks_left_out),
+        ("flagged.0.check", lambda d: d["flagged"][0].update(check="not_a_check")),
+        ("row_hashes", lambda d: _more_rows(d, hashes=False)),
+        ("n_rows", _more_rows),
+        ("thresholds", lambda d: d.update(thresholds={})),
+        ("thresholds.max_flagged_fraction", lambda d: d["thresholds"].update(max_flagged_fraction=2)),
+        ("gates.memorization", lambda d: d["gates"]["memorization"].pop("flagged_fraction")),
     ],
 )
 def test_figure_that_does_not_match_its_status_is_refused(scenario, tmp_path, field, edit):
