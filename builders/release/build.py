@@ -157,6 +157,7 @@ def _run_stages(
 ) -> BuildResult:
     from mammosynth.dataset_cards.card import Override, previous_release_info
     from mammosynth.dataset_cards.write import write_card
+    from mammosynth.validation.gate import resolve_thresholds
     from mammosynth.validation.report import ValidationReport
 
     layout = spec.layout
@@ -185,6 +186,10 @@ def _run_stages(
         _stamp(spec, "validate", gen_key, layout.report_json)
         result.ran.append("validate")
     report = ValidationReport.read_verified(layout.report_json)  # statuses re-derived from its figures
+    # ... judged with the thresholds this spec asks for (an edit of both figures and thresholds is caught)
+    if report.thresholds != resolve_thresholds(None, spec).model_dump(mode="json"):
+        raise InputError("the validation report was judged with other thresholds than the spec's; validate again",
+                         file=layout.report_json, field="thresholds")
     overrides: list[Override] = []
     if not report.passed:
         if not (drop_failed or force):
