@@ -137,16 +137,43 @@ def check_adapter(lora: Path, base: Path, *, spec_file: str | Path | None = None
             )
 
 
-def apply_adapter(pipe, lora: Path) -> None:
-    """Merge the adapter into the transformer (PEFT folder or diffusers LoRA file)."""
-    if (lora / "adapter_config.json").is_file():
-        from peft import PeftModel
+def apply_adapter(pipe, lora: Path, *, spec_file: str | Path | None = None) -> None:
+    """Merge the adapter into the transformer at the scale it was trained with (alpha / rank).
 
-        pipe.transformer = PeftModel.from_pretrained(pipe.transformer, str(lora)).merge_and_unload()
-    else:
-        pipe.load_lora_weights(str(lora), weight_name=adapter_weights(lora).name)
-        pipe.fuse_lora()
-        pipe.unload_lora_weights()
+    A PEFT folder (adapter_config.json beside adapter_model.safetensors: the trainer's final/ and
+    its checkpoint-N/ folders) is read with its own config; a diffusers LoRA file goes through
+    ``load_lora_weights`` (alpha from the file's metadata, else scale 1). An adapter none of whose
+    tensors land in the transformer is an InputError, never a silent no-op."""
+    field = f"{FIELD}.lora"
+    if (lora / "adapter_config.json").is_file() and (lora / LORA_FILES[1]).is_file():
+        from peft import LoraConfig, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = lora / LORA_FILES[1]
+        state = {}
+        for key, value in load_file(str(weights)).items():
+            for prefix in _PREFIXES:
+                key = key.removeprefix(prefix)
+            state[key] = value
+        transformer = pipe.transformer
+        transformer.add_adapter(LoraConfig.from_pretrained(str(lora)), adapter_name="mammosynth")
+        result = set_peft_model_state_dict(transformer, state, adapter_name="mammosynth")
+        unexpected = list(result.unexpected_keys or [])
+        missing = [k for k in result.missing_keys or [] if "lora_" in k]
+        if not state or unexpected or missing:
+            raise InputError(
+                f"{weights} does not fit the transformer (unexpected keys {unexpected[:2]}, missing {missing[:2]})",
+                file=spec_file, field=field,
+            )
+        transformer.fuse_lora()
+        transformer.unload_lora()
+        return
+    weights = adapter_weights(lora, spec_file=spec_file)
+    pipe.load_lora_weights(str(lora), weight_name=weights.name)
+    if not getattr(pipe.transformer, "peft_config", None):  # diffusers only warns "No LoRA keys"
+        raise InputError(f"{weights} holds no LoRA weights for the transformer", file=spec_file, field=field)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
 
 
 def make_scheduler(name: str, config):
@@ -230,6 +257,7 @@ class Text2ImageSampler:
                     width=p.resolution,
                     num_inference_steps=p.steps,
                     guidance_scale=p.guidance,
+                    max_sequence_length=p.max_sequence_length,
                     generator=generators_for([t.seed for t in batch]),
                     output_type="latent",  # decoded below, in float32 for 16-bit output
                 ).images

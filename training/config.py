@@ -8,6 +8,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mammosynth.builders.core.config_io import StrictModel, load_model
+from mammosynth.builders.core.spec import InpaintingParams, Text2ImageParams
+
+# Generation's defaults are the trainers' defaults: validation images sample as generation will,
+# and the T5 prompt length the adapter learns is the one the pipeline is called with.
+T2I_GUIDANCE: float = Text2ImageParams.model_fields["guidance"].default
+T2I_MAX_SEQUENCE_LENGTH: int = Text2ImageParams.model_fields["max_sequence_length"].default
+INPAINT_GUIDANCE: float = InpaintingParams.model_fields["guidance"].default
 
 # Fields that only change cadence or bookkeeping: a resumed run may differ in these without --force.
 RESUME_SAFE_FIELDS: frozenset[str] = frozenset(
@@ -77,7 +84,9 @@ class TrainingConfig(StrictModel):
     validation_inference_steps: int = Field(24, ge=1, description="sampler steps for validation images")
     log_every: int = Field(1, ge=1, description="write a jsonl log line every N optimizer steps")
     report_to: Literal["jsonl", "tensorboard"] = Field("jsonl", description="tensorboard also writes jsonl")
-    dataloader_num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    dataloader_num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes (persistent); null = min(4, cores per local process - 1), at least 1"
+    )
 
 
 class SD35LoraConfig(TrainingConfig):
@@ -98,14 +107,21 @@ class SD35LoraConfig(TrainingConfig):
     lora: LoraOptions = Field(default_factory=_sd3_lora, description="LoRA on the transformer attention")
     caption_vendor: bool = Field(False, description="append the manufacturer clause of the shared prompt template")
     unflip: bool = Field(True, description="mirror back right breasts the ingest flipped, so pixels match the caption's laterality")
-    max_sequence_length: int = Field(77, ge=8, le=512, description="T5 prompt tokens")
+    max_sequence_length: int = Field(
+        T2I_MAX_SEQUENCE_LENGTH, ge=8, le=512,
+        description="T5 prompt tokens (recorded with the adapter; generation's text2image.max_sequence_length)",
+    )
     weighting_scheme: Literal["logit_normal", "sigma_sqrt", "mode", "cosmap", "none"] = Field(
         "logit_normal", description="flow-matching timestep density / loss weighting (SD3)"
     )
     logit_mean: float = Field(0.0, description="logit-normal mean")
     logit_std: float = Field(1.0, description="logit-normal std")
     mode_scale: float = Field(1.29, description="scale of the 'mode' weighting scheme")
-    cache_latents: bool = Field(False, description="encode every image once with the VAE, then free it (needs no augmentation)")
+    cache_latents: bool = Field(
+        False,
+        description="encode every image once with the VAE (sharded over the processes, memory-mapped), "
+                    "then move the VAE off the GPU (needs no augmentation)",
+    )
     validation_prompts: list[dict[str, Any]] = Field(
         default_factory=lambda: [
             {"laterality": "L", "view": "CC", "density": "B", "birads": 1},
@@ -113,7 +129,7 @@ class SD35LoraConfig(TrainingConfig):
         ],
         description="keyword arguments of schema.text2image_prompt for validation images",
     )
-    guidance_scale: float = Field(4.5, ge=0.0, description="guidance of validation images")
+    guidance_scale: float = Field(T2I_GUIDANCE, ge=0.0, description="guidance of validation images (generation's default)")
 
     @model_validator(mode="after")
     def _cache_needs_fixed_pixels(self) -> "SD35LoraConfig":
@@ -144,7 +160,13 @@ class InpaintConfig(TrainingConfig):
     box_margin: int = Field(0, ge=0, description="pixels added around each box when drawing the mask")
     full_mask_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of samples with the whole image masked")
     random_box_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of samples with a random box instead of the lesion boxes")
-    guidance_scale: float = Field(7.0, ge=0.0, description="guidance of validation images (paper: 7)")
+    guidance_scale: float = Field(INPAINT_GUIDANCE, ge=0.0, description="guidance of validation images (generation's default; paper: 7)")
+    cache_latents: bool = Field(
+        True,
+        description="where pixels and masks are fixed (intensity_jitter 0): encode each image and its "
+                    "lesion-box masked image once (both mirror images when hflip_prob > 0), sharded over the "
+                    "processes; random boxes are still encoded per step",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> "InpaintConfig":

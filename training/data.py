@@ -99,28 +99,38 @@ def to_unit_float(image) -> np.ndarray:
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    w = image.shape[1]
+    return image[:, ::-1].copy(), hflip_boxes(boxes, image.shape[1])
+
+
+def hflip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     out = boxes.copy()
-    out[:, 0], out[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
-    return image[:, ::-1].copy(), out
+    out[:, 0], out[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return out
+
+
+def resize_geometry(h: int, w: int, size: int, mode: str, chest_wall_right: bool):
+    """Where ``resize_square`` puts an h x w image: (scaled height, width, x0, y0, box transform)."""
+    if mode == "stretch":
+        scale = np.array([size / w, size / h, size / w, size / h], dtype=np.float32)
+        return size, size, 0, 0, lambda b: b * scale
+    s = size / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    x0 = size - nw if chest_wall_right else 0
+    y0 = (size - nh) // 2
+    return nh, nw, x0, y0, lambda b: b * s + np.array([x0, y0, x0, y0], dtype=np.float32)
 
 
 def resize_square(image: np.ndarray, boxes: np.ndarray, size: int, mode: str, chest_wall_right: bool):
     """Resize to size x size. ``pad`` keeps the aspect and the chest wall against its edge."""
     h, w = image.shape
     interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
+    nh, nw, x0, y0, move = resize_geometry(h, w, size, mode, chest_wall_right)
     if mode == "stretch":
-        out = cv2.resize(image, (size, size), interpolation=interp)
-        scale = np.array([size / w, size / h, size / w, size / h], dtype=np.float32)
-        return out, boxes * scale
-    s = size / max(h, w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        return cv2.resize(image, (size, size), interpolation=interp), move(boxes)
     small = cv2.resize(image, (nw, nh), interpolation=interp)
     out = np.zeros((size, size), dtype=np.float32)
-    x0 = size - nw if chest_wall_right else 0
-    y0 = (size - nh) // 2
     out[y0:y0 + nh, x0:x0 + nw] = small
-    return out, boxes * s + np.array([x0, y0, x0, y0], dtype=np.float32)
+    return out, move(boxes)
 
 
 def jitter(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
@@ -145,22 +155,47 @@ class Augment:
     intensity_jitter: float = 0.0
     unflip: bool = False
 
-    def __call__(self, image, row: dict, boxes: np.ndarray, rng: np.random.Generator):
-        """-> (pixels HxW [0,1] at resolution, boxes at resolution, laterality shown by the pixels)."""
+    @property
+    def fixed_pixels(self) -> bool:
+        """Whether a row's pixels depend only on the row and the mirror draw (cacheable)."""
+        return self.intensity_jitter <= 0
+
+    def draw_flip(self, rng: np.random.Generator) -> bool:
+        return bool(self.hflip_prob > 0 and rng.random() < self.hflip_prob)
+
+    def __call__(self, image, row: dict, boxes: np.ndarray, rng: np.random.Generator, flip: bool | None = None):
+        """-> (pixels HxW [0,1] at resolution, boxes at resolution, laterality shown by the pixels).
+        ``flip`` given: that mirror state instead of a draw from ``rng``."""
+        flip = self.draw_flip(rng) if flip is None else flip
         arr = to_unit_float(image)
-        laterality = row["laterality"]
-        mirrored = bool(row.get("flipped"))
-        if mirrored and self.unflip:
+        mirror, laterality, chest_wall_right = self.orientation(row, flip)
+        if mirror:
             arr, boxes = hflip(arr, boxes)
-            mirrored = False
-        # the caption's laterality names the breast; the chest wall of an unmirrored R is on the right
-        if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
-            arr, boxes = hflip(arr, boxes)
-            laterality = "L" if laterality == "R" else "R"
-        chest_wall_right = (laterality == "R") != mirrored
         arr, boxes = resize_square(arr, boxes, self.resolution, self.resize_mode, chest_wall_right)
         boxes = np.clip(boxes, 0, self.resolution)
         return jitter(arr, self.intensity_jitter, rng), boxes, laterality
+
+    def orientation(self, row: dict, flip: bool) -> tuple[bool, str, bool]:
+        """(mirror the pixels?, laterality they show, chest wall on the right?)."""
+        laterality = row["laterality"]
+        mirrored = bool(row.get("flipped"))
+        mirror = False
+        if mirrored and self.unflip:
+            mirror, mirrored = True, False
+        if flip:  # the caption's laterality names the breast
+            mirror = not mirror
+            laterality = "L" if laterality == "R" else "R"
+        # the chest wall of an unmirrored R is on the right
+        return mirror, laterality, (laterality == "R") != mirrored
+
+    def boxes(self, size: tuple[int, int], row: dict, boxes: np.ndarray, flip: bool) -> np.ndarray:
+        """The boxes ``__call__`` gives for an image of ``size`` (w, h), without decoding it."""
+        w, h = size
+        mirror, _, chest_wall_right = self.orientation(row, flip)
+        if mirror:
+            boxes = hflip_boxes(boxes, w)
+        move = resize_geometry(h, w, self.resolution, self.resize_mode, chest_wall_right)[4]
+        return np.clip(move(boxes), 0, self.resolution)
 
 
 # --- sharding ------------------------------------------------------------------------------------------
@@ -208,10 +243,12 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 # --- torch datasets --------------------------------------------------------------------------------------
 
 class Text2ImageData(torch.utils.data.Dataset):
-    """(epoch, i) -> pixels in [-1, 1] and the index of its caption in ``prompts``."""
+    """(epoch, i) -> pixels in [-1, 1] and the index of its caption in ``prompts``. With
+    ``decode_pixels=False`` (latents cached) only the caption index and the row."""
 
     def __init__(self, ds: datasets.Dataset, rows: list[dict], augment: Augment, *, seed: int, vendor: bool):
         self.ds, self.rows, self.augment, self.seed, self.vendor = ds, rows, augment, seed, vendor
+        self.decode_pixels = True
         lateralities = ("L", "R") if augment.hflip_prob > 0 else (None,)
         prompts: dict[str, None] = {}
         for r in rows:
@@ -223,17 +260,35 @@ class Text2ImageData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def pixels(self, i: int, flip: bool = False) -> torch.Tensor:
+        """Row ``i``'s fixed pixels (no jitter): what the latent cache encodes."""
+        row = self.rows[i]
+        arr, _, _ = self.augment(self.ds[row["_index"]]["image"], row, class_boxes(row, None), np.random.default_rng(0), flip=flip)
+        return to_model_rgb(arr)
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, i = key
         row = self.rows[i]
+        rng = sample_rng(self.seed, epoch, i)
+        if not self.decode_pixels:
+            flip = self.augment.draw_flip(rng)
+            laterality = self.augment.orientation(row, flip)[1]
+            return {"prompt_index": self.prompt_index[caption(row, laterality, vendor=self.vendor)], "row": i}
         image = self.ds[row["_index"]]["image"]
-        arr, _, laterality = self.augment(image, row, class_boxes(row, None), sample_rng(self.seed, epoch, i))
+        arr, _, laterality = self.augment(image, row, class_boxes(row, None), rng)
         text = caption(row, laterality, vendor=self.vendor)
         return {"pixel_values": to_model_rgb(arr), "prompt_index": self.prompt_index[text], "row": i}
 
 
+# how an inpainting sample's mask was drawn
+MASK_BOX, MASK_FULL, MASK_RANDOM = 0, 1, 2
+
+
 class InpaintData(torch.utils.data.Dataset):
-    """(epoch, i) -> pixels, the binary mask of the class's boxes, and the masked image."""
+    """(epoch, i) -> pixels, the binary mask of the class's boxes (whole cells of the ``grid``,
+    the VAE's 8-pixel latent grid), and the masked image; plus the row, the mirror state and the
+    mask kind, which index the latent cache. With ``decode_pixels=False`` (image and box-masked
+    latents cached, no random boxes) no image is decoded."""
 
     def __init__(
         self,
@@ -246,13 +301,15 @@ class InpaintData(torch.utils.data.Dataset):
         box_margin: int = 0,
         full_mask_fraction: float = 0.0,
         random_box_fraction: float = 0.0,
+        grid: int = 1,
     ):
         self.ds, self.rows, self.augment, self.birads, self.seed = ds, rows, augment, birads, seed
-        self.box_margin, self.full, self.random = box_margin, full_mask_fraction, random_box_fraction
+        self.box_margin, self.full, self.random, self.grid = box_margin, full_mask_fraction, random_box_fraction, grid
+        self.decode_pixels = True
         # relative box sizes of the class, the pool for random boxes
         sizes = []
-        shapes = image_sizes(ds, [r["_index"] for r in rows])
-        for r, (img_w, img_h) in zip(rows, shapes):
+        self.sizes = image_sizes(ds, [r["_index"] for r in rows])
+        for r, (img_w, img_h) in zip(rows, self.sizes):
             for x0, y0, x1, y1 in class_boxes(r, birads):
                 sizes.append(((x1 - x0) / img_w, (y1 - y0) / img_h))
         self.rel_sizes = np.asarray(sizes or [(0.1, 0.1)], dtype=np.float32)
@@ -260,27 +317,51 @@ class InpaintData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def box_mask(self, boxes: np.ndarray, margin: int = 0) -> np.ndarray:
+        size = self.augment.resolution
+        return box_mask((size, size), boxes, margin, grid=self.grid).astype(np.float32)
+
+    def fixed_sample(self, i: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``i``'s fixed pixels and its lesion-box masked image (no jitter): what the latent
+        cache encodes."""
+        row = self.rows[i]
+        arr, boxes, _ = self.augment(self.ds[row["_index"]]["image"], row, class_boxes(row, self.birads),
+                                     np.random.default_rng(0), flip=flip)
+        pixels = to_model_rgb(arr)
+        return pixels, masked_image(pixels, torch.from_numpy(self.box_mask(boxes, self.box_margin)))
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, i = key
         row = self.rows[i]
         rng = sample_rng(self.seed, epoch, i)
-        image = self.ds[row["_index"]]["image"]
-        arr, boxes, _ = self.augment(image, row, class_boxes(row, self.birads), rng)
+        flip = self.augment.draw_flip(rng)
         size = self.augment.resolution
+        arr = None
+        if self.decode_pixels:
+            arr, boxes, _ = self.augment(self.ds[row["_index"]]["image"], row, class_boxes(row, self.birads), rng, flip=flip)
+        else:
+            boxes = self.augment.boxes(self.sizes[i], row, class_boxes(row, self.birads), flip)
         u = rng.random()
         if u < self.full:
-            mask = np.ones((size, size), dtype=np.float32)
+            kind, mask = MASK_FULL, np.ones((size, size), dtype=np.float32)
         elif u < self.full + self.random:
             rw, rh = self.rel_sizes[rng.integers(len(self.rel_sizes))] * size
             x0, y0 = rng.uniform(0, max(1e-6, size - rw)), rng.uniform(0, max(1e-6, size - rh))
-            mask = box_mask((size, size), [[x0, y0, x0 + rw, y0 + rh]]).astype(np.float32)
+            kind, mask = MASK_RANDOM, self.box_mask([[x0, y0, x0 + rw, y0 + rh]])
         else:
-            mask = box_mask((size, size), boxes, self.box_margin).astype(np.float32)
-        pixels = to_model_rgb(arr)
+            kind, mask = MASK_BOX, self.box_mask(boxes, self.box_margin)
         mask_t = torch.from_numpy(mask).unsqueeze(0)
-        # what the inpainting pipeline feeds: the image with the region to fill set to 0 (mid-grey)
-        masked = pixels * (mask_t < 0.5)
-        return {"pixel_values": pixels, "mask": mask_t, "masked_pixel_values": masked, "row": i}
+        item = {"mask": mask_t, "row": i, "flip": int(flip), "mask_kind": kind}
+        if arr is not None:
+            pixels = to_model_rgb(arr)
+            item["pixel_values"] = pixels
+            item["masked_pixel_values"] = masked_image(pixels, mask_t)
+        return item
+
+
+def masked_image(pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the inpainting pipeline feeds: the image with the region to fill set to 0 (mid-grey)."""
+    return pixels * (mask < 0.5)
 
 
 def collate(batch: list[dict]) -> dict:
@@ -292,8 +373,10 @@ def collate(batch: list[dict]) -> dict:
 
 
 def make_loader(dataset, batches: Iterator[list], num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader over our own (resumable, sharded) batch stream."""
+    """A DataLoader over our own (resumable, sharded) batch stream; persistent workers, pinned
+    batches (the trainers copy them to the GPU with ``non_blocking``)."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if num_workers > 0 else None,
     )

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.errors import InputError
+from mammosynth.training import checkpoints, runtime
 from mammosynth.training import data as tdata
-from mammosynth.training import runtime
 from mammosynth.training.config import InpaintConfig
+from mammosynth.training.latent_cache import LatentCache, encode_distribution
 
 COMPONENTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
 
@@ -39,25 +40,108 @@ def encode_fixed_prompt(base: str, revision: str | None, prompt: str, device, dt
     return hidden
 
 
-def inpainting_loss(unet, scheduler, vae, batch, prompt_hidden, generator=None) -> torch.Tensor:
-    dtype = vae.dtype
-    with torch.no_grad():
-        pixels = batch["pixel_values"].to(vae.device, dtype)
-        masked = batch["masked_pixel_values"].to(vae.device, dtype)
-        latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
-        masked_latents = vae.encode(masked).latent_dist.sample(generator) * vae.config.scaling_factor
-        mask = F.interpolate(batch["mask"].to(vae.device, dtype), size=latents.shape[-2:], mode="nearest")
+def vae_factor(vae) -> int:
+    """Pixels per latent cell (8 for the SD VAEs): the grid the box masks are aligned to."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def inpaint_model_input(noisy: torch.Tensor, mask: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
+    """The 9 UNet input channels in the order StableDiffusionInpaintPipeline feeds them:
+    noisy latents (4), the mask on the latent grid (1), the masked image's latents (4)."""
+    return torch.cat([noisy, mask, masked_latents], dim=1)
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict, per the scheduler config: the noise (epsilon) or the
+    velocity (v_prediction)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"prediction_type {kind!r} is not one of {PREDICTION_TYPES}")
+
+
+def inpainting_loss(unet, scheduler, latents, masked_latents, mask, prompt_hidden, *, noise=None, timesteps=None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """MSE between the UNet's prediction and ``diffusion_target`` for (scaled) image latents,
+    masked-image latents and the latent-grid mask; noise and timesteps drawn unless given."""
     bsz = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator).to(latents.device)
+    if noise is None:
+        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator)
+    timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    model_input = torch.cat([noisy, mask, masked_latents], dim=1)
-    pred = unet(model_input, timesteps, prompt_hidden.expand(bsz, -1, -1)).sample
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    return F.mse_loss(pred.float(), target.float())
+    pred = unet(inpaint_model_input(noisy, mask, masked_latents), timesteps, prompt_hidden.expand(bsz, -1, -1)).sample
+    return F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, timesteps).float())
+
+
+class InpaintLatents:
+    """A batch's (scaled) image latents, masked-image latents and latent-grid mask: from the
+    latent cache where the sample is fixed (its image; its lesion-box masked image; the constant
+    fully masked image), from the VAE otherwise (no cache, or a random box)."""
+
+    def __init__(self, vae, device, dtype, *, image_cache: LatentCache | None = None,
+                 masked_cache: LatentCache | None = None, full_masked: torch.Tensor | None = None, flips: int = 1):
+        self.vae, self.device, self.dtype = vae, device, dtype
+        self.scale = vae.config.scaling_factor
+        self.image_cache, self.masked_cache, self.full_masked, self.flips = image_cache, masked_cache, full_masked, flips
+
+    def _encode(self, pixels: torch.Tensor, generator) -> torch.Tensor:
+        pixels = pixels.to(self.vae.device, self.vae.dtype, non_blocking=True)
+        return self.vae.encode(pixels).latent_dist.sample(generator).float().cpu()
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, generator: torch.Generator | None = None):
+        if self.image_cache is None:
+            latents = self._encode(batch["pixel_values"], generator)
+            masked = self._encode(batch["masked_pixel_values"], generator)
+        else:
+            keys = (batch["row"] * self.flips + batch["flip"] * (self.flips > 1)).tolist()
+            latents = self.image_cache.sample(keys, generator)
+            masked = self.masked_cache.sample(keys, generator)
+            kinds = batch["mask_kind"]
+            full = kinds == tdata.MASK_FULL
+            if full.any():
+                dist = self.full_masked.expand(int(full.sum()), *self.full_masked.shape[1:])
+                masked[full] = dist[:, 0] + dist[:, 1] * torch.randn(dist[:, 0].shape, generator=generator)
+            rand = kinds == tdata.MASK_RANDOM
+            if rand.any():
+                masked[rand] = self._encode(batch["masked_pixel_values"][rand], generator)
+        latents = (latents * self.scale).to(self.device, self.dtype, non_blocking=True)
+        masked = (masked * self.scale).to(self.device, self.dtype, non_blocking=True)
+        mask = F.interpolate(batch["mask"].to(self.device, self.dtype, non_blocking=True), size=latents.shape[-2:],
+                             mode="nearest")
+        return latents, masked, mask
+
+
+def cache_latents(dataset: tdata.InpaintData, vae, accelerator, folder: Path, flips: int) -> InpaintLatents:
+    """Encode each row's fixed image and lesion-box masked image once (both mirror states when
+    ``flips`` is 2), sharded over the ranks; one constant for the fully masked image."""
+    memo: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def sample(key: int):
+        i, flip = divmod(key, flips)
+        if (i, bool(flip)) not in memo:
+            memo.clear()
+            memo[(i, bool(flip))] = dataset.fixed_sample(i, bool(flip))
+        return memo[(i, bool(flip))]
+
+    def encode(which: int):
+        return lambda keys: encode_distribution(vae, torch.stack([sample(k)[which] for k in keys]))
+
+    count = len(dataset) * flips
+    image = LatentCache.build(folder / "image", count, encode(0), accelerator, desc="caching image latents")
+    masked = LatentCache.build(folder / "masked", count, encode(1), accelerator, desc="caching masked latents")
+    size = dataset.augment.resolution
+    with torch.no_grad():
+        full = encode_distribution(vae, torch.zeros(1, 3, size, size))
+    return InpaintLatents(vae, accelerator.device, vae.dtype, image_cache=image, masked_cache=masked,
+                          full_masked=full, flips=flips)
 
 
 def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: str | None = None, force: bool = False,
@@ -65,6 +149,7 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
     """Fine-tune one class's inpainting UNet; the final pipeline lands in ``output_dir/final``."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+    runtime.check_precision(config, file=config_file)
     birads = birads if birads is not None else config.birads
     if birads not in (3, 4, 5):
         raise InputError("BI-RADS class must be 3, 4 or 5 (--birads or config 'birads')", file=config_file, field="birads")
@@ -75,25 +160,40 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
     local = runtime.check_base_model(config.base_model, COMPONENTS)
     ds, meta = tdata.load_prepared(config.prepared, config.split)
     rows = tdata.rows_with_birads(meta, birads, file=config.prepared)
-    resume_point = runtime.resolve_resume(config, resume, force=force)
-    accelerator = runtime.make_accelerator(config)
+    resume_point = checkpoints.resolve_resume(config, resume, force=force)
+    accelerator = runtime.make_accelerator(config, resume_point)
     device, dtype = accelerator.device, runtime.weight_dtype(accelerator)
 
-    augment = tdata.Augment(config.resolution, config.resize_mode, config.hflip_prob, config.intensity_jitter)
-    dataset = tdata.InpaintData(ds, rows, augment, birads=birads, seed=config.seed, box_margin=config.box_margin,
-                                full_mask_fraction=config.full_mask_fraction,
-                                random_box_fraction=config.random_box_fraction)
     prompt_hidden, negative_hidden = encode_fixed_prompt(
         config.base_model, config.revision, schema.inpainting_prompt(birads), device, dtype).split(1)
-
     unet = runtime.load_component(UNet2DConditionModel, config.base_model, "unet", config.revision)
     if unet.config.in_channels != 9:
         raise InputError(f"UNet has {unet.config.in_channels} input channels; an inpainting UNet has 9",
                          file=config.base_model, field="base_model")
     vae = runtime.load_component(AutoencoderKL, config.base_model, "vae", config.revision)
     scheduler = runtime.load_component(DDPMScheduler, config.base_model, "scheduler", config.revision)
+    if scheduler.config.prediction_type not in PREDICTION_TYPES:
+        raise InputError(f"scheduler prediction_type {scheduler.config.prediction_type!r} is not supported "
+                         f"({', '.join(PREDICTION_TYPES)})", file=config.base_model, field="base_model")
     vae.requires_grad_(False)
     vae.to(device, dtype=dtype)
+
+    augment = tdata.Augment(config.resolution, config.resize_mode, config.hflip_prob, config.intensity_jitter)
+    dataset = tdata.InpaintData(ds, rows, augment, birads=birads, seed=config.seed, box_margin=config.box_margin,
+                                full_mask_fraction=config.full_mask_fraction,
+                                random_box_fraction=config.random_box_fraction, grid=vae_factor(vae))
+    # the probe batch (and the validation images drawn from it) always has its pixels
+    probe_batch = tdata.collate([dataset[(0, i)] for i in range(min(config.train_batch_size, len(dataset)))])
+    if config.cache_latents and augment.fixed_pixels:
+        flips = 2 if config.hflip_prob > 0 else 1
+        latents = cache_latents(dataset, vae, accelerator, config.output_dir / "cache" / "latents", flips)
+        if config.random_box_fraction == 0:
+            dataset.decode_pixels = False  # the loader workers decode nothing
+            vae.to("cpu")  # not needed on the GPU until validation images
+            runtime.free_memory()
+    else:
+        latents = InpaintLatents(vae, device, dtype)
+
     if config.use_lora:
         unet.requires_grad_(False)
         unet.to(device, dtype=dtype)
@@ -111,47 +211,42 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
     optimizer, lr_schedule = runtime.optimizer_and_schedule(params, config, accelerator.num_processes)
     unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
 
-    def save_hook(models, weights, output_dir):
-        for model in models:
-            model = accelerator.unwrap_model(model)
-            if config.use_lora:
-                runtime.save_adapter(model, Path(output_dir))
-            else:
-                model.save_pretrained(Path(output_dir) / "unet")
-            if weights:
-                weights.pop()
+    def save(model, folder: Path) -> None:
+        if config.use_lora:
+            runtime.save_adapter(model, folder)
+        else:
+            model.save_pretrained(folder / "unet")
 
-    def load_hook(models, input_dir):
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            if config.use_lora:
-                runtime.load_adapter(model, Path(input_dir))
-            else:
-                saved = UNet2DConditionModel.from_pretrained(input_dir, subfolder="unet")
-                model.load_state_dict(saved.state_dict())
-                del saved
+    def load(model, folder: Path) -> None:
+        if config.use_lora:
+            runtime.load_adapter(model, folder)
+        else:
+            saved = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+            model.load_state_dict(saved.state_dict())
+            del saved
 
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
+    checkpoints.register_weight_hooks(accelerator, save, load)
     loader, start_step = runtime.resume_loader(accelerator, config, dataset, resume_point)
-    probe_batch = tdata.collate([dataset[(0, i)] for i in range(min(config.train_batch_size, len(dataset)))])
 
     def loss(batch) -> torch.Tensor:
+        lat, masked, mask = latents(batch)
         with accelerator.autocast():
-            return inpainting_loss(unet, scheduler, vae, batch, prompt_hidden)
+            return inpainting_loss(unet, scheduler, lat, masked, mask, prompt_hidden)
 
     def probe() -> float:
         g = torch.Generator().manual_seed(config.seed + 12345)
+        lat, masked, mask = latents(probe_batch, g)
         with torch.no_grad(), accelerator.autocast():
-            return float(inpainting_loss(unet, scheduler, vae, probe_batch, prompt_hidden, g))
+            return float(inpainting_loss(unet, scheduler, lat, masked, mask, prompt_hidden, generator=g))
+
+    def validation_images(model, step: int) -> list[Path]:
+        with runtime.on_device(vae, device):
+            return _validation_images(model, vae, scheduler, prompt_hidden, negative_hidden, probe_batch, config, step)
 
     return runtime.run_steps(
         accelerator, config, unet, params, optimizer, lr_schedule, loader,
-        start_step=start_step, resumed_from=resume_point[1] if resume_point else None,
-        loss=loss, probe=probe,
-        validation_images=lambda model, step: _validation_images(
-            model, vae, prompt_hidden, negative_hidden, probe_batch, config, step),
+        start_step=start_step, resumed_from=resume_point.step if resume_point else None,
+        loss=loss, probe=probe, validation_images=validation_images,
         write_final=lambda model, step: _write_final(model, config, birads, ds, rows, local, step),
         tracker=f"inpaint_birads{birads}", desc=f"inpaint BI-RADS {birads}", extra={"birads": birads},
         stop_after=stop_after,
@@ -164,9 +259,8 @@ def _plain_unet(unet, use_lora: bool):
 
     unet = copy.deepcopy(unet)
     if use_lora:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         from diffusers.utils.peft_utils import recurse_remove_peft_layers
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
         for module in unet.modules():
             if isinstance(module, BaseTunerLayer):
@@ -202,19 +296,18 @@ def _write_final(unet, config: InpaintConfig, birads: int, ds, rows, local, step
 
 
 @torch.no_grad()
-def _validation_images(unet, vae, prompt_hidden, negative, batch, config: InpaintConfig, step: int) -> list[Path]:
+def _validation_images(unet, vae, train_scheduler, prompt_hidden, negative, batch, config: InpaintConfig,
+                       step: int) -> list[Path]:
     """Fixed-seed inpaintings of the probe images' boxes (the region the model learns to fill)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
 
-    scheduler = DPMSolverMultistepScheduler.from_pretrained(config.base_model, subfolder="scheduler", revision=config.revision)
+    scheduler = DPMSolverMultistepScheduler.from_config(train_scheduler.config)
     pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     folder = config.output_dir / "validation" / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     dtype = next(unet.parameters()).dtype
-    was_training = unet.training
-    unet.eval()
     written = []
     for i in range(min(2, batch["pixel_values"].shape[0])):
         image = (batch["pixel_values"][i:i + 1] + 1) / 2
@@ -226,6 +319,4 @@ def _validation_images(unet, vae, prompt_hidden, negative, batch, config: Inpain
             path = folder / f"image{i}-seed{seed}.png"
             out.convert("L").save(path)
             written.append(path)
-    unet.train(was_training)
     return written
-

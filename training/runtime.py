@@ -1,31 +1,32 @@
-"""The one place for Accelerate glue: accelerator setup, seeding, logging, checkpoints, resume,
-base-model checks, the optimizer-step loop the trainers share and the metadata written beside every
-trained artefact."""
+"""The one place for Accelerate glue: precision checks, accelerator setup, seeding, logging,
+base-model checks and loading, LoRA adapters, the optimizer-step loop the trainers share and the
+metadata written beside every trained artefact. Checkpoints and resume: ``training.checkpoints``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from mammosynth.builders.core.atomic import write_json
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import hash_tree
-from mammosynth.training.config import TrainingConfig, resume_fingerprint
+from mammosynth.builders.core.workers import cpu_count
+from mammosynth.training import checkpoints
+from mammosynth.training.config import TrainingConfig
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 METADATA_FILE = "training_metadata.json"
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT layout: beside adapter_config.json
+PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
@@ -39,10 +40,25 @@ class TrainResult:
     is_main: bool = True  # False on the other ranks of a distributed run: they report nothing
 
 
-# --- accelerator ---------------------------------------------------------------------------------------
+# --- precision, accelerator, seeds ------------------------------------------------------------------
 
-def make_accelerator(config: TrainingConfig):
+def check_precision(config: TrainingConfig, *, file: str | Path | None = None) -> None:
+    """Refuse, before anything is loaded or written, a precision this machine cannot run."""
+    mp = config.mixed_precision
+    if mp == "fp16" and not torch.cuda.is_available():
+        raise InputError("fp16 mixed precision needs a GPU; use bf16 or no on CPU", file=file, field="mixed_precision")
+    if mp == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise InputError(
+            f"bf16 mixed precision is not supported by this GPU ({torch.cuda.get_device_name()}); use fp16 or no",
+            file=file, field="mixed_precision",
+        )
+
+
+def make_accelerator(config: TrainingConfig, resume: checkpoints.ResumePoint | None = None):
+    """The run's Accelerator, seeded alike on every rank (identical weight init); refuses a resume
+    under another number of processes before anything is written."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration, set_seed
 
     log_with = None
@@ -53,18 +69,58 @@ def make_accelerator(config: TrainingConfig):
             log_with = "tensorboard"
         except ImportError as exc:
             raise InputError("report_to: tensorboard needs the tensorboard package", field="report_to") from exc
-    if config.mixed_precision != "no" and not torch.cuda.is_available() and config.mixed_precision == "fp16":
-        raise InputError("fp16 mixed precision needs a GPU; use bf16 or no on CPU", field="mixed_precision")
+    check_precision(config)
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+    # the precision is per run: a second run in this process (Python API, tests) may choose another
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")),
     )
+    checkpoints.check_world_size(resume, accelerator.num_processes)
     set_seed(config.seed, device_specific=False)
     return accelerator
+
+
+def rank_seed(seed: int, process_index: int) -> int:
+    """The training-RNG seed of one rank: distinct per rank, fixed by (seed, rank)."""
+    return int(np.random.SeedSequence([seed, process_index, 0x7A11]).generate_state(1)[0])
+
+
+def seed_ranks(accelerator, seed: int) -> None:
+    """From here on every rank draws its own noise, timesteps and dropout masks (one seed for all
+    would give a 192-sample global batch on 8 GPUs only 24 distinct draws)."""
+    from accelerate.utils import set_seed
+
+    set_seed(rank_seed(seed, accelerator.process_index))
+
+
+@contextlib.contextmanager
+def isolated(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) with the RNG forked: probes and validation images draw nothing from
+    the training RNG, so a resumed run draws exactly what an uninterrupted run draws."""
+    was_training = model.training
+    model.eval()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, device) -> Iterator[torch.nn.Module]:
+    """An offloaded module on ``device`` for the block, then back where it was."""
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
 
 
 def weight_dtype(accelerator) -> torch.dtype:
@@ -116,8 +172,26 @@ def read_log(path: str | Path) -> list[dict]:
 
 # --- base models -----------------------------------------------------------------------------------------
 
+# Components built in memory instead of read from a folder (benchmarks: real-size architectures
+# with random weights, which would take minutes to write and read back). Each is handed out once.
+_PRELOADED: dict[str, dict[str, Any]] = {}
+
+
+@contextlib.contextmanager
+def preloaded_components(base: str, components: dict[str, Any]) -> Iterator[None]:
+    """While the block runs, ``load_component(.., base, name, ..)`` returns ``components[name]``
+    (and ``base`` needs no folder): the trainers run unchanged on models built in memory."""
+    _PRELOADED[base] = dict(components)
+    try:
+        yield
+    finally:
+        _PRELOADED.pop(base, None)
+
+
 def check_base_model(base: str, components: tuple[str, ...]) -> Path | None:
     """A local base folder must hold model_index.json and every component; hub ids pass through."""
+    if base in _PRELOADED:
+        return None
     path = Path(base).expanduser()
     looks_local = path.exists() or base.startswith((".", "/", "~")) or base.count("/") > 1 or os.sep + os.sep in base
     if not looks_local:
@@ -140,6 +214,10 @@ def base_identity(base: str, revision: str | None, local: Path | None) -> dict[s
 
 
 def load_component(cls, base: str, subfolder: str, revision: str | None, **kwargs):
+    if subfolder in _PRELOADED.get(base, {}):
+        component = _PRELOADED[base].pop(subfolder)
+        dtype = kwargs.get("torch_dtype")
+        return component.to(dtype) if dtype is not None and isinstance(component, torch.nn.Module) else component
     try:
         return cls.from_pretrained(base, subfolder=subfolder, revision=revision, **kwargs)
     except (OSError, ValueError) as exc:
@@ -169,111 +247,74 @@ def add_lora(model: torch.nn.Module, options, *, file: str | Path | None = None)
     ))
 
 
-def save_adapter(model: torch.nn.Module, folder: Path) -> None:
+def lora_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The adapter's PEFT config (rank, alpha, targets) as JSON-ready data: saved with the weights,
+    so a reload scales by alpha / rank as training did."""
+    data = model.peft_config["default"].to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in data.items()}
+
+
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA tensors without the PEFT adapter name, float32 on the CPU."""
     from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def save_adapter(model: torch.nn.Module, folder: Path) -> None:
+    """A standard PEFT folder: adapter_model.safetensors (``base_model.model.`` keys) and
+    adapter_config.json (alpha included), which ``PeftModel.from_pretrained`` and generation read."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(state, str(folder / "adapter_model.safetensors"))
+    state = {PEFT_PREFIX + k: v for k, v in adapter_state(model).items()}
+    save_file(state, str(folder / ADAPTER_WEIGHTS))
+    write_json(folder / "adapter_config.json", lora_config(model), indent=2)
 
 
 def load_adapter(model: torch.nn.Module, folder: Path) -> None:
+    """Inverse of ``save_adapter`` (also reads the unprefixed keys older checkpoints hold); every
+    LoRA tensor of the model must be in the file and every tensor of the file in the model."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")), adapter_name="default")
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise InputError(f"adapter does not fit the model: unexpected keys {unexpected[:3]}", file=folder)
-
-
-# --- checkpoints and resume ---------------------------------------------------------------------------------
-
-def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    folder = output_dir / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _CKPT.match(p.name)
-        if m and (p / STATE_FILE).is_file():  # the state file is written last: complete checkpoints only
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def resolve_resume(config: TrainingConfig, resume: str | None, *, force: bool = False, extra: dict | None = None):
-    """``None`` | ``"latest"`` | a checkpoint folder -> (folder, step) or None. Refuses a checkpoint
-    written with a different config (fields outside RESUME_SAFE_FIELDS) unless ``force``."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(config.output_dir)
-        if not found:
-            return None  # nothing to resume yet: a fresh start, so the same command works every time
-        step, path = found[-1]
-    else:
-        path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise InputError("not a complete checkpoint folder", file=path, field="resume")
-        step = None
-    state = json.loads((path / STATE_FILE).read_text())
-    step = state["global_step"] if step is None else step
-    want = {**resume_fingerprint(config), **(extra or {})}
-    have = state.get("fingerprint", {})
-    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-    if diff and not force:
+    path = folder / ADAPTER_WEIGHTS
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(path)).items()}
+    result = set_peft_model_state_dict(model, state, adapter_name="default")
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
+    if unexpected or missing:
         raise InputError(
-            f"checkpoint was written with a different config ({', '.join(diff[:5])}); pass --force to resume anyway",
-            file=path / STATE_FILE, field=diff[0],
+            f"adapter does not fit the model: unexpected keys {unexpected[:3]}, missing keys {missing[:3]}", file=path
         )
-    return path, int(step)
-
-
-def save_checkpoint(accelerator, config: TrainingConfig, step: int, *, extra: dict | None = None) -> Path:
-    """accelerator.save_state into a temporary folder, then rename; prune old checkpoints.
-
-    Not ``atomic_dir``: every rank writes its own files into the one staging folder, so its name
-    is the step's (not a process id) and only the main process renames it."""
-    root = config.output_dir / CHECKPOINTS
-    final = root / f"checkpoint-{step}"
-    tmp = root / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = {"global_step": step, "fingerprint": {**resume_fingerprint(config), **(extra or {})}}
-        write_json(tmp / STATE_FILE, state, indent=2)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        limit = config.checkpoints_total_limit
-        if limit:
-            for _, old in list_checkpoints(config.output_dir)[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 # --- the training loop --------------------------------------------------------------------------------------
 
-def resume_loader(accelerator, config: TrainingConfig, dataset, resume_point: tuple[Path, int] | None
+def loader_workers(config: TrainingConfig, accelerator) -> int:
+    """``dataloader_num_workers``, or by default min(4, cores per local process - 1), at least 1."""
+    if config.dataloader_num_workers is not None:
+        return config.dataloader_num_workers
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes if accelerator.num_processes else 1))
+    return max(1, min(4, cpu_count() // max(1, local) - 1))
+
+
+def resume_loader(accelerator, config: TrainingConfig, dataset, resume_point: checkpoints.ResumePoint | None
                   ) -> tuple[Iterator[dict], int]:
-    """The batch iterator positioned after the resumed step, and that step (0 on a fresh start)."""
+    """The batch iterator positioned after the resumed step, and that step (0 on a fresh start).
+    From here on each rank has its own RNG stream (restored from the checkpoint on resume)."""
     from mammosynth.training import data as tdata
 
+    seed_ranks(accelerator, config.seed)
     # the loader iterator draws a seed from the global RNG: create it before load_state restores the RNG
-    start_step = resume_point[1] if resume_point is not None else 0
+    start_step = resume_point.step if resume_point is not None else 0
     batches = tdata.shard_batches(
         len(dataset), config.train_batch_size, process_index=accelerator.process_index,
         num_processes=accelerator.num_processes, seed=config.seed,
         start_batch=start_step * config.gradient_accumulation_steps,
     )
-    loader = iter(tdata.make_loader(dataset, batches, config.dataloader_num_workers))
+    loader = iter(tdata.make_loader(dataset, batches, loader_workers(config, accelerator)))
     if resume_point is not None:
-        accelerator.load_state(str(resume_point[0]))
+        accelerator.load_state(str(resume_point.path))
     return loader, start_step
 
 
@@ -288,14 +329,26 @@ def run_steps(
     is one micro-batch's loss; every ``log_every`` / ``checkpointing_steps`` / ``validation_steps``
     optimizer steps it logs, checkpoints, probes and writes ``validation_images(model, step)``. After
     ``max_train_steps`` it checkpoints and calls ``write_final(model, step)`` (main process only);
-    ``stop_after`` ends this run early (resume later)."""
+    ``stop_after`` ends this run early (resume later). Probes and validation images run in eval
+    mode, under autocast (the frozen parts are in the mixed-precision dtype, the trained ones in
+    float32), on a forked RNG."""
     main = accelerator.is_main_process
     log = JsonlLog(config.output_dir / "logs" / "train.jsonl", main, accelerator)
     if main and accelerator.log_with:
         accelerator.init_trackers(tracker)
     global_step = start_step
     result = TrainResult(config.output_dir, None, global_step, resumed_from=resumed_from, is_main=main)
-    result.probe_losses.append((global_step, probe()))
+
+    def probe_now() -> None:
+        with isolated(model):
+            result.probe_losses.append((global_step, probe()))
+
+    def images_now(trained: torch.nn.Module) -> None:
+        if main:
+            with isolated(model), torch.no_grad(), accelerator.autocast():
+                validation_images(trained, global_step)
+
+    probe_now()
     bar = tqdm(total=config.max_train_steps, initial=global_step, disable=not main, desc=desc, unit="step")
     steps_this_run = 0
     model.train()
@@ -325,12 +378,11 @@ def run_steps(
             log.write({"step": global_step, "loss": step_loss, "lr": lr_schedule.get_last_lr()[0],
                        "samples_per_s_per_device": config.train_batch_size * config.gradient_accumulation_steps / elapsed})
         if global_step % config.checkpointing_steps == 0 and global_step < config.max_train_steps:
-            save_checkpoint(accelerator, config, global_step, extra=extra)
+            checkpoints.save_checkpoint(accelerator, config, global_step, extra=extra)
         if config.validation_steps and global_step % config.validation_steps == 0:
-            result.probe_losses.append((global_step, probe()))
+            probe_now()
             log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
-            if main:
-                validation_images(accelerator.unwrap_model(model), global_step)
+            images_now(accelerator.unwrap_model(model))
         if stop_after is not None and steps_this_run >= stop_after:
             break
     bar.close()
@@ -338,13 +390,13 @@ def run_steps(
     if global_step < config.max_train_steps:
         return result  # stopped early; resume later
     if result.probe_losses[-1][0] != global_step:
-        result.probe_losses.append((global_step, probe()))
+        probe_now()
         log.write({"step": global_step, "probe_loss": result.probe_losses[-1][1]})
-    save_checkpoint(accelerator, config, global_step, extra=extra)
+    checkpoints.save_checkpoint(accelerator, config, global_step, extra=extra)
+    trained = accelerator.unwrap_model(model)
     if main:
-        trained = accelerator.unwrap_model(model)
         result.final_dir = write_final(trained, global_step)
-        validation_images(trained, global_step)
+    images_now(trained)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result

@@ -12,14 +12,13 @@ import copy
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.atomic import atomic_dir
-from mammosynth.builders.core.errors import InputError
+from mammosynth.training import checkpoints, runtime
 from mammosynth.training import data as tdata
-from mammosynth.training import runtime
 from mammosynth.training.config import SD35LoraConfig
+from mammosynth.training.latent_cache import LatentCache, encode_distribution
 
 COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "text_encoder_3",
               "tokenizer", "tokenizer_2", "tokenizer_3")
@@ -32,11 +31,15 @@ def encode_prompts(base: str, revision: str | None, prompts: list[str], device, 
     """Prompt embeddings with the pipeline's own encode_prompt (what generation uses), then the
     three text encoders are dropped."""
     from diffusers import StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-    try:
-        pipe = StableDiffusion3Pipeline.from_pretrained(base, transformer=None, vae=None, revision=revision, torch_dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load text encoders: {exc}".splitlines()[0], file=base, field="base_model") from None
+    parts = {}
+    for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
+                      ("text_encoder_3", T5EncoderModel)):
+        parts[name] = runtime.load_component(cls, base, name, revision, torch_dtype=dtype)
+    for name, cls in (("tokenizer", CLIPTokenizer), ("tokenizer_2", CLIPTokenizer), ("tokenizer_3", T5TokenizerFast)):
+        parts[name] = runtime.load_component(cls, base, name, revision)
+    pipe = StableDiffusion3Pipeline(transformer=None, vae=None, scheduler=None, **parts)
     pipe.to(device)
     embeds, pooled = [], []
     for start in range(0, len(prompts), batch_size):
@@ -45,38 +48,55 @@ def encode_prompts(base: str, revision: str | None, prompts: list[str], device, 
                                         max_sequence_length=max_sequence_length)
         embeds.append(e)
         pooled.append(p)
-    del pipe
+    del pipe, parts
     runtime.free_memory()
     return torch.cat(embeds), torch.cat(pooled)
 
 
-def flow_matching_loss(transformer, scheduler, latents, prompt_embeds, pooled, config: SD35LoraConfig,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rectified-flow objective of SD3 (as in diffusers' SD3 LoRA example): x_t = (1-s) x + s n,
-    target n - x, timestep density and loss weighting by ``weighting_scheme``."""
-    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+def sample_sigmas(scheduler, batch_size: int, config: SD35LoraConfig, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps, sigmas) of a batch, drawn by the SD3 timestep density ``weighting_scheme``."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
 
-    bsz = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, device="cpu", dtype=torch.float32).to(latents)
     u = compute_density_for_timestep_sampling(
-        weighting_scheme=config.weighting_scheme, batch_size=bsz, logit_mean=config.logit_mean,
+        weighting_scheme=config.weighting_scheme, batch_size=batch_size, logit_mean=config.logit_mean,
         logit_std=config.logit_std, mode_scale=config.mode_scale, generator=generator,
     )
-    indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=scheduler.config.num_train_timesteps - 1)
-    timesteps = scheduler.timesteps[indices].to(latents.device)
-    sigmas = scheduler.sigmas[indices].to(latents.device, latents.dtype).view(-1, 1, 1, 1)
-    noisy = (1.0 - sigmas) * latents + sigmas * noise
-    pred = transformer(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=prompt_embeds,
+    n = scheduler.config.num_train_timesteps
+    indices = (u * n).long().clamp(max=n - 1)
+    return scheduler.timesteps[indices], scheduler.sigmas[indices]
+
+
+def flow_matching_terms(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, weighting_scheme: str
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rectified flow (SD3): the noisy input x_t = (1 - s) x0 + s n, the velocity target n - x0,
+    and the per-sample loss weight of ``weighting_scheme``."""
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    s = sigmas.to(latents.device, latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
+    noisy = (1.0 - s) * latents + s * noise
+    weighting = compute_loss_weighting_for_sd3(weighting_scheme=weighting_scheme, sigmas=s)
+    return noisy, noise - latents, weighting
+
+
+def flow_matching_loss(transformer, scheduler, latents, prompt_embeds, pooled, config: SD35LoraConfig, *,
+                       noise: torch.Tensor | None = None, sigmas_timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """The SD3 objective (as in diffusers' SD3 LoRA example): weighted MSE between the
+    transformer's output and ``flow_matching_terms``' target; noise and timesteps drawn unless given."""
+    bsz = latents.shape[0]
+    if noise is None:
+        noise = torch.randn(latents.shape, generator=generator, device="cpu", dtype=torch.float32)
+    noise = noise.to(latents)
+    timesteps, sigmas = sigmas_timesteps or sample_sigmas(scheduler, bsz, config, generator)
+    noisy, target, weighting = flow_matching_terms(latents, noise, sigmas, config.weighting_scheme)
+    pred = transformer(hidden_states=noisy, timestep=timesteps.to(latents.device), encoder_hidden_states=prompt_embeds,
                        pooled_projections=pooled, return_dict=False)[0]
-    weighting = compute_loss_weighting_for_sd3(weighting_scheme=config.weighting_scheme, sigmas=sigmas)
-    target = noise - latents
     return (weighting.float() * (pred.float() - target.float()) ** 2).reshape(bsz, -1).mean(1).mean()
 
 
-def _encode_latents(vae, pixels: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    z = dist.sample(generator) if sample else dist.mode()
-    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+def scale_latents(vae_config, z: torch.Tensor) -> torch.Tensor:
+    return (z - vae_config.shift_factor) * vae_config.scaling_factor
 
 
 def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force: bool = False,
@@ -85,10 +105,11 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
     time limit) — rerun with ``resume="latest"`` to continue from the last checkpoint."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
+    runtime.check_precision(config, file=config_file)
     local = runtime.check_base_model(config.base_model, COMPONENTS)
     ds, meta = tdata.load_prepared(config.prepared, config.split)
-    resume_point = runtime.resolve_resume(config, resume, force=force)
-    accelerator = runtime.make_accelerator(config)
+    resume_point = checkpoints.resolve_resume(config, resume, force=force)
+    accelerator = runtime.make_accelerator(config, resume_point)
     device, dtype = accelerator.device, runtime.weight_dtype(accelerator)
 
     augment = tdata.Augment(config.resolution, config.resize_mode, config.hflip_prob, config.intensity_jitter, config.unflip)
@@ -111,38 +132,34 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
 
+    # the probe batch always has its pixels; with cached latents the loader decodes none
+    probe_batch = tdata.collate([dataset[(0, i)] for i in range(min(config.train_batch_size, len(dataset)))])
     latent_cache = None
     if config.cache_latents:
-        latent_cache = _cache_latents(dataset, vae, accelerator)
+        latent_cache = LatentCache.build(
+            config.output_dir / "cache" / "latents", len(dataset),
+            lambda keys: encode_distribution(vae, torch.stack([dataset.pixels(k) for k in keys])), accelerator)
+        dataset.decode_pixels = False
+        vae.to("cpu")  # not needed on the GPU until validation images
+        runtime.free_memory()
 
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer, lr_schedule = runtime.optimizer_and_schedule(params, config, accelerator.num_processes)
     transformer, optimizer, lr_schedule = accelerator.prepare(transformer, optimizer, lr_schedule)
-
-    def save_hook(models, weights, output_dir):
-        for model in models:
-            runtime.save_adapter(accelerator.unwrap_model(model), Path(output_dir))
-            if weights:
-                weights.pop()
-
-    def load_hook(models, input_dir):
-        while models:
-            runtime.load_adapter(accelerator.unwrap_model(models.pop()), Path(input_dir))
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
+    checkpoints.register_weight_hooks(accelerator, runtime.save_adapter, runtime.load_adapter)
     loader, start_step = runtime.resume_loader(accelerator, config, dataset, resume_point)
-    probe_batch = tdata.collate([dataset[(0, i)] for i in range(min(config.train_batch_size, len(dataset)))])
 
+    @torch.no_grad()
     def latents(batch, generator=None) -> torch.Tensor:
         if latent_cache is not None:
-            return _latents_from_cache(latent_cache, batch["row"], generator).to(device, dtype)
-        return _encode_latents(vae, batch["pixel_values"], generator=generator).to(dtype)
+            z = latent_cache.sample(batch["row"].tolist(), generator)
+        else:
+            pixels = batch["pixel_values"].to(vae.device, vae.dtype, non_blocking=True)
+            z = vae.encode(pixels).latent_dist.sample(generator)
+        return scale_latents(vae.config, z).to(device, dtype, non_blocking=True)
 
     def loss(batch) -> torch.Tensor:
-        with torch.no_grad():
-            lat = latents(batch)
+        lat = latents(batch)
         idx = batch["prompt_index"].to(device)
         with accelerator.autocast():
             return flow_matching_loss(transformer, scheduler, lat, embeds[idx], pooled[idx], config)
@@ -150,41 +167,23 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
     def probe() -> float:
         """Loss on a fixed batch with fixed noise and timesteps: comparable across steps."""
         g = torch.Generator().manual_seed(config.seed + 12345)
+        lat = latents(probe_batch, g)
+        idx = probe_batch["prompt_index"].to(device)
         with torch.no_grad(), accelerator.autocast():
-            lat = latents(probe_batch, g)
-            idx = probe_batch["prompt_index"].to(device)
-            return float(flow_matching_loss(transformer, scheduler, lat, embeds[idx], pooled[idx], config, g))
+            return float(flow_matching_loss(transformer, scheduler, lat, embeds[idx], pooled[idx], config, generator=g))
+
+    def validation_images(model, step: int) -> list[Path]:
+        with runtime.on_device(vae, device):
+            return _validation_images(model, vae, scheduler, embeds, pooled, len(dataset.prompts), validation_prompts,
+                                      config, step)
 
     return runtime.run_steps(
         accelerator, config, transformer, params, optimizer, lr_schedule, loader,
-        start_step=start_step, resumed_from=resume_point[1] if resume_point else None,
-        loss=loss, probe=probe,
-        validation_images=lambda model, step: _validation_images(
-            model, vae, scheduler, embeds, pooled, len(dataset.prompts), validation_prompts, config, step),
+        start_step=start_step, resumed_from=resume_point.step if resume_point else None,
+        loss=loss, probe=probe, validation_images=validation_images,
         write_final=lambda model, step: _write_final(model, config, ds, meta, local, step),
         tracker="sd35_lora", desc="sd35-lora", stop_after=stop_after,
     )
-
-
-def _cache_latents(dataset, vae, accelerator) -> dict[int, torch.Tensor]:
-    """Latent distribution (mean, std) of every row, encoded once; sampled per step."""
-    cache: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for i in tqdm(range(len(dataset)), desc="caching latents", disable=not accelerator.is_main_process):
-            item = dataset[(0, i)]
-            dist = vae.encode(item["pixel_values"][None].to(vae.device, vae.dtype)).latent_dist
-            cache[i] = torch.cat([dist.mean, dist.std]).cpu()
-    cache["_shift"], cache["_scale"] = vae.config.shift_factor, vae.config.scaling_factor  # type: ignore[index]
-    return cache
-
-
-def _latents_from_cache(cache: dict, rows: torch.Tensor, generator=None) -> torch.Tensor:
-    out = []
-    for r in rows.tolist():
-        mean, std = cache[r][0:1], cache[r][1:2]
-        z = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        out.append((z - cache["_shift"]) * cache["_scale"])
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -202,8 +201,6 @@ def _validation_images(transformer, vae, scheduler, embeds, pooled, first, promp
     neg = len(embeds) - 1
     dtype = next(transformer.parameters()).dtype
     written = []
-    was_training = transformer.training
-    transformer.eval()
     for p_i, _ in enumerate(prompts):
         for seed in config.validation_seeds:
             k = first + p_i
@@ -217,19 +214,20 @@ def _validation_images(transformer, vae, scheduler, embeds, pooled, first, promp
             path = folder / f"prompt{p_i}-seed{seed}.png"
             image.convert("L").save(path)
             written.append(path)
-    transformer.train(was_training)
     return written
 
 
 def _write_final(transformer, config: SD35LoraConfig, ds, meta, local, step: int) -> Path:
-    """final/: diffusers-format LoRA (pipe.load_lora_weights(folder)), PEFT adapter, metadata."""
+    """final/: the diffusers-format LoRA (``pipe.load_lora_weights(folder)``, alpha in its
+    metadata), the PEFT adapter (adapter_config.json with alpha), and the training metadata."""
     from diffusers import StableDiffusion3Pipeline
-    from peft.utils import get_peft_model_state_dict
 
     final = config.output_dir / "final"
     with atomic_dir(final) as tmp:
-        layers = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(transformer).items()}
-        StableDiffusion3Pipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS)
+        StableDiffusion3Pipeline.save_lora_weights(
+            tmp, transformer_lora_layers=runtime.adapter_state(transformer), weight_name=LORA_WEIGHTS,
+            transformer_lora_adapter_metadata=runtime.lora_config(transformer),
+        )
         runtime.save_adapter(transformer, tmp)
         runtime.write_metadata(tmp, {
             "kind": "sd35-lora",
@@ -238,7 +236,9 @@ def _write_final(transformer, config: SD35LoraConfig, ds, meta, local, step: int
             "num_images": len(meta),
             "steps": step,
             "prompt_template": schema.TEXT2IMAGE_TEMPLATE,
+            "max_sequence_length": config.max_sequence_length,
+            "lora_rank": config.lora.rank,
+            "lora_alpha": config.lora.alpha or config.lora.rank,
             "config": config.model_dump(mode="json"),
         })
     return final
-

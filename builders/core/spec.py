@@ -48,6 +48,9 @@ class Text2ImageParams(StrictModel):
         False, description="torch.compile the transformer blocks (regional compilation: seconds to compile, faster steps)"
     )
     fp8: bool = Field(False, description="fp8 matrix products in the transformer blocks (torchao; GPUs of compute capability 8.9+)")
+    max_sequence_length: int = Field(
+        77, ge=8, le=512, description="T5 prompt tokens; what `mammosynth train sd35-lora` trained with (its default: 77)"
+    )
 
 
 class InpaintingParams(StrictModel):

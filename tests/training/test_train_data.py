@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.synthetic import write_trainer_set
 from mammosynth.builders.core.errors import InputError
 from mammosynth.training import data as tdata
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig, load_config
-from helpers.synthetic import write_trainer_set
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +134,38 @@ def test_config_defaults_follow_design_and_typos_name_the_field(tmp_path):
     with pytest.raises(InputError) as err:
         load_config(SD35LoraConfig, cfg)
     assert err.value.field == "lora.rnak" and "unknown field" in str(err.value) and str(cfg) in str(err.value)
+
+
+def test_inpaint_masks_cover_whole_latent_cells(tiny_prepared):
+    """With grid=8 (the VAE factor) every 8x8 cell is all masked or all kept: the mask the UNet
+    sees on the latent grid has no half-masked strip, the same mask generation draws."""
+    ds, meta = tdata.load_prepared(tiny_prepared)
+    rows = tdata.rows_with_birads(meta, 4)
+
+    def cells(grid):
+        data = tdata.InpaintData(ds, rows, tdata.Augment(64), birads=4, seed=0, grid=grid)
+        mask = data[(0, 0)]["mask"][0].numpy()
+        return mask.reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64)
+
+    assert all(len(set(c)) == 1 for c in cells(8))
+    assert any(len(set(c)) > 1 for c in cells(1))  # these boxes do not fall on the grid by themselves
+
+
+def test_cached_items_decode_no_pixels_and_keep_the_stream(tiny_prepared):
+    """Without pixels (latents cached) an item has the same mask, mirror state and caption as with them."""
+    ds, meta = tdata.load_prepared(tiny_prepared)
+    rows = tdata.rows_with_birads(meta, 4)
+    full = tdata.InpaintData(ds, rows, tdata.Augment(32, hflip_prob=0.5), birads=4, seed=3, grid=8)
+    bare = tdata.InpaintData(ds, rows, tdata.Augment(32, hflip_prob=0.5), birads=4, seed=3, grid=8)
+    bare.decode_pixels = False
+    keys = [(e, i) for e in range(4) for i in range(len(rows))]
+    for key in keys:
+        a, b = full[key], bare[key]
+        assert "pixel_values" not in b and torch.equal(a["mask"], b["mask"]) and a["flip"] == b["flip"]
+    assert {full[k]["flip"] for k in keys} == {0, 1}
+    pixels, masked = full.fixed_sample(0, bool(full[(0, 0)]["flip"]))
+    assert torch.equal(pixels, full[(0, 0)]["pixel_values"]) and torch.equal(masked, full[(0, 0)]["masked_pixel_values"])
+    t2i = tdata.Text2ImageData(ds, meta, tdata.Augment(32, hflip_prob=0.5), seed=3, vendor=False)
+    with_pixels = [t2i[(e, i)]["prompt_index"] for e in range(3) for i in range(len(meta))]
+    t2i.decode_pixels = False
+    assert [t2i[(e, i)]["prompt_index"] for e in range(3) for i in range(len(meta))] == with_pixels
