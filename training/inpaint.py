@@ -93,7 +93,10 @@ class InpaintLatents:
 
     def _encode(self, pixels: torch.Tensor, generator) -> torch.Tensor:
         pixels = pixels.to(self.vae.device, self.vae.dtype, non_blocking=True)
-        return self.vae.encode(pixels).latent_dist.sample(generator).float().cpu()
+        return self.vae.encode(pixels).latent_dist.sample(generator).to(self.device, torch.float32)
+
+    def _cached(self, cache: LatentCache, keys: list[int], generator) -> torch.Tensor:
+        return cache.sample(keys, generator).to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def __call__(self, batch: dict, generator: torch.Generator | None = None):
@@ -102,18 +105,19 @@ class InpaintLatents:
             masked = self._encode(batch["masked_pixel_values"], generator)
         else:
             keys = (batch["row"] * self.flips + batch["flip"] * (self.flips > 1)).tolist()
-            latents = self.image_cache.sample(keys, generator)
-            masked = self.masked_cache.sample(keys, generator)
+            latents = self._cached(self.image_cache, keys, generator)
+            masked = self._cached(self.masked_cache, keys, generator)
             kinds = batch["mask_kind"]
-            full = kinds == tdata.MASK_FULL
-            if full.any():
-                dist = self.full_masked.expand(int(full.sum()), *self.full_masked.shape[1:])
-                masked[full] = dist[:, 0] + dist[:, 1] * torch.randn(dist[:, 0].shape, generator=generator)
-            rand = kinds == tdata.MASK_RANDOM
-            if rand.any():
-                masked[rand] = self._encode(batch["masked_pixel_values"][rand], generator)
-        latents = (latents * self.scale).to(self.device, self.dtype, non_blocking=True)
-        masked = (masked * self.scale).to(self.device, self.dtype, non_blocking=True)
+            full = (kinds == tdata.MASK_FULL).tolist()
+            if any(full):
+                dist = self.full_masked.expand(sum(full), *self.full_masked.shape[1:])
+                draw = dist[:, 0] + dist[:, 1] * torch.randn(dist[:, 0].shape, generator=generator)
+                masked[torch.tensor(full)] = draw.to(self.device)
+            rand = (kinds == tdata.MASK_RANDOM).tolist()
+            if any(rand):
+                masked[torch.tensor(rand)] = self._encode(batch["masked_pixel_values"][torch.tensor(rand)], generator)
+        latents = (latents * self.scale).to(self.dtype)
+        masked = (masked * self.scale).to(self.dtype)
         mask = F.interpolate(batch["mask"].to(self.device, self.dtype, non_blocking=True), size=latents.shape[-2:],
                              mode="nearest")
         return latents, masked, mask

@@ -216,6 +216,8 @@ def base_identity(base: str, revision: str | None, local: Path | None) -> dict[s
 def load_component(cls, base: str, subfolder: str, revision: str | None, **kwargs):
     if subfolder in _PRELOADED.get(base, {}):
         component = _PRELOADED[base].pop(subfolder)
+        if not isinstance(component, cls) and hasattr(component, "config") and hasattr(cls, "from_config"):
+            component = cls.from_config(component.config)  # a scheduler, as from_pretrained would build it
         dtype = kwargs.get("torch_dtype")
         return component.to(dtype) if dtype is not None and isinstance(component, torch.nn.Module) else component
     try:

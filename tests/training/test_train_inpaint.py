@@ -127,3 +127,76 @@ def test_cli_on_phantom_prepared_set(prepared_set, tiny_sd2_inpaint, tmp_path):
         cli_main(["train", "inpaint", str(cfg), "--birads", str(birads)])
     assert ex.value.code == 0
     assert json.loads((tmp_path / "out" / "final" / runtime.METADATA_FILE).read_text())["birads"] == birads
+
+
+def test_cached_latents_are_the_vae_distributions_of_the_fixed_samples(tiny_prepared, tiny_sd2_inpaint, tmp_path):
+    """The cache holds, per row and mirror state, what the VAE gives for the image and its
+    lesion-box masked image; a batch of box-mask samples reads both from it."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from mammosynth.training import data as tdata
+    from mammosynth.training.inpaint import cache_latents, vae_factor
+    from mammosynth.training.latent_cache import encode_distribution
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd2_inpaint, subfolder="vae")
+    ds, meta = tdata.load_prepared(tiny_prepared)
+    rows = tdata.rows_with_birads(meta, 4)
+    data = tdata.InpaintData(ds, rows, tdata.Augment(64, hflip_prob=0.5), birads=4, seed=0, grid=vae_factor(vae))
+    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True, device="cpu",
+                          wait_for_everyone=lambda: None)
+    latents = cache_latents(data, vae, one, tmp_path / "cache", flips=2)
+    for i in range(len(rows)):
+        for flip in (0, 1):
+            pixels, masked = data.fixed_sample(i, bool(flip))
+            with torch.no_grad():
+                want_image, want_masked = encode_distribution(vae, pixels[None]), encode_distribution(vae, masked[None])
+            torch.testing.assert_close(latents.image_cache.distribution([2 * i + flip]), want_image, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(latents.masked_cache.distribution([2 * i + flip]), want_masked, rtol=1e-4, atol=1e-5)
+    data.decode_pixels = False
+    batch = tdata.collate([data[(e, 0)] for e in range(4)])
+    assert set(batch["mask_kind"].tolist()) == {tdata.MASK_BOX} and "pixel_values" not in batch
+    lat, masked_lat, mask = latents(batch, torch.Generator().manual_seed(0))
+    keys = (2 * batch["row"] + batch["flip"]).tolist()
+    g = torch.Generator().manual_seed(0)  # the same draws: image latents first, then the masked image's
+    want_image, want_masked = latents.image_cache.sample(keys, g), latents.masked_cache.sample(keys, g)
+    torch.testing.assert_close(lat, want_image * vae.config.scaling_factor)
+    torch.testing.assert_close(masked_lat, want_masked * vae.config.scaling_factor)
+    assert torch.equal(mask, batch["mask"][:, :, ::8, ::8])
+
+
+def test_full_and_random_masks_next_to_cached_box_masks(tiny_prepared, tiny_sd2_inpaint, tmp_path):
+    """A fully masked sample takes the constant's latents, a random box its own VAE encoding, a
+    lesion box the cache; drawn in that order from one generator."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from mammosynth.training import data as tdata
+    from mammosynth.training.inpaint import cache_latents
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd2_inpaint, subfolder="vae")
+    ds, meta = tdata.load_prepared(tiny_prepared)
+    rows = tdata.rows_with_birads(meta, 4)
+    data = tdata.InpaintData(ds, rows, tdata.Augment(64), birads=4, seed=1, grid=8, full_mask_fraction=0.3,
+                             random_box_fraction=0.4)
+    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True, device="cpu",
+                          wait_for_everyone=lambda: None)
+    latents = cache_latents(data, vae, one, tmp_path / "cache", flips=1)
+    batch = tdata.collate([data[(e, i)] for e in range(4) for i in range(len(rows))])
+    kinds = batch["mask_kind"]
+    assert set(kinds.tolist()) == {tdata.MASK_BOX, tdata.MASK_FULL, tdata.MASK_RANDOM}
+    lat, masked, _ = latents(batch, torch.Generator().manual_seed(0))
+
+    g = torch.Generator().manual_seed(0)
+    keys = batch["row"].tolist()
+    want_lat, want_masked = latents.image_cache.sample(keys, g), latents.masked_cache.sample(keys, g)
+    full, rand = kinds == tdata.MASK_FULL, kinds == tdata.MASK_RANDOM
+    dist = latents.full_masked.expand(int(full.sum()), -1, -1, -1, -1)
+    want_masked[full] = dist[:, 0] + dist[:, 1] * torch.randn(dist[:, 0].shape, generator=g)
+    with torch.no_grad():
+        want_masked[rand] = vae.encode(batch["masked_pixel_values"][rand]).latent_dist.sample(g)
+    scale = vae.config.scaling_factor
+    torch.testing.assert_close(lat, want_lat * scale)
+    torch.testing.assert_close(masked, want_masked * scale)

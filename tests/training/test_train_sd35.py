@@ -117,3 +117,12 @@ def test_cli_bad_inputs_exit_2(tiny_prepared, tiny_sd3, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "learning_rat" in err and "unknown field" in err
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_cached_latents_train_without_decoding_images(tiny_prepared, tiny_sd3, tmp_path):
+    config = _config(tiny_prepared, tiny_sd3, tmp_path / "run", cache_latents=True, max_train_steps=2,
+                     checkpointing_steps=2)
+    result = train_sd35_lora(config)
+    part = np.load(config.output_dir / "cache" / "latents" / "part-0-of-1.npy", mmap_mode="r")
+    assert part.shape == (2, 2, 16, 8, 8)  # every row: latent mean and std
+    assert result.final_dir is not None and all(np.isfinite(result.losses))
