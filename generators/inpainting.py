@@ -157,11 +157,12 @@ class InpaintingSampler:
                     field="findings",
                 )
             # the window must hold the largest box once grown to whole latent cells
-            need = max(r.w_max, r.h_max) + 2 * self.factors[b]  # type: ignore[union-attr]
+            largest = max(r.w_max, r.h_max)
+            need = largest + 2 * self.factors[b]
             if p.mode == "window" and need > p.window:
                 raise InputError(
-                    f"window {p.window} cannot hold BI-RADS {b}'s largest boxes ({max(r.w_max, r.h_max):.0f} px at "
-                    f"resolution {p.resolution}, plus the latent-cell margin): use window >= {int(np.ceil(need / 8)) * 8}",  # type: ignore[union-attr]
+                    f"window {p.window} cannot hold BI-RADS {b}'s largest boxes ({largest:.0f} px at resolution "
+                    f"{p.resolution}, plus the latent-cell margin): use window >= {-(-int(np.ceil(need)) // self.factors[b]) * self.factors[b]}",
                     file=spec_file,
                     field=f"{FIELD}.window",
                 )
