@@ -55,7 +55,10 @@ VARIANTS = {
     "inpainting": ["full_frame", "window", "window+compile"],
     "text2image": ["default", "fuse_qkv", "compile_blocks", "fp8", "fuse_qkv+compile_blocks+fp8"],
 }
-OPTIONS = {"inpainting": {"full_frame", "window", "compile"}, "text2image": {"default", "fuse_qkv", "compile_blocks", "fp8", "compile"}}
+OPTIONS = {
+    "inpainting": {"full_frame", "window", "compile"},
+    "text2image": {"default", "fuse_qkv", "compile_blocks", "fp8", "compile"},
+}
 TARGETS = {"inpainting": 3.0, "text2image": 1.5}  # issue 14: speedup over plain on one H100/H200
 GUIDANCE = 7.0
 
@@ -78,21 +81,52 @@ def synthetic_prepared(path: Path, size: int, n: int) -> Path:
         Image.fromarray(img).save(buf, format="PNG")
         b = 1 if i < n else 4
         w = size * (0.06 + 0.01 * (i - n))
-        findings = [] if b == 1 else [{"bbox": [size * 0.2, size * 0.4, size * 0.2 + w, size * 0.4 + w], "categories": ["Mass"], "finding_birads": 4}]
-        rows.append({"image": {"bytes": buf.getvalue(), "path": None}, "image_id": f"img-{i:04d}", "study_id": "s", "laterality": "L",
-                     "view": "CC", "birads": b, "density": "C", "manufacturer": "SIEMENS", "model_name": "m", "split": "training",
-                     "orig_height": size, "orig_width": size, "findings": findings, "flipped": False})
+        findings = (
+            []
+            if b == 1
+            else [
+                {
+                    "bbox": [size * 0.2, size * 0.4, size * 0.2 + w, size * 0.4 + w],
+                    "categories": ["Mass"],
+                    "finding_birads": 4,
+                }
+            ]
+        )
+        rows.append(
+            {
+                "image": {"bytes": buf.getvalue(), "path": None},
+                "image_id": f"img-{i:04d}",
+                "study_id": "s",
+                "laterality": "L",
+                "view": "CC",
+                "birads": b,
+                "density": "C",
+                "manufacturer": "SIEMENS",
+                "model_name": "m",
+                "split": "training",
+                "orig_height": size,
+                "orig_width": size,
+                "findings": findings,
+                "flipped": False,
+            }
+        )
     datasets.Dataset.from_list(rows, features=prepared_features()).save_to_disk(str(path))
     return path
 
 
 def spec_for(work: Path, method: str, params: dict, n: int) -> ReleaseSpec:
-    return ReleaseSpec.model_validate({
-        "name": "bench", "version": "1.0", "pretty_name": "b", "description": "b", "authors": ["b"],
-        "source": {"name": "s", "prepared": str(work / "prepared"), "license": "x", "redistribution_allowed": True},
-        "methods": {method: {"counts": [{"birads": 4, "view": "CC", "laterality": "L", "n": n}], method: params}},
-        "output_dir": str(work / "out"),
-    })
+    return ReleaseSpec.model_validate(
+        {
+            "name": "bench",
+            "version": "1.0",
+            "pretty_name": "b",
+            "description": "b",
+            "authors": ["b"],
+            "source": {"name": "s", "prepared": str(work / "prepared"), "license": "x", "redistribution_allowed": True},
+            "methods": {method: {"counts": [{"birads": 4, "view": "CC", "laterality": "L", "n": n}], method: params}},
+            "output_dir": str(work / "out"),
+        }
+    )
 
 
 def method_params(method: str, variant: str, checkpoint: Path, args) -> tuple[dict, bool]:
@@ -103,13 +137,26 @@ def method_params(method: str, variant: str, checkpoint: Path, args) -> tuple[di
         raise SystemExit(f"--variants: {sorted(unknown)} are not options of {method} ({sorted(OPTIONS[method])})")
     res = args.resolution
     if method == "inpainting":
-        params = {"checkpoints": {4: str(checkpoint)}, "steps": args.steps_of[method], "guidance": GUIDANCE, "resolution": res,
-                  "batch_size": args.batch, "margin_px": max(2, res * 24 // 1024), "erosion_px": max(1, res * 5 // 1024)}
+        params = {
+            "checkpoints": {4: str(checkpoint)},
+            "steps": args.steps_of[method],
+            "guidance": GUIDANCE,
+            "resolution": res,
+            "batch_size": args.batch,
+            "margin_px": max(2, res * 24 // 1024),
+            "erosion_px": max(1, res * 5 // 1024),
+        }
         if "window" in options:
             params.update(mode="window", window=args.window or res // 2)
     else:
-        params = {"base_model": str(checkpoint), "steps": args.steps_of[method], "guidance": GUIDANCE, "resolution": res,
-                  "batch_size": args.batch, **{o: True for o in options & {"fuse_qkv", "compile_blocks", "fp8"}}}
+        params = {
+            "base_model": str(checkpoint),
+            "steps": args.steps_of[method],
+            "guidance": GUIDANCE,
+            "resolution": res,
+            "batch_size": args.batch,
+            **{o: True for o in options & {"fuse_qkv", "compile_blocks", "fp8"}},
+        }
     return params, "compile" in options
 
 
@@ -148,15 +195,26 @@ class Plain:
         self.pipe.set_progress_bar_config(disable=True)
         self.method, self.args, self.res = method, args, args.resolution
         if method == "inpainting":
-            self.calls = [dict(prompt=inpainting_prompt(4), image=Image.fromarray(pl.image).convert("RGB"),
-                               mask_image=Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255)))
-                          for pl in (sampler.place(t) for t in tasks)]
+            self.calls = [
+                dict(
+                    prompt=inpainting_prompt(4),
+                    image=Image.fromarray(pl.image).convert("RGB"),
+                    mask_image=Image.fromarray(box_mask(pl.image.shape, [pl.box]).astype(np.uint8) * np.uint8(255)),
+                )
+                for pl in (sampler.place(t) for t in tasks)
+            ]
         else:
             self.calls = [dict(prompt=prompt_for(t, sampler.params)) for t in tasks]
 
     def __call__(self, calls=None) -> None:
         for kw in calls or self.calls:
-            self.pipe(**kw, height=self.res, width=self.res, num_inference_steps=self.args.steps_of[self.method], guidance_scale=GUIDANCE)
+            self.pipe(
+                **kw,
+                height=self.res,
+                width=self.res,
+                num_inference_steps=self.args.steps_of[self.method],
+                guidance_scale=GUIDANCE,
+            )
 
     def warm_up(self) -> None:
         self(self.calls[:1])
@@ -185,8 +243,15 @@ def bench_method(method: str, args, work: Path, device: str, dtype) -> dict:
     checkpoint = real_models.config_folder(kind, work)
     synthetic_prepared(work / "prepared", args.resolution, args.images)
     on_gpu = device.startswith("cuda")
-    figures: dict = {"images": args.images, "resolution": args.resolution, "steps": args.steps_of[method], "guidance": GUIDANCE,
-                     "batch_size": args.batch, "repeats": args.repeats, "variants": {}}
+    figures: dict = {
+        "images": args.images,
+        "resolution": args.resolution,
+        "steps": args.steps_of[method],
+        "guidance": GUIDANCE,
+        "batch_size": args.batch,
+        "repeats": args.repeats,
+        "variants": {},
+    }
 
     # plain first, on its own pipeline; on CPU it stays resident so that the runs interleave (the
     # shared machine's load then falls on both alike); on a GPU it is freed before ours loads
@@ -221,8 +286,16 @@ def bench_method(method: str, args, work: Path, device: str, dtype) -> dict:
         plain_runs.extend(base)
         b = float(np.median(base if base else plain_runs))
         o = float(np.median(runs))
-        entry = {"speedup": round(b / o, 3), "seconds": [round(x, 3) for x in runs], "load_and_warm_up_seconds": round(warm, 1),
-                 "params": {k: v for k, v in sampler.params.model_dump(mode="json").items() if k not in ("checkpoints", "base_model")}}
+        entry = {
+            "speedup": round(b / o, 3),
+            "seconds": [round(x, 3) for x in runs],
+            "load_and_warm_up_seconds": round(warm, 1),
+            "params": {
+                k: v
+                for k, v in sampler.params.model_dump(mode="json").items()
+                if k not in ("checkpoints", "base_model")
+            },
+        }
         if base:
             entry["plain_seconds"] = [round(x, 3) for x in base]
         if on_gpu:
@@ -244,7 +317,9 @@ def bench_method(method: str, args, work: Path, device: str, dtype) -> dict:
 def machine() -> dict:
     gpu = torch.cuda.is_available()
     return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
         "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
     }
@@ -263,15 +338,26 @@ def versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--arch", choices=["real", "tiny"], default=None, help="architecture sizes (default: real on a GPU, tiny on CPU)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    ap.add_argument(
+        "--arch",
+        choices=["real", "tiny"],
+        default=None,
+        help="architecture sizes (default: real on a GPU, tiny on CPU)",
+    )
     ap.add_argument("--method", choices=METHODS, action="append", help="run this method (repeatable; default: both)")
     ap.add_argument("--images", type=int, default=None, help="images per timed run (default: 16 real, 8 tiny)")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the paper's, 24 inpainting / 28 text-to-image)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: the paper's, 24 inpainting / 28 text-to-image)"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each; medians are reported")
     ap.add_argument("--batch", type=int, default=4, help="our batch size (the spec default)")
     ap.add_argument("--resolution", type=int, default=None, help="output size (default: 1024 real, 256 tiny)")
-    ap.add_argument("--window", type=int, default=None, help="window side of the window variants (default: resolution / 2)")
+    ap.add_argument(
+        "--window", type=int, default=None, help="window side of the window variants (default: resolution / 2)"
+    )
     ap.add_argument("--variants", default=None, help="comma-separated variants (default: every variant of the method)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generate.json")
     args = ap.parse_args(argv)
@@ -305,7 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
         "one call per image",
         "ours": "mammosynth sampler generate(): batched, per-image seeds, channels-last on GPU; variants as named",
         "figures": figures,
-        "absolute_figures": "measured on this GPU" if gpu else "none: CPU run with tiny models; only the speedups (same run) are meaningful. "
+        "absolute_figures": "measured on this GPU"
+        if gpu
+        else "none: CPU run with tiny models; only the speedups (same run) are meaningful. "
         "GPU figures are pending (no device was lent): bash benchmarks/gpu/run.sh",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,11 +48,17 @@ from mammosynth.training import runtime  # noqa: E402
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig  # noqa: E402
 
 PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}  # dense tensor-core FLOP/s
-KIND = {("real", "sd35-lora"): "sd35-large", ("real", "inpaint"): "sd2-inpainting",
-        ("tiny", "sd35-lora"): "tiny-sd3", ("tiny", "inpaint"): "tiny-sd2-inpainting"}
+KIND = {
+    ("real", "sd35-lora"): "sd35-large",
+    ("real", "inpaint"): "sd2-inpainting",
+    ("tiny", "sd35-lora"): "tiny-sd3",
+    ("tiny", "inpaint"): "tiny-sd2-inpainting",
+}
 BASE = "benchmark://random-weights"  # the in-memory base model the trainers load from
-TARGETS = {"sd35-lora": {"goal_samples_per_s": 2.5, "paper_samples_per_s": 0.67, "resolution": 1024, "batch": 3},
-           "inpaint": {"goal_samples_per_s": 30, "paper_samples_per_s": 5.6, "resolution": 512, "batch": 4}}
+TARGETS = {
+    "sd35-lora": {"goal_samples_per_s": 2.5, "paper_samples_per_s": 0.67, "resolution": 1024, "batch": 3},
+    "inpaint": {"goal_samples_per_s": 30, "paper_samples_per_s": 5.6, "resolution": 512, "batch": 4},
+}
 
 
 def device() -> str:
@@ -91,9 +97,16 @@ def build(args) -> dict:
 def config_for(args, prepared: Path, out: Path):
     model = SD35LoraConfig if args.trainer == "sd35-lora" else InpaintConfig
     steps = args.warmup + args.steps
-    fields = dict(prepared=prepared, output_dir=out, base_model=BASE, resolution=args.resolution, train_batch_size=args.batch,
-                  max_train_steps=steps + 1, checkpointing_steps=steps if args.checkpoint else 10**9,
-                  validation_seeds=[])
+    fields = dict(
+        prepared=prepared,
+        output_dir=out,
+        base_model=BASE,
+        resolution=args.resolution,
+        train_batch_size=args.batch,
+        max_train_steps=steps + 1,
+        checkpointing_steps=steps if args.checkpoint else 10**9,
+        validation_seeds=[],
+    )
     if args.grad_accum:
         fields["gradient_accumulation_steps"] = args.grad_accum
     if args.trainer == "inpaint":
@@ -102,6 +115,7 @@ def config_for(args, prepared: Path, out: Path):
 
 
 # --- ours: the trainer itself --------------------------------------------------------------------------------
+
 
 def run_ours(args, prepared: Path, work: Path) -> dict:
     from mammosynth.training.inpaint import train_inpaint
@@ -125,14 +139,24 @@ def run_ours(args, prepared: Path, work: Path) -> dict:
     checkpoint_s = max(0.0, done - log[last]["time"]) if args.checkpoint else None
     default_every = type(config).model_fields["checkpointing_steps"].default
     dumped = config.model_dump(mode="json")
-    shown = ("mixed_precision", "gradient_checkpointing", "gradient_accumulation_steps", "train_batch_size", "resolution",
-             "cache_latents", "hflip_prob", "use_lora") + (("lora",) if args.trainer == "sd35-lora" else ())
+    shown = (
+        "mixed_precision",
+        "gradient_checkpointing",
+        "gradient_accumulation_steps",
+        "train_batch_size",
+        "resolution",
+        "cache_latents",
+        "hflip_prob",
+        "use_lora",
+    ) + (("lora",) if args.trainer == "sd35-lora" else ())
     return {
-        "config": {k: dumped[k] for k in shown if k in dumped} | {"loader_workers": runtime.loader_workers(config, _OneProcess())},
+        "config": {k: dumped[k] for k in shown if k in dumped}
+        | {"loader_workers": runtime.loader_workers(config, _OneProcess())},
         "samples_per_s": samples / per_step,  # median step
         "samples_per_s_mean": samples * len(step_s) / sum(step_s),
         "samples_per_s_with_checkpoints": samples / (per_step + checkpoint_s / default_every)
-        if checkpoint_s is not None else None,
+        if checkpoint_s is not None
+        else None,
         "checkpoint_s": checkpoint_s,
         "checkpointing_steps_default": default_every,
         "startup_and_first_step_s": round(log[1]["time"] - built, 2),  # prompt encoding, latent cache, loader start
@@ -147,6 +171,7 @@ class _OneProcess:
 
 
 # --- baseline: diffusers' reference loop ----------------------------------------------------------------------
+
 
 class ReferenceData(torch.utils.data.Dataset):
     """What the reference trainers' datasets do: open, resize, normalise; the caption as text."""
@@ -165,9 +190,13 @@ class ReferenceData(torch.utils.data.Dataset):
         if self.trainer == "inpaint":
             mask = torch.zeros(1, self.resolution, self.resolution)
             s = self.resolution
-            mask[:, s // 4: s // 2, s // 4: s // 2] = 1
-            return {"pixel_values": pixels, "mask": mask, "masked_pixel_values": pixels * (mask < 0.5),
-                    "caption": schema.inpainting_prompt(4)}
+            mask[:, s // 4 : s // 2, s // 4 : s // 2] = 1
+            return {
+                "pixel_values": pixels,
+                "mask": mask,
+                "masked_pixel_values": pixels * (mask < 0.5),
+                "caption": schema.inpainting_prompt(4),
+            }
         return {"pixel_values": pixels, "caption": tdata.caption(row, row["laterality"])}
 
 
@@ -177,12 +206,20 @@ def run_baseline(args, prepared: Path, work: Path) -> tuple[dict, dict]:
     config = config_for(args, prepared, work / "baseline")
     reset_peak_memory()
     parts = build(args)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
+    )
     dev, dtype = accelerator.device, runtime.weight_dtype(accelerator)
-    loader = torch.utils.data.DataLoader(ReferenceData(prepared, args.resolution, args.trainer), batch_size=args.batch,
-                                         shuffle=True, num_workers=0, drop_last=True)
-    step, flops = (_reference_sd3 if args.trainer == "sd35-lora" else _reference_inpaint)(parts, config, accelerator, dev, dtype)
+    loader = torch.utils.data.DataLoader(
+        ReferenceData(prepared, args.resolution, args.trainer),
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=0,
+        drop_last=True,
+    )
+    step, flops = (_reference_sd3 if args.trainer == "sd35-lora" else _reference_inpaint)(
+        parts, config, accelerator, dev, dtype
+    )
 
     def batches():
         while True:
@@ -202,9 +239,15 @@ def run_baseline(args, prepared: Path, work: Path) -> tuple[dict, dict]:
     samples = config.gradient_accumulation_steps * args.batch
     # no checkpoint timed here: the reference saves at the same cadence, and a second 10 GB write
     # (full UNet + AdamW) would not fit the GPU session's budget
-    result = {"samples_per_s": samples / statistics.median(step_s), "samples_per_s_mean": samples * len(step_s) / sum(step_s),
-              "seconds_per_optimizer_step": statistics.median(step_s), "peak_memory_gb": peak_memory_gb()}
-    counted = flops(first_sample(next(stream)))  # per sample: FLOPs scale with the batch; batch 1 fits without recompute
+    result = {
+        "samples_per_s": samples / statistics.median(step_s),
+        "samples_per_s_mean": samples * len(step_s) / sum(step_s),
+        "seconds_per_optimizer_step": statistics.median(step_s),
+        "peak_memory_gb": peak_memory_gb(),
+    }
+    counted = flops(
+        first_sample(next(stream))
+    )  # per sample: FLOPs scale with the batch; batch 1 fits without recompute
     accelerator.end_training()
     return result, counted
 
@@ -227,9 +270,15 @@ def _reference_sd3(parts, config: SD35LoraConfig, accelerator, dev, dtype):
     from mammosynth.training.sd35_lora import flow_matching_loss, scale_latents
 
     transformer, vae, scheduler = parts["transformer"], parts["vae"], parts["scheduler"]
-    text = StableDiffusion3Pipeline(transformer=None, vae=None, scheduler=None,
-                                    **{k: parts[k] for k in ("text_encoder", "text_encoder_2", "text_encoder_3",
-                                                             "tokenizer", "tokenizer_2", "tokenizer_3")})
+    text = StableDiffusion3Pipeline(
+        transformer=None,
+        vae=None,
+        scheduler=None,
+        **{
+            k: parts[k]
+            for k in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+        },
+    )
     text.to(dev, dtype)
     for m in (vae, transformer, text.text_encoder, text.text_encoder_2, text.text_encoder_3):
         m.requires_grad_(False)
@@ -247,8 +296,14 @@ def _reference_sd3(parts, config: SD35LoraConfig, accelerator, dev, dtype):
 
     def encode(batch):
         with torch.no_grad():
-            e, _, p, _ = text.encode_prompt(batch["caption"], batch["caption"], batch["caption"], device=dev,
-                                            do_classifier_free_guidance=False, max_sequence_length=config.max_sequence_length)
+            e, _, p, _ = text.encode_prompt(
+                batch["caption"],
+                batch["caption"],
+                batch["caption"],
+                device=dev,
+                do_classifier_free_guidance=False,
+                max_sequence_length=config.max_sequence_length,
+            )
             z = vae.encode(batch["pixel_values"].to(dev, dtype)).latent_dist.sample()
         return e, p, scale_latents(vae.config, z).to(dtype)
 
@@ -270,10 +325,19 @@ def _reference_sd3(parts, config: SD35LoraConfig, accelerator, dev, dtype):
         e, p, lat = encode(batch)
         inner = accelerator.unwrap_model(transformer)
         with torch.no_grad():
-            counts = {"text_encoders": _count(lambda: text.encode_prompt(
-                batch["caption"], batch["caption"], batch["caption"], device=dev, do_classifier_free_guidance=False,
-                max_sequence_length=config.max_sequence_length)),
-                "vae_encode": _count(lambda: vae.encode(batch["pixel_values"].to(dev, dtype)).latent_dist.sample())}
+            counts = {
+                "text_encoders": _count(
+                    lambda: text.encode_prompt(
+                        batch["caption"],
+                        batch["caption"],
+                        batch["caption"],
+                        device=dev,
+                        do_classifier_free_guidance=False,
+                        max_sequence_length=config.max_sequence_length,
+                    )
+                ),
+                "vae_encode": _count(lambda: vae.encode(batch["pixel_values"].to(dev, dtype)).latent_dist.sample()),
+            }
         counts["denoiser_with_recompute"] = _count(lambda: denoise(e, p, lat).backward())
         inner.disable_gradient_checkpointing()
         counts["denoiser"] = _count(lambda: denoise(e, p, lat).backward())
@@ -301,8 +365,13 @@ def _reference_inpaint(parts, config: InpaintConfig, accelerator, dev, dtype):
 
     def encode(batch):
         with torch.no_grad():
-            ids = tokenizer(batch["caption"], padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(dev)
+            ids = tokenizer(
+                batch["caption"],
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(dev)
             hidden = encoder(ids)[0]
             scale = vae.config.scaling_factor
             lat = vae.encode(batch["pixel_values"].to(dev, dtype)).latent_dist.sample() * scale
@@ -327,11 +396,18 @@ def _reference_inpaint(parts, config: InpaintConfig, accelerator, dev, dtype):
 
     def flops(batch):
         hidden, lat, masked, mask = encode(batch)
-        ids = tokenizer(batch["caption"], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(dev)
+        ids = tokenizer(
+            batch["caption"],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(dev)
         with torch.no_grad():
-            counts = {"text_encoders": _count(lambda: encoder(ids)),  # image and masked image:
-                      "vae_encode": 2 * _count(lambda: vae.encode(batch["pixel_values"].to(dev, dtype)).latent_dist.sample())}
+            counts = {
+                "text_encoders": _count(lambda: encoder(ids)),  # image and masked image:
+                "vae_encode": 2 * _count(lambda: vae.encode(batch["pixel_values"].to(dev, dtype)).latent_dist.sample()),
+            }
         inner = accelerator.unwrap_model(unet)
         counts["denoiser_with_recompute"] = _count(lambda: denoise(hidden[:1], lat, masked, mask).backward())
         inner.disable_gradient_checkpointing()
@@ -343,6 +419,7 @@ def _reference_inpaint(parts, config: InpaintConfig, accelerator, dev, dtype):
 
 
 # --- report ----------------------------------------------------------------------------------------------------
+
 
 def utilisation(samples_per_s: float, flops_per_sample: float, peak: float | None) -> dict:
     achieved = samples_per_s * flops_per_sample
@@ -374,9 +451,15 @@ def bench(args) -> dict:
     baseline["model_flops"] = utilisation(baseline["samples_per_s"], per_sample["denoiser"], peak)
     baseline["hardware_flops"] = utilisation(baseline["samples_per_s"], hw_base, peak)
     return {
-        "trainer": args.trainer, "arch": args.arch, "resolution": args.resolution, "batch_per_device": args.batch,
-        "steps_timed": args.steps, "warmup_steps": args.warmup, "repeats": args.repeats,
-        "ours": ours, "baseline_diffusers_reference_loop": baseline,
+        "trainer": args.trainer,
+        "arch": args.arch,
+        "resolution": args.resolution,
+        "batch_per_device": args.batch,
+        "steps_timed": args.steps,
+        "warmup_steps": args.warmup,
+        "repeats": args.repeats,
+        "ours": ours,
+        "baseline_diffusers_reference_loop": baseline,
         "speedup": ours["samples_per_s"] / baseline["samples_per_s"],
         "speedup_per_repeat": [o["samples_per_s"] / b["samples_per_s"] for o, b in runs],
         "flops_per_sample": per_sample,
@@ -397,9 +480,13 @@ def _median_run(results: list[dict]) -> dict:
 def environment() -> dict:
     from importlib.metadata import version
 
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
-           "processor": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
-           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    env = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
     env["versions"] = {name: version(name) for name in ("torch", "diffusers", "transformers", "accelerate", "peft")}
     return env
 
@@ -412,10 +499,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2, help="optimizer steps before timing")
     ap.add_argument("--batch", type=int, default=None, help="per-device batch (default: the trainer's, 3 / 4)")
     ap.add_argument("--resolution", type=int, default=None, help="default: 1024 / 512 real, 64 tiny")
-    ap.add_argument("--grad-accum", type=int, default=1,
-                    help="micro-batches per optimizer step (default 1: every timed step is one batch; 0 = the trainer's)")
+    ap.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (default 1: every timed step is one batch; 0 = the trainer's)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="ours + baseline this many times; medians reported")
-    ap.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", help="skip the checkpoint after the window")
+    ap.add_argument(
+        "--no-checkpoint", dest="checkpoint", action="store_false", help="skip the checkpoint after the window"
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train.json")
     args = ap.parse_args(argv)
     trainers = ["inpaint", "sd35-lora"] if args.trainer == "both" else [args.trainer]
@@ -427,16 +520,28 @@ def main(argv: list[str] | None = None) -> dict:
         one.resolution = args.resolution or (TARGETS[trainer]["resolution"] if args.arch == "real" else 64)
         one.grad_accum = args.grad_accum or None
         results[trainer] = bench(one)
-        print(json.dumps({trainer: {k: results[trainer][k] for k in ("speedup",)} | {
-            "ours_samples_per_s": results[trainer]["ours"]["samples_per_s"],
-            "baseline_samples_per_s": results[trainer]["baseline_diffusers_reference_loop"]["samples_per_s"]}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    trainer: {k: results[trainer][k] for k in ("speedup",)}
+                    | {
+                        "ours_samples_per_s": results[trainer]["ours"]["samples_per_s"],
+                        "baseline_samples_per_s": results[trainer]["baseline_diffusers_reference_loop"][
+                            "samples_per_s"
+                        ],
+                    }
+                }
+            ),
+            flush=True,
+        )
     record = {
         "benchmark": "train",
         **environment(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "figures": "absolute (GPU)" if torch.cuda.is_available() else
-                   "CPU with tiny random models: ratios (ours / baseline, model / hardware FLOPs) only; absolute "
-                   "figures only from a GPU (none in this run)",
+        "figures": "absolute (GPU)"
+        if torch.cuda.is_available()
+        else "CPU with tiny random models: ratios (ours / baseline, model / hardware FLOPs) only; absolute "
+        "figures only from a GPU (none in this run)",
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

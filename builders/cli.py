@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("mammosynth.builders.sources.commands:ingest", "Turn a source into a prepared training set."),
     "train": ("mammosynth.training.commands:train", "Train SD3.5 LoRA or a BI-RADS inpainting model."),
     "generate": ("mammosynth.generators.commands:generate", "Generate a release candidate from a spec."),
-    "validate": ("mammosynth.validation.commands:validate", "Validate a candidate or release; exit 1 on a failed gate."),
+    "validate": (
+        "mammosynth.validation.commands:validate",
+        "Validate a candidate or release; exit 1 on a failed gate.",
+    ),
     "card": ("mammosynth.dataset_cards.commands:card", "Render the dataset card and Croissant metadata."),
     "publish": ("mammosynth.builders.release.commands:publish", "Upload a release to the Hub and tag it."),
     "build": ("mammosynth.builders.release.commands:build", "generate -> validate -> card -> package (-> publish)."),

@@ -212,16 +212,20 @@ def previous_release_info(ref: str | Path | None) -> dict[str, Any] | None:
         infos = [infos] if isinstance(infos, dict) else infos
         counts = {i.get("config_name", "default"): sum(s["num_examples"] for s in i.get("splits", [])) for i in infos}
     except (yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"previous release's card metadata is malformed ({type(exc).__name__})", file=readme,
-                         field="previous_release") from None
+        raise InputError(
+            f"previous release's card metadata is malformed ({type(exc).__name__})",
+            file=readme,
+            field="previous_release",
+        ) from None
     version = None
     spec_file = Path(ref) / "spec.yaml"
     if spec_file.is_file():
         try:
             version = (yaml.safe_load(spec_file.read_text()) or {}).get("version")
         except (yaml.YAMLError, AttributeError) as exc:
-            raise InputError(f"previous release's spec is malformed ({type(exc).__name__})", file=spec_file,
-                             field="previous_release") from None
+            raise InputError(
+                f"previous release's spec is malformed ({type(exc).__name__})", file=spec_file, field="previous_release"
+            ) from None
     return {"version": version, "num_examples": counts}
 
 

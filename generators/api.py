@@ -34,7 +34,9 @@ def distributed_rank() -> tuple[int, int]:
     return int(index), int(world)
 
 
-def make_sampler(spec: ReleaseSpec, method: str, *, runtime: Runtime | None = None, spec_file: str | Path | None = None) -> Sampler:
+def make_sampler(
+    spec: ReleaseSpec, method: str, *, runtime: Runtime | None = None, spec_file: str | Path | None = None
+) -> Sampler:
     """The sampler of ``method``, constructed (and so validated against its inputs)."""
     module_name, attr = SAMPLERS[method].split(":")
     cls = getattr(importlib.import_module(module_name), attr)
@@ -67,14 +69,25 @@ def generate(
         if m not in METHODS:
             raise InputError(f"unknown method {m!r}; one of {list(METHODS)}", file=spec_file, field="method")
         if m not in spec.methods:
-            raise InputError(f"the spec has no method {m!r} (it has {list(spec.methods)})", file=spec_file, field="methods")
+            raise InputError(
+                f"the spec has no method {m!r} (it has {list(spec.methods)})", file=spec_file, field="methods"
+            )
     with folder_lock(spec.layout.generated(), "generate", key=f"rank{process_index}"):
-        return _generate(spec, wanted, process_index, num_processes, runtime=runtime, spec_file=spec_file,
-                         progress=progress)
+        return _generate(
+            spec, wanted, process_index, num_processes, runtime=runtime, spec_file=spec_file, progress=progress
+        )
 
 
-def _generate(spec: ReleaseSpec, wanted: list[str], process_index: int, num_processes: int, *,
-              runtime: Runtime | None, spec_file: Path | None, progress: bool) -> dict[str, RunResult]:
+def _generate(
+    spec: ReleaseSpec,
+    wanted: list[str],
+    process_index: int,
+    num_processes: int,
+    *,
+    runtime: Runtime | None,
+    spec_file: Path | None,
+    progress: bool,
+) -> dict[str, RunResult]:
     samplers = {m: make_sampler(spec, m, runtime=runtime, spec_file=spec_file) for m in wanted}
     results: dict[str, RunResult] = {}
     for m, sampler in samplers.items():

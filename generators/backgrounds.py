@@ -43,7 +43,13 @@ def backgrounds_by_view(ds: datasets.Dataset, birads: list[int]) -> dict[tuple[s
     for row in range(len(ds)):
         if cols["birads"][row] in birads:
             groups[(cols["view"][row], cols["laterality"][row])].append(
-                Background(row, cols["image_id"][row], cols["density"][row], cols["manufacturer"][row], bool(cols["flipped"][row]))
+                Background(
+                    row,
+                    cols["image_id"][row],
+                    cols["density"][row],
+                    cols["manufacturer"][row],
+                    bool(cols["flipped"][row]),
+                )
             )
     return {k: sorted(v, key=lambda b: b.image_id) for k, v in groups.items()}
 
@@ -53,7 +59,9 @@ def class_size_ranges(ds: datasets.Dataset, classes: list[int], resolution: int)
     findings = ds.select_columns(["findings"])["findings"]
     sizes: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in classes}
     for row, fs in enumerate(findings):
-        boxes = [(f["bbox"], f["finding_birads"]) for f in fs or [] if f.get("finding_birads") in sizes and f.get("bbox")]
+        boxes = [
+            (f["bbox"], f["finding_birads"]) for f in fs or [] if f.get("finding_birads") in sizes and f.get("bbox")
+        ]
         if not boxes:
             continue
         size = image_size(ds[row]["image"])

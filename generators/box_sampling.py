@@ -50,7 +50,9 @@ def size_range(widths: Iterable[float], heights: Iterable[float]) -> SizeRange |
     return SizeRange(float(wi.min()), float(wi.max()), float(hi.min()), float(hi.max()), int(w.size))
 
 
-def scaled_box_size(bbox: Iterable[float], image_size: tuple[int, int], out_size: tuple[int, int]) -> tuple[float, float]:
+def scaled_box_size(
+    bbox: Iterable[float], image_size: tuple[int, int], out_size: tuple[int, int]
+) -> tuple[float, float]:
     """Width and height of ``bbox`` (in an image of (width, height) ``image_size``) at ``out_size``."""
     x0, y0, x1, y1 = (float(c) for c in bbox)
     (iw, ih), (ow, oh) = image_size, out_size
@@ -91,4 +93,3 @@ def sample_box(region: np.ndarray, sizes: SizeRange, seed: int, max_tries: int =
         if box_fits(integral, box):
             return box
     return None
-

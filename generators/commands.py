@@ -16,12 +16,21 @@ from mammosynth.builders.core.schema import METHODS
     multiple=True,
     help="Generate only this method (repeatable); default: every method of the spec.",
 )
-@click.option("--process-index", type=int, default=None, help="This process's rank (default: from accelerate/torchrun).")
-@click.option("--num-processes", type=int, default=None, help="Number of processes (default: from accelerate/torchrun).")
+@click.option(
+    "--process-index", type=int, default=None, help="This process's rank (default: from accelerate/torchrun)."
+)
+@click.option(
+    "--num-processes", type=int, default=None, help="Number of processes (default: from accelerate/torchrun)."
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser (pays off for long GPU runs).")
 @click.option("--vae-tiling", is_flag=True, help="Decode in tiles (saves GPU memory at large resolutions).")
 def generate(
-    spec: str, methods: tuple[str, ...], process_index: int | None, num_processes: int | None, compile_: bool, vae_tiling: bool
+    spec: str,
+    methods: tuple[str, ...],
+    process_index: int | None,
+    num_processes: int | None,
+    compile_: bool,
+    vae_tiling: bool,
 ) -> None:
     """Generate the synthetic images of release SPEC into <output_dir>/generated/<method>/.
 

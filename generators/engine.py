@@ -109,8 +109,13 @@ def run_fingerprint(tasks: list[SampleTask], sampler: Sampler, shard_size: int) 
     """Identity of a run: the plan, its cut into shards and the sampler's own fingerprint."""
     plan_ids = hashlib.sha256("\n".join(t.image_id for t in tasks).encode()).hexdigest()
     return json.dumps(
-        {"method": sampler.method, "plan": plan_ids, "tasks": len(tasks), "shard_size": shard_size,
-         "sampler": getattr(sampler, "fingerprint", None)},
+        {
+            "method": sampler.method,
+            "plan": plan_ids,
+            "tasks": len(tasks),
+            "shard_size": shard_size,
+            "sampler": getattr(sampler, "fingerprint", None),
+        },
         sort_keys=True,
     )
 

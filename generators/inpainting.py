@@ -96,7 +96,9 @@ class InpaintingSampler:
 
     method = "inpainting"
 
-    def __init__(self, spec: ReleaseSpec, runtime: Runtime | None = None, *, spec_file: str | Path | None = None) -> None:
+    def __init__(
+        self, spec: ReleaseSpec, runtime: Runtime | None = None, *, spec_file: str | Path | None = None
+    ) -> None:
         self.spec = spec
         self.spec_file = spec_file
         self.params: InpaintingParams = spec.methods["inpainting"].inpainting  # type: ignore[assignment]
@@ -117,7 +119,9 @@ class InpaintingSampler:
                     field=f"{FIELD}.checkpoints",
                 )
             field = f"{FIELD}.checkpoints.{b}"
-            folder = pipeline_folder(p.checkpoints[b], field=field, needs="unet", kind="an inpainting pipeline", spec_file=spec_file)
+            folder = pipeline_folder(
+                p.checkpoints[b], field=field, needs="unet", kind="an inpainting pipeline", spec_file=spec_file
+            )
             unet = component_config(folder, "unet", field=field, spec_file=spec_file)
             if unet.get("in_channels") != 9:
                 raise InputError(

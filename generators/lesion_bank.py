@@ -149,7 +149,11 @@ class LesionBank:
             arrays[f"crop_{i}"] = les.crop
             arrays[f"mask_{i}"] = les.mask
         np.savez_compressed(tmp / "bank.npz", **arrays)
-        meta = {"version": BANK_VERSION, "fingerprint": self.fingerprint, "lesions": [lesion.meta() for lesion in self.lesions]}
+        meta = {
+            "version": BANK_VERSION,
+            "fingerprint": self.fingerprint,
+            "lesions": [lesion.meta() for lesion in self.lesions],
+        }
         (tmp / "bank.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(tmp, folder)
@@ -174,15 +178,18 @@ class LesionBank:
         return cls(lesions, meta.get("fingerprint", ""))
 
 
-def bank_fingerprint(prepared: str | Path, birads: list[int], pad_frac: float,
-                     memo_file: Path | None = None) -> str:
+def bank_fingerprint(prepared: str | Path, birads: list[int], pad_frac: float, memo_file: Path | None = None) -> str:
     """Content key: the prepared set's content hash and the bank options (not file times, which
     change on every ingest of the same data and would change the Poisson rows' ``generator``)."""
-    blob = json.dumps([BANK_VERSION, dataset_content_hash(load_prepared(prepared), memo_file), sorted(birads), pad_frac])
+    blob = json.dumps(
+        [BANK_VERSION, dataset_content_hash(load_prepared(prepared), memo_file), sorted(birads), pad_frac]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_lesion_bank(prepared: str | Path, birads: list[int] | tuple[int, ...] = (5,), pad_frac: float = 0.25) -> LesionBank:
+def build_lesion_bank(
+    prepared: str | Path, birads: list[int] | tuple[int, ...] = (5,), pad_frac: float = 0.25
+) -> LesionBank:
     """Crop every finding of the given BI-RADS classes (with ``pad_frac`` context around the box)."""
     ds = load_prepared(prepared)
     meta = ds.select_columns(["image_id", "manufacturer", "view", "laterality", "findings"])[:]
@@ -223,7 +230,9 @@ def build_lesion_bank(prepared: str | Path, birads: list[int] | tuple[int, ...] 
     return LesionBank(lesions, bank_fingerprint(prepared, list(birads), pad_frac))
 
 
-def load_or_build(prepared: str | Path, birads: list[int], cache_dir: str | Path | None, pad_frac: float = 0.25) -> LesionBank:
+def load_or_build(
+    prepared: str | Path, birads: list[int], cache_dir: str | Path | None, pad_frac: float = 0.25
+) -> LesionBank:
     """The bank for ``prepared`` and ``birads``: loaded from ``cache_dir`` when saved there before."""
     if cache_dir is None:
         return build_lesion_bank(prepared, birads, pad_frac)

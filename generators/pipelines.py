@@ -40,28 +40,34 @@ def hub_snapshot(ref: str, *, field: str, spec_file: str | Path | None = None) -
     except Exception as exc:  # offline, unknown repo, gated without token: one clear line
         raise InputError(
             f"checkpoint {ref!r} is not a local folder and could not be fetched from the Hub "
-            f"({type(exc).__name__}); download it or give a local path", file=spec_file, field=field
+            f"({type(exc).__name__}); download it or give a local path",
+            file=spec_file,
+            field=field,
         ) from None
 
 
-def pipeline_folder(
-    ref: str, *, field: str, needs: str, kind: str, spec_file: str | Path | None = None
-) -> Path:
+def pipeline_folder(ref: str, *, field: str, needs: str, kind: str, spec_file: str | Path | None = None) -> Path:
     """The local folder of a diffusers pipeline (``model_index.json`` inside) having component
     ``needs`` (e.g. "unet", "transformer"), or InputError naming what it is instead."""
     path = Path(ref) if Path(ref).is_dir() else hub_snapshot(ref, field=field, spec_file=spec_file)
     try:
         index = json.loads((path / "model_index.json").read_text())
     except (OSError, json.JSONDecodeError):
-        raise InputError(f"{ref!r} is not a diffusers pipeline folder (no readable model_index.json)", file=spec_file, field=field) from None
+        raise InputError(
+            f"{ref!r} is not a diffusers pipeline folder (no readable model_index.json)", file=spec_file, field=field
+        ) from None
     if needs not in index:
         raise InputError(
-            f"{ref!r} is not {kind} ({index.get('_class_name', 'unknown pipeline')} has no {needs})", file=spec_file, field=field
+            f"{ref!r} is not {kind} ({index.get('_class_name', 'unknown pipeline')} has no {needs})",
+            file=spec_file,
+            field=field,
         )
     return path
 
 
-def component_config(folder: Path, component: str, *, field: str, spec_file: str | Path | None = None) -> dict[str, Any]:
+def component_config(
+    folder: Path, component: str, *, field: str, spec_file: str | Path | None = None
+) -> dict[str, Any]:
     path = folder / component / "config.json"
     try:
         return json.loads(path.read_text())

@@ -112,7 +112,9 @@ def pectoral_region(work: np.ndarray, mask: np.ndarray, side: str) -> np.ndarray
             cv2.fillConvexPoly(out.view(np.uint8), hull, 1)
     if not out.any():
         dx = int(0.4 * breast_w)
-        tri = np.array([[corner_x, 0], [corner_x + (dx if side == "L" else -dx), 0], [corner_x, int(0.45 * h)]], np.int32)
+        tri = np.array(
+            [[corner_x, 0], [corner_x + (dx if side == "L" else -dx), 0], [corner_x, int(0.45 * h)]], np.int32
+        )
         cv2.fillConvexPoly(out.view(np.uint8), tri, 1)
     return out & mask
 
@@ -134,7 +136,9 @@ def work_copy(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
 
-def analyse_background(image: np.ndarray, view: str, cfg: PlacementConfig, mask: np.ndarray | None = None) -> BackgroundInfo:
+def analyse_background(
+    image: np.ndarray, view: str, cfg: PlacementConfig, mask: np.ndarray | None = None
+) -> BackgroundInfo:
     """Once per background. Everything but the exact containment mask is computed on the work copy
     (long side ``WORK_SIZE``) the breast mask is made from: no second full-frame pass."""
     h, w = image.shape
@@ -144,25 +148,37 @@ def analyse_background(image: np.ndarray, view: str, cfg: PlacementConfig, mask:
         work = work.astype(np.float32, copy=False)
     else:
         size = (max(1, round(w / factor)), max(1, round(h / factor)))
-        work = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA) if factor > 1 else image.astype(np.float32)
+        work = (
+            cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            if factor > 1
+            else image.astype(np.float32)
+        )
         wmask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 if factor > 1 else mask
     rows, cols = np.nonzero(wmask.any(1))[0], np.nonzero(wmask.any(0))[0]
     if rows.size == 0:
         side, bbox = "L", (0, 0, 0, 0)
     else:  # the work mask's box in full pixels, one work pixel wider each side (a superset: draws only)
         sy, sx = h / wmask.shape[0], w / wmask.shape[1]
-        bbox = (max(0, int((rows[0] - 1) * sy)), min(h, int(np.ceil((rows[-1] + 2) * sy))),
-                max(0, int((cols[0] - 1) * sx)), min(w, int(np.ceil((cols[-1] + 2) * sx))))
+        bbox = (
+            max(0, int((rows[0] - 1) * sy)),
+            min(h, int(np.ceil((rows[-1] + 2) * sy))),
+            max(0, int((cols[0] - 1) * sx)),
+            min(w, int(np.ceil((cols[-1] + 2) * sx))),
+        )
         side = chest_wall_side(wmask)
     pect = pectoral_region(work, wmask, side) if view == "MLO" else np.zeros(wmask.shape, bool)
-    pect_dist = cv2.distanceTransform((~pect).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) if pect.any() else None
+    pect_dist = (
+        cv2.distanceTransform((~pect).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) if pect.any() else None
+    )
     dist = distance_to_edge(wmask) * factor
     window = intensity_window(work, wmask, *cfg.window_percentiles)  # work copy: same profile, 1/factor² the cost
     area = int(round(np.count_nonzero(wmask) * (h * w) / wmask.size))
     return BackgroundInfo(wmask, (h, w), window, side, pect, factor, work, dist, pect_dist, bbox, area, mask)
 
 
-def candidate_map(info: BackgroundInfo, lesion_mask: np.ndarray, context_std: float, cfg: PlacementConfig) -> tuple[np.ndarray, dict[str, int]]:
+def candidate_map(
+    info: BackgroundInfo, lesion_mask: np.ndarray, context_std: float, cfg: PlacementConfig
+) -> tuple[np.ndarray, dict[str, int]]:
     """Work-resolution map of acceptable lesion *centres*, and how many survive each constraint."""
     lh, lw = lesion_mask.shape
     ys, xs = np.nonzero(lesion_mask)
@@ -180,7 +196,10 @@ def candidate_map(info: BackgroundInfo, lesion_mask: np.ndarray, context_std: fl
     k_in = max(1, int(round(2 * radius / info.factor)))
     k_out = 2 * k_in + 1
     f = info.work
-    s_out, s_in = cv2.boxFilter(f, -1, (k_out, k_out), normalize=False), cv2.boxFilter(f, -1, (k_in, k_in), normalize=False)
+    s_out, s_in = (
+        cv2.boxFilter(f, -1, (k_out, k_out), normalize=False),
+        cv2.boxFilter(f, -1, (k_in, k_in), normalize=False),
+    )
     ring_mean = (s_out - s_in) / max(1, k_out * k_out - k_in * k_in)
     lo, hi = info.window
     ok &= (ring_mean >= lo) & (ring_mean <= hi)

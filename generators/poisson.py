@@ -73,7 +73,9 @@ def transform_lesion(
 # --- the sampler ----------------------------------------------------------------------------------
 
 
-def choose_lesion(pool: list[Lesion], manufacturer: str | None, params: PoissonParams, rng: np.random.Generator) -> Lesion | str:
+def choose_lesion(
+    pool: list[Lesion], manufacturer: str | None, params: PoissonParams, rng: np.random.Generator
+) -> Lesion | str:
     """Manufacturer policy: same vendor by default; ``fallback`` any vendor or skip when none."""
     if not pool:
         return "no lesion of this BI-RADS class in the lesion bank"
@@ -149,7 +151,12 @@ class PoissonSampler:
     method = "poisson"
 
     def __init__(
-        self, spec: ReleaseSpec, *, placement: PlacementConfig | None = None, cache_dir: str | None = None, workers: int | None = None
+        self,
+        spec: ReleaseSpec,
+        *,
+        placement: PlacementConfig | None = None,
+        cache_dir: str | None = None,
+        workers: int | None = None,
     ) -> None:
         if "poisson" not in spec.methods:
             raise InputError("the spec has no poisson method", field="methods.poisson")
@@ -165,17 +172,22 @@ class PoissonSampler:
             if not self.backgrounds.get((view, lat)):
                 raise InputError(
                     f"no background of view {view}, laterality {lat} with BI-RADS in {self.params.background_birads}",
-                    file=prepared, field=f"{FIELD}.background_birads",
+                    file=prepared,
+                    field=f"{FIELD}.background_birads",
                 )
             if birads not in self.params.lesion_birads:
-                raise InputError(f"BI-RADS {birads} requested but lesion_birads is {self.params.lesion_birads}", field=f"{FIELD}.lesion_birads")
+                raise InputError(
+                    f"BI-RADS {birads} requested but lesion_birads is {self.params.lesion_birads}",
+                    field=f"{FIELD}.lesion_birads",
+                )
         if cache_dir is None and spec.output_dir is not None:
             cache_dir = str(spec.layout.cache)
         self.bank: LesionBank = load_or_build(prepared, sorted(set(self.params.lesion_birads)), cache_dir)
         if len(self.bank) == 0:
             raise InputError(
                 f"lesion bank is empty: no finding with BI-RADS in {self.params.lesion_birads} and a box",
-                file=prepared, field=f"{FIELD}.lesion_birads",
+                file=prepared,
+                field=f"{FIELD}.lesion_birads",
             )
         self.pools = {b: [les for les in self.bank.lesions if les.birads == b] for b in self.params.lesion_birads}
         # realistic sizes: a scaled lesion stays within its class's real lesion sizes
@@ -186,16 +198,26 @@ class PoissonSampler:
         }
         for birads, _, _ in cells:
             if not self.pools.get(birads):
-                raise InputError(f"lesion bank has no BI-RADS {birads} lesion", file=prepared, field=f"{FIELD}.lesion_birads")
+                raise InputError(
+                    f"lesion bank has no BI-RADS {birads} lesion", file=prepared, field=f"{FIELD}.lesion_birads"
+                )
         dtype = self.bank.dtype
         first = next(iter(self.backgrounds.values()))[0]
         stored = self.ds[first.row]["image"]
         f = BlockFile.parse(stored["bytes"]) if stored.get("bytes") else None
         bg_dtype = f.dtype if f is not None else decode_grey(stored).dtype
         if dtype != bg_dtype:
-            raise InputError(f"lesion bank holds {dtype} crops but the backgrounds are {bg_dtype}", file=prepared, field="lesion_bank")
+            raise InputError(
+                f"lesion bank holds {dtype} crops but the backgrounds are {bg_dtype}",
+                file=prepared,
+                field="lesion_bank",
+            )
         if self.params.engine == "opencv" and dtype != np.uint8:
-            raise InputError(f"engine opencv (seamlessClone) blends 8-bit images only; the prepared set is {dtype}", file=prepared, field=f"{FIELD}.engine")
+            raise InputError(
+                f"engine opencv (seamlessClone) blends 8-bit images only; the prepared set is {dtype}",
+                file=prepared,
+                field=f"{FIELD}.engine",
+            )
         self.generator = f"poisson-blend/{package_version()}+{self.fingerprint}"
         self._cache: _Cached | None = None
         # processes blending backgrounds in parallel (the output does not depend on it)
@@ -206,7 +228,16 @@ class PoissonSampler:
     @property
     def fingerprint(self) -> str:
         """What the output depends on (params, placement, lesion bank); the engine keys runs on it."""
-        blob = json.dumps([ALGORITHM, self.params.model_dump(mode="json", exclude={"workers"}), self.placement.model_dump(mode="json"), self.bank.fingerprint, BAND_FRAC, self.bit_depth])
+        blob = json.dumps(
+            [
+                ALGORITHM,
+                self.params.model_dump(mode="json", exclude={"workers"}),
+                self.placement.model_dump(mode="json"),
+                self.bank.fingerprint,
+                BAND_FRAC,
+                self.bit_depth,
+            ]
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def background_for(self, task: SampleTask) -> Background:
@@ -216,7 +247,9 @@ class PoissonSampler:
     def _background(self, bg: Background, view: str) -> _Cached:
         if self._cache is None or self._cache.image_id != bg.image_id:
             image, f = decode_background(self.ds[bg.row]["image"])
-            self._cache = _Cached(bg.image_id, image, analyse_background(image, view, self.placement), self.bit_depth, f)
+            self._cache = _Cached(
+                bg.image_id, image, analyse_background(image, view, self.placement), self.bit_depth, f
+            )
         return self._cache
 
     def generate(self, tasks: list[SampleTask]) -> list[dict[str, Any] | Skip]:
@@ -259,7 +292,9 @@ class PoissonSampler:
     def shape_lesion(self, lesion: Lesion, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The lesion's crop and mask scaled, rotated and flipped as the params say."""
         p = self.params
-        return transform_lesion(lesion.crop, lesion.mask, rng, tuple(p.scale), p.rotate, p.flip, self.size_ranges.get(lesion.birads))
+        return transform_lesion(
+            lesion.crop, lesion.mask, rng, tuple(p.scale), p.rotate, p.flip, self.size_ranges.get(lesion.birads)
+        )
 
     def make(self, task: SampleTask) -> dict[str, Any] | Skip:
         bg = self.background_for(task)
@@ -272,8 +307,11 @@ class PoissonSampler:
         crop, mask = self.shape_lesion(lesion, rng)
         side = min(np.count_nonzero(mask.any(0)), np.count_nonzero(mask.any(1)))
         if side < MIN_SIDE_PX:  # scaled below what the bank accepts: no texture left to blend
-            return Skip(task.image_id, f"background {bg.image_id}, lesion {lesion.lesion_id}: {side} px across after scaling "
-                        f"(under {MIN_SIDE_PX}); raise methods.poisson.poisson.scale or keep realistic_size")
+            return Skip(
+                task.image_id,
+                f"background {bg.image_id}, lesion {lesion.lesion_id}: {side} px across after scaling "
+                f"(under {MIN_SIDE_PX}); raise methods.poisson.poisson.scale or keep realistic_size",
+            )
         where = place(cached.info, mask, lesion.context_std, np.random.default_rng(task.mask_seed), self.placement)
         if isinstance(where, str):
             return Skip(task.image_id, f"background {bg.image_id}, lesion {lesion.lesion_id}: {where}")
@@ -296,4 +334,3 @@ class PoissonSampler:
             "manufacturer": bg.manufacturer,
             "generator": self.generator,
         }
-

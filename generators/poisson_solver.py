@@ -220,5 +220,15 @@ def blend_region(
     return patch, (y0, x0), [float(mx0), float(my0), float(mx1), float(my1)]
 
 
-__all__ = ["FIELD", "BAND_FRAC", "MIN_BAND_PX", "ENGINES", "poisson_correction", "exact_poisson_edit",
-           "opencv_correction", "band_width", "blend", "blend_region"]
+__all__ = [
+    "FIELD",
+    "BAND_FRAC",
+    "MIN_BAND_PX",
+    "ENGINES",
+    "poisson_correction",
+    "exact_poisson_edit",
+    "opencv_correction",
+    "band_width",
+    "blend",
+    "blend_region",
+]

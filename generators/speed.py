@@ -27,7 +27,9 @@ class Speed:
 def fp8_unavailable(device: str) -> str | None:
     """Why fp8 matrix products cannot run on ``device`` with the installed libraries; None when they can."""
     if not device.startswith("cuda"):
-        return f"fp8 needs a CUDA GPU with fp8 tensor cores (compute capability 8.9+, e.g. H100); this run is on {device}"
+        return (
+            f"fp8 needs a CUDA GPU with fp8 tensor cores (compute capability 8.9+, e.g. H100); this run is on {device}"
+        )
     import torch
 
     capability = torch.cuda.get_device_capability(torch.device(device))
@@ -38,7 +40,9 @@ def fp8_unavailable(device: str) -> str | None:
     return None
 
 
-def check_speed(speed: Speed, device: str, *, whole_model_compile: bool, field: str, spec_file: str | Path | None = None) -> None:
+def check_speed(
+    speed: Speed, device: str, *, whole_model_compile: bool, field: str, spec_file: str | Path | None = None
+) -> None:
     """InputError (exit 2, naming the field) for an option this machine or run cannot honour."""
     if speed.fp8:
         reason = fp8_unavailable(device)
@@ -46,7 +50,9 @@ def check_speed(speed: Speed, device: str, *, whole_model_compile: bool, field: 
             raise InputError(reason, file=spec_file, field=f"{field}.fp8")
     if speed.compile_blocks and whole_model_compile:
         raise InputError(
-            "compile_blocks and --compile both compile the transformer; use one of them", file=spec_file, field=f"{field}.compile_blocks"
+            "compile_blocks and --compile both compile the transformer; use one of them",
+            file=spec_file,
+            field=f"{field}.compile_blocks",
         )
 
 

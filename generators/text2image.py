@@ -63,7 +63,9 @@ def adapter_weights(folder: Path, *, spec_file: str | Path | None = None) -> Pat
     if len(found) == 1:
         return folder / found[0]
     raise InputError(
-        f"no LoRA weights in {folder} (expected one of {list(LORA_FILES)}, found {found})", file=spec_file, field=f"{FIELD}.lora"
+        f"no LoRA weights in {folder} (expected one of {list(LORA_FILES)}, found {found})",
+        file=spec_file,
+        field=f"{FIELD}.lora",
     )
 
 
@@ -163,7 +165,8 @@ def apply_adapter(pipe, lora: Path, *, spec_file: str | Path | None = None) -> N
         if not state or unexpected or missing:
             raise InputError(
                 f"{weights} does not fit the transformer (unexpected keys {unexpected[:2]}, missing {missing[:2]})",
-                file=spec_file, field=field,
+                file=spec_file,
+                field=field,
             )
         transformer.fuse_lora()
         transformer.unload_lora()
@@ -198,14 +201,20 @@ class Text2ImageSampler:
 
     method = "text2image"
 
-    def __init__(self, spec: ReleaseSpec, runtime: Runtime | None = None, *, spec_file: str | Path | None = None) -> None:
+    def __init__(
+        self, spec: ReleaseSpec, runtime: Runtime | None = None, *, spec_file: str | Path | None = None
+    ) -> None:
         self.spec = spec
         self.params: Text2ImageParams = spec.methods["text2image"].text2image  # type: ignore[assignment]
         self.runtime = runtime or Runtime()
         self.bit_depth = spec.output.bit_depth
         p = self.params
         self.base = pipeline_folder(
-            p.base_model, field=f"{FIELD}.base_model", needs="transformer", kind="a Stable Diffusion 3 pipeline", spec_file=spec_file
+            p.base_model,
+            field=f"{FIELD}.base_model",
+            needs="transformer",
+            kind="a Stable Diffusion 3 pipeline",
+            spec_file=spec_file,
         )
         transformer = component_config(self.base, "transformer", field=f"{FIELD}.base_model", spec_file=spec_file)
         factor = vae_factor(self.base, field=f"{FIELD}.base_model") * int(transformer.get("patch_size", 2))
@@ -224,7 +233,11 @@ class Text2ImageSampler:
     @property
     def fingerprint(self) -> str:
         return json.dumps(
-            {"params": self.params.model_dump(mode="json", exclude={"batch_size"}), "generator": self.generator_name, "bit_depth": self.bit_depth},
+            {
+                "params": self.params.model_dump(mode="json", exclude={"batch_size"}),
+                "generator": self.generator_name,
+                "bit_depth": self.bit_depth,
+            },
             sort_keys=True,
         )
 

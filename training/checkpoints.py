@@ -46,8 +46,9 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_resume(config: TrainingConfig, resume: str | None, *, force: bool = False,
-                   extra: dict | None = None) -> ResumePoint | None:
+def resolve_resume(
+    config: TrainingConfig, resume: str | None, *, force: bool = False, extra: dict | None = None
+) -> ResumePoint | None:
     """``None`` | ``"latest"`` | a checkpoint folder -> the point to resume, or None. Refuses a
     checkpoint written with a different config (fields outside RESUME_SAFE_FIELDS) unless ``force``."""
     if not resume:
@@ -70,7 +71,8 @@ def resolve_resume(config: TrainingConfig, resume: str | None, *, force: bool = 
     if diff and not force:
         raise InputError(
             f"checkpoint was written with a different config ({', '.join(diff[:5])}); pass --force to resume anyway",
-            file=path / STATE_FILE, field=diff[0],
+            file=path / STATE_FILE,
+            field=diff[0],
         )
     return ResumePoint(path, int(step), state.get("num_processes"))
 
@@ -84,7 +86,8 @@ def check_world_size(point: ResumePoint | None, num_processes: int) -> None:
     raise InputError(
         f"checkpoint was written by {point.num_processes} processes, this run has {num_processes}; "
         f"resume with --num_processes {point.num_processes} (the global batch and LR schedule depend on it)",
-        file=point.path / STATE_FILE, field="num_processes",
+        file=point.path / STATE_FILE,
+        field="num_processes",
     )
 
 
@@ -103,8 +106,11 @@ def save_checkpoint(accelerator, config: TrainingConfig, step: int, *, extra: di
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"global_step": step, "num_processes": accelerator.num_processes,
-                 "fingerprint": {**resume_fingerprint(config), **(extra or {})}}
+        state = {
+            "global_step": step,
+            "num_processes": accelerator.num_processes,
+            "fingerprint": {**resume_fingerprint(config), **(extra or {})},
+        }
         write_json(tmp / STATE_FILE, state, indent=2)
         if final.exists():
             shutil.rmtree(final)
@@ -117,8 +123,9 @@ def save_checkpoint(accelerator, config: TrainingConfig, step: int, *, extra: di
     return final
 
 
-def register_weight_hooks(accelerator, save: Callable[[torch.nn.Module, Path], None],
-                          load: Callable[[torch.nn.Module, Path], None]) -> None:
+def register_weight_hooks(
+    accelerator, save: Callable[[torch.nn.Module, Path], None], load: Callable[[torch.nn.Module, Path], None]
+) -> None:
     """Trained weights go into checkpoints through ``save(model, folder)`` on the main process only
     (every rank holds the same weights; N ranks writing one path race), and come back through
     ``load(model, folder)`` on every rank. Accelerate's own copy of the weights is skipped."""

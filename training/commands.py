@@ -11,11 +11,19 @@ from pathlib import Path
 
 import click
 
-_resume = click.option("--resume", default=None, metavar="latest|DIR",
-                       help="Continue from the newest checkpoint ('latest') or a checkpoint folder.")
+_resume = click.option(
+    "--resume",
+    default=None,
+    metavar="latest|DIR",
+    help="Continue from the newest checkpoint ('latest') or a checkpoint folder.",
+)
 _force = click.option("--force", is_flag=True, help="Resume even if the checkpoint's config differs.")
-_stop = click.option("--stop-after", type=click.IntRange(min=1), default=None,
-                     help="End this run after N optimizer steps (resume later with --resume latest).")
+_stop = click.option(
+    "--stop-after",
+    type=click.IntRange(min=1),
+    default=None,
+    help="End this run after N optimizer steps (resume later with --resume latest).",
+)
 
 
 @click.group("train")
@@ -40,19 +48,31 @@ def sd35_lora_command(config_path: Path, resume: str | None, force: bool, stop_a
 
 @train.command("inpaint")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
-@click.option("--birads", type=click.Choice(["3", "4", "5"]), default=None,
-              help="Lesion class to train (overrides the config's 'birads').")
+@click.option(
+    "--birads",
+    type=click.Choice(["3", "4", "5"]),
+    default=None,
+    help="Lesion class to train (overrides the config's 'birads').",
+)
 @_resume
 @_force
 @_stop
-def inpaint_command(config_path: Path, birads: str | None, resume: str | None, force: bool, stop_after: int | None) -> None:
+def inpaint_command(
+    config_path: Path, birads: str | None, resume: str | None, force: bool, stop_after: int | None
+) -> None:
     """Fine-tune the SD2-inpainting UNet on one BI-RADS class's lesion boxes."""
     from mammosynth.training.config import InpaintConfig, load_config
     from mammosynth.training.inpaint import train_inpaint
 
     config = load_config(InpaintConfig, config_path)
-    result = train_inpaint(config, birads=int(birads) if birads else None, resume=resume, force=force,
-                           stop_after=stop_after, config_file=config_path)
+    result = train_inpaint(
+        config,
+        birads=int(birads) if birads else None,
+        resume=resume,
+        force=force,
+        stop_after=stop_after,
+        config_file=config_path,
+    )
     _report(result)
 
 
@@ -63,4 +83,3 @@ def _report(result) -> None:
         click.echo(f"trained {result.global_step} steps; final model in {result.final_dir}")
     else:
         click.echo(f"stopped at step {result.global_step}; rerun with --resume latest to continue")
-

@@ -16,10 +16,23 @@ T2I_GUIDANCE: float = Text2ImageParams.model_fields["guidance"].default
 T2I_MAX_SEQUENCE_LENGTH: int = Text2ImageParams.model_fields["max_sequence_length"].default
 INPAINT_GUIDANCE: float = InpaintingParams.model_fields["guidance"].default
 
-# Fields that only change cadence or bookkeeping: a resumed run may differ in these without --force.
+# Fields that only change cadence, bookkeeping or the validation images: a resumed run may differ
+# in these without --force (the trained weights do not depend on them).
 RESUME_SAFE_FIELDS: frozenset[str] = frozenset(
-    {"output_dir", "checkpointing_steps", "checkpoints_total_limit", "validation_steps", "log_every",
-     "dataloader_num_workers", "report_to", "max_train_steps"}
+    {
+        "output_dir",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "validation_steps",
+        "log_every",
+        "dataloader_num_workers",
+        "report_to",
+        "max_train_steps",
+        "guidance_scale",
+        "validation_seeds",
+        "validation_inference_steps",
+        "validation_prompts",
+    }
 )
 
 
@@ -39,8 +52,16 @@ def _sd3_lora() -> LoraOptions:
     return LoraOptions(
         rank=64,
         dropout=0.1,
-        target_modules=["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-                        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"],
+        target_modules=[
+            "attn.to_q",
+            "attn.to_k",
+            "attn.to_v",
+            "attn.to_out.0",
+            "attn.add_q_proj",
+            "attn.add_k_proj",
+            "attn.add_v_proj",
+            "attn.to_add_out",
+        ],
     )
 
 
@@ -60,7 +81,9 @@ class TrainingConfig(StrictModel):
     resize_mode: Literal["stretch", "pad"] = Field(
         "stretch", description="stretch = plain resize to a square (source paper); pad = keep aspect, pad with black"
     )
-    hflip_prob: float = Field(0.0, ge=0.0, le=1.0, description="horizontal-flip probability (boxes mirrored, caption laterality swapped)")
+    hflip_prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="horizontal-flip probability (boxes mirrored, caption laterality swapped)"
+    )
     intensity_jitter: float = Field(0.0, ge=0.0, le=0.5, description="max relative brightness/contrast jitter")
     train_batch_size: int = Field(ge=1, description="samples per device per micro-step")
     gradient_accumulation_steps: int = Field(ge=1, description="micro-steps per optimizer step")
@@ -71,21 +94,31 @@ class TrainingConfig(StrictModel):
     adam_epsilon: float = Field(1e-8, description="AdamW epsilon")
     weight_decay: float = Field(ge=0.0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field(description="diffusers get_scheduler name")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field(
+        description="diffusers get_scheduler name"
+    )
     lr_warmup_steps: int = Field(ge=0, description="warm-up optimizer steps")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(description="Accelerate mixed precision")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     allow_tf32: bool = Field(True, description="TF32 matmuls on Ampere+ GPUs")
     seed: int = Field(0, description="seeds weights init, data order, augmentation and noise")
     checkpointing_steps: int = Field(ge=1, description="save a resumable checkpoint every N optimizer steps")
-    checkpoints_total_limit: int | None = Field(None, ge=1, description="keep at most this many checkpoints (oldest deleted)")
-    validation_steps: int | None = Field(None, ge=1, description="write validation images every M steps; null = only at the end")
-    validation_seeds: list[int] = Field(default_factory=lambda: [0, 1], description="fixed sampling seeds of validation images")
+    checkpoints_total_limit: int | None = Field(
+        None, ge=1, description="keep at most this many checkpoints (oldest deleted)"
+    )
+    validation_steps: int | None = Field(
+        None, ge=1, description="write validation images every M steps; null = only at the end"
+    )
+    validation_seeds: list[int] = Field(
+        default_factory=lambda: [0, 1], description="fixed sampling seeds of validation images"
+    )
     validation_inference_steps: int = Field(24, ge=1, description="sampler steps for validation images")
     log_every: int = Field(1, ge=1, description="write a jsonl log line every N optimizer steps")
     report_to: Literal["jsonl", "tensorboard"] = Field("jsonl", description="tensorboard also writes jsonl")
     dataloader_num_workers: int | None = Field(
-        None, ge=0, description="DataLoader worker processes (persistent); null = min(4, cores per local process - 1), at least 1"
+        None,
+        ge=0,
+        description="DataLoader worker processes (persistent); null = min(4, cores per local process - 1), at least 1",
     )
 
 
@@ -99,16 +132,24 @@ class SD35LoraConfig(TrainingConfig):
     max_train_steps: int = Field(2000, ge=1, description="optimizer steps")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field("cosine", description="diffusers get_scheduler name")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field(
+        "cosine", description="diffusers get_scheduler name"
+    )
     lr_warmup_steps: int = Field(100, ge=0, description="warm-up optimizer steps")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("bf16", description="Accelerate mixed precision (paper: fp16)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "bf16", description="Accelerate mixed precision (paper: fp16)"
+    )
     gradient_checkpointing: bool = Field(True, description="trade compute for activation memory")
     checkpointing_steps: int = Field(500, ge=1, description="save a resumable checkpoint every N optimizer steps")
     lora: LoraOptions = Field(default_factory=_sd3_lora, description="LoRA on the transformer attention")
     caption_vendor: bool = Field(False, description="append the manufacturer clause of the shared prompt template")
-    unflip: bool = Field(True, description="mirror back right breasts the ingest flipped, so pixels match the caption's laterality")
+    unflip: bool = Field(
+        True, description="mirror back right breasts the ingest flipped, so pixels match the caption's laterality"
+    )
     max_sequence_length: int = Field(
-        T2I_MAX_SEQUENCE_LENGTH, ge=8, le=512,
+        T2I_MAX_SEQUENCE_LENGTH,
+        ge=8,
+        le=512,
         description="T5 prompt tokens (recorded with the adapter; generation's text2image.max_sequence_length)",
     )
     weighting_scheme: Literal["logit_normal", "sigma_sqrt", "mode", "cosmap", "none"] = Field(
@@ -120,7 +161,7 @@ class SD35LoraConfig(TrainingConfig):
     cache_latents: bool = Field(
         False,
         description="encode every image once with the VAE (sharded over the processes, memory-mapped), "
-                    "then move the VAE off the GPU (needs no augmentation)",
+        "then move the VAE off the GPU (needs no augmentation)",
     )
     validation_prompts: list[dict[str, Any]] = Field(
         default_factory=lambda: [
@@ -129,7 +170,9 @@ class SD35LoraConfig(TrainingConfig):
         ],
         description="keyword arguments of schema.text2image_prompt for validation images",
     )
-    guidance_scale: float = Field(T2I_GUIDANCE, ge=0.0, description="guidance of validation images (generation's default)")
+    guidance_scale: float = Field(
+        T2I_GUIDANCE, ge=0.0, description="guidance of validation images (generation's default)"
+    )
 
     @model_validator(mode="after")
     def _cache_needs_fixed_pixels(self) -> "SD35LoraConfig":
@@ -142,7 +185,9 @@ class InpaintConfig(TrainingConfig):
     """BI-RADS-specific SD2 inpainting fine-tune (source paper §3.3)."""
 
     base_model: str = Field("stabilityai/stable-diffusion-2-inpainting", description="hub id or local folder")
-    output_dir: Path = Field(description="run folder; '{birads}' in it is replaced by the class, so one config serves 3, 4 and 5")
+    output_dir: Path = Field(
+        description="run folder; '{birads}' in it is replaced by the class, so one config serves 3, 4 and 5"
+    )
     birads: Literal[3, 4, 5] | None = Field(None, description="lesion class; the CLI's --birads overrides it")
     resolution: int = Field(512, ge=8, description="square training size in pixels")
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0, description="horizontal-flip probability (boxes mirrored)")
@@ -151,21 +196,29 @@ class InpaintConfig(TrainingConfig):
     max_train_steps: int = Field(10000, ge=1, description="optimizer steps")
     learning_rate: float = Field(5e-6, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay")
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field("constant", description="diffusers get_scheduler name")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = Field(
+        "constant", description="diffusers get_scheduler name"
+    )
     lr_warmup_steps: int = Field(0, ge=0, description="warm-up optimizer steps")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("bf16", description="Accelerate mixed precision")
     checkpointing_steps: int = Field(1000, ge=1, description="save a resumable checkpoint every N optimizer steps")
-    use_lora: bool = Field(False, description="train LoRA adapters instead of the full UNet (merged into the saved UNet)")
+    use_lora: bool = Field(
+        False, description="train LoRA adapters instead of the full UNet (merged into the saved UNet)"
+    )
     lora: LoraOptions = Field(default_factory=_unet_lora, description="LoRA options when use_lora")
     box_margin: int = Field(0, ge=0, description="pixels added around each box when drawing the mask")
     full_mask_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of samples with the whole image masked")
-    random_box_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of samples with a random box instead of the lesion boxes")
-    guidance_scale: float = Field(INPAINT_GUIDANCE, ge=0.0, description="guidance of validation images (generation's default; paper: 7)")
+    random_box_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of samples with a random box instead of the lesion boxes"
+    )
+    guidance_scale: float = Field(
+        INPAINT_GUIDANCE, ge=0.0, description="guidance of validation images (generation's default; paper: 7)"
+    )
     cache_latents: bool = Field(
         True,
         description="where pixels and masks are fixed (intensity_jitter 0): encode each image and its "
-                    "lesion-box masked image once (both mirror images when hflip_prob > 0), sharded over the "
-                    "processes; random boxes are still encoded per step",
+        "lesion-box masked image once (both mirror images when hflip_prob > 0), sharded over the "
+        "processes; random boxes are still encoded per step",
     )
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ META_COLUMNS = ("image_id", "laterality", "view", "birads", "density", "manufact
 
 # --- reading ---------------------------------------------------------------------------------------
 
+
 def load_prepared(path: str | Path, split: str | None = "training") -> tuple[datasets.Dataset, list[dict]]:
     """Open the prepared set; return it with the metadata rows (no image decoded) of ``split``."""
     path = Path(path)
@@ -57,7 +58,9 @@ def rows_with_birads(meta: list[dict], birads: int, *, file: str | Path | None =
 
 def class_boxes(row: dict, birads: int | None) -> np.ndarray:
     """Boxes [xmin, ymin, xmax, ymax] (prepared-image pixels) of one class, or all boxes."""
-    boxes = [f["bbox"] for f in row["findings"] or [] if f["bbox"] and (birads is None or f["finding_birads"] == birads)]
+    boxes = [
+        f["bbox"] for f in row["findings"] or [] if f["bbox"] and (birads is None or f["finding_birads"] == birads)
+    ]
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
@@ -79,12 +82,16 @@ def image_sizes(ds: datasets.Dataset, indices: list[int]) -> list[tuple[int, int
 def caption(row: dict, laterality: str, *, vendor: bool = False) -> str:
     """The shared text-to-image prompt for a row (generation builds prompts the same way)."""
     return schema.text2image_prompt(
-        laterality, row["view"], row["density"] or None, int(row["birads"]),
+        laterality,
+        row["view"],
+        row["density"] or None,
+        int(row["birads"]),
         row["manufacturer"] if vendor else None,
     )
 
 
 # --- pixels ------------------------------------------------------------------------------------------
+
 
 def to_unit_float(image) -> np.ndarray:
     """PIL image (8-bit L/RGB or 16-bit I;16) -> float32 HxW in [0, 1]."""
@@ -129,7 +136,7 @@ def resize_square(image: np.ndarray, boxes: np.ndarray, size: int, mode: str, ch
         return cv2.resize(image, (size, size), interpolation=interp), move(boxes)
     small = cv2.resize(image, (nw, nh), interpolation=interp)
     out = np.zeros((size, size), dtype=np.float32)
-    out[y0:y0 + nh, x0:x0 + nw] = small
+    out[y0 : y0 + nh, x0 : x0 + nw] = small
     return out, move(boxes)
 
 
@@ -200,6 +207,7 @@ class Augment:
 
 # --- sharding ------------------------------------------------------------------------------------------
 
+
 def batches_per_epoch(num_samples: int, batch_size: int, num_processes: int) -> int:
     return -(-num_samples // (batch_size * num_processes))
 
@@ -232,7 +240,7 @@ def shard_batches(
         perm = np.resize(perm, total)  # wraps around
         mine = perm[process_index::num_processes]
         for b in range(offset, per_epoch):
-            yield [(epoch, int(i)) for i in mine[b * batch_size:(b + 1) * batch_size]]
+            yield [(epoch, int(i)) for i in mine[b * batch_size : (b + 1) * batch_size]]
         epoch, offset = epoch + 1, 0
 
 
@@ -241,6 +249,7 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 # --- torch datasets --------------------------------------------------------------------------------------
+
 
 class Text2ImageData(torch.utils.data.Dataset):
     """(epoch, i) -> pixels in [-1, 1] and the index of its caption in ``prompts``. With
@@ -263,7 +272,9 @@ class Text2ImageData(torch.utils.data.Dataset):
     def pixels(self, i: int, flip: bool = False) -> torch.Tensor:
         """Row ``i``'s fixed pixels (no jitter): what the latent cache encodes."""
         row = self.rows[i]
-        arr, _, _ = self.augment(self.ds[row["_index"]]["image"], row, class_boxes(row, None), np.random.default_rng(0), flip=flip)
+        arr, _, _ = self.augment(
+            self.ds[row["_index"]]["image"], row, class_boxes(row, None), np.random.default_rng(0), flip=flip
+        )
         return to_model_rgb(arr)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
@@ -325,8 +336,9 @@ class InpaintData(torch.utils.data.Dataset):
         """Row ``i``'s fixed pixels and its lesion-box masked image (no jitter): what the latent
         cache encodes."""
         row = self.rows[i]
-        arr, boxes, _ = self.augment(self.ds[row["_index"]]["image"], row, class_boxes(row, self.birads),
-                                     np.random.default_rng(0), flip=flip)
+        arr, boxes, _ = self.augment(
+            self.ds[row["_index"]]["image"], row, class_boxes(row, self.birads), np.random.default_rng(0), flip=flip
+        )
         pixels = to_model_rgb(arr)
         return pixels, masked_image(pixels, torch.from_numpy(self.box_mask(boxes, self.box_margin)))
 
@@ -338,7 +350,9 @@ class InpaintData(torch.utils.data.Dataset):
         size = self.augment.resolution
         arr = None
         if self.decode_pixels:
-            arr, boxes, _ = self.augment(self.ds[row["_index"]]["image"], row, class_boxes(row, self.birads), rng, flip=flip)
+            arr, boxes, _ = self.augment(
+                self.ds[row["_index"]]["image"], row, class_boxes(row, self.birads), rng, flip=flip
+            )
         else:
             boxes = self.augment.boxes(self.sizes[i], row, class_boxes(row, self.birads), flip)
         u = rng.random()
@@ -376,7 +390,11 @@ def make_loader(dataset, batches: Iterator[list], num_workers: int = 0) -> torch
     """A DataLoader over our own (resumable, sharded) batch stream; persistent workers, pinned
     batches (the trainers copy them to the GPU with ``non_blocking``)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if num_workers > 0 else None,
     )

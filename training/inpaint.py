@@ -32,8 +32,9 @@ def encode_fixed_prompt(base: str, revision: str | None, prompt: str, device, dt
 
     tokenizer = runtime.load_component(CLIPTokenizer, base, "tokenizer", revision)
     encoder = runtime.load_component(CLIPTextModel, base, "text_encoder", revision, torch_dtype=dtype).to(device)
-    ids = tokenizer([prompt, ""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
+    ids = tokenizer(
+        [prompt, ""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
     hidden = encoder(ids)[0]
     del encoder
     runtime.free_memory()
@@ -65,8 +66,18 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     raise ValueError(f"prediction_type {kind!r} is not one of {PREDICTION_TYPES}")
 
 
-def inpainting_loss(unet, scheduler, latents, masked_latents, mask, prompt_hidden, *, noise=None, timesteps=None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def inpainting_loss(
+    unet,
+    scheduler,
+    latents,
+    masked_latents,
+    mask,
+    prompt_hidden,
+    *,
+    noise=None,
+    timesteps=None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """MSE between the UNet's prediction and ``diffusion_target`` for (scaled) image latents,
     masked-image latents and the latent-grid mask; noise and timesteps drawn unless given."""
     bsz = latents.shape[0]
@@ -85,11 +96,25 @@ class InpaintLatents:
     latent cache where the sample is fixed (its image; its lesion-box masked image; the constant
     fully masked image), from the VAE otherwise (no cache, or a random box)."""
 
-    def __init__(self, vae, device, dtype, *, image_cache: LatentCache | None = None,
-                 masked_cache: LatentCache | None = None, full_masked: torch.Tensor | None = None, flips: int = 1):
+    def __init__(
+        self,
+        vae,
+        device,
+        dtype,
+        *,
+        image_cache: LatentCache | None = None,
+        masked_cache: LatentCache | None = None,
+        full_masked: torch.Tensor | None = None,
+        flips: int = 1,
+    ):
         self.vae, self.device, self.dtype = vae, device, dtype
         self.scale = vae.config.scaling_factor
-        self.image_cache, self.masked_cache, self.full_masked, self.flips = image_cache, masked_cache, full_masked, flips
+        self.image_cache, self.masked_cache, self.full_masked, self.flips = (
+            image_cache,
+            masked_cache,
+            full_masked,
+            flips,
+        )
 
     def _encode(self, pixels: torch.Tensor, generator) -> torch.Tensor:
         pixels = pixels.to(self.vae.device, self.vae.dtype, non_blocking=True)
@@ -118,8 +143,9 @@ class InpaintLatents:
                 masked[torch.tensor(rand)] = self._encode(batch["masked_pixel_values"][torch.tensor(rand)], generator)
         latents = (latents * self.scale).to(self.dtype)
         masked = (masked * self.scale).to(self.dtype)
-        mask = F.interpolate(batch["mask"].to(self.device, self.dtype, non_blocking=True), size=latents.shape[-2:],
-                             mode="nearest")
+        mask = F.interpolate(
+            batch["mask"].to(self.device, self.dtype, non_blocking=True), size=latents.shape[-2:], mode="nearest"
+        )
         return latents, masked, mask
 
 
@@ -144,19 +170,29 @@ def cache_latents(dataset: tdata.InpaintData, vae, accelerator, folder: Path, fl
     size = dataset.augment.resolution
     with torch.no_grad():
         full = encode_distribution(vae, torch.zeros(1, 3, size, size))
-    return InpaintLatents(vae, accelerator.device, vae.dtype, image_cache=image, masked_cache=masked,
-                          full_masked=full, flips=flips)
+    return InpaintLatents(
+        vae, accelerator.device, vae.dtype, image_cache=image, masked_cache=masked, full_masked=full, flips=flips
+    )
 
 
-def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: str | None = None, force: bool = False,
-                  stop_after: int | None = None, config_file: str | Path | None = None) -> runtime.TrainResult:
+def train_inpaint(
+    config: InpaintConfig,
+    *,
+    birads: int | None = None,
+    resume: str | None = None,
+    force: bool = False,
+    stop_after: int | None = None,
+    config_file: str | Path | None = None,
+) -> runtime.TrainResult:
     """Fine-tune one class's inpainting UNet; the final pipeline lands in ``output_dir/final``."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     runtime.check_precision(config, file=config_file)
     birads = birads if birads is not None else config.birads
     if birads not in (3, 4, 5):
-        raise InputError("BI-RADS class must be 3, 4 or 5 (--birads or config 'birads')", file=config_file, field="birads")
+        raise InputError(
+            "BI-RADS class must be 3, 4 or 5 (--birads or config 'birads')", file=config_file, field="birads"
+        )
     if config.birads != birads:
         config = config.model_copy(update={"birads": birads})
     if "{birads}" in str(config.output_dir):  # one config file serves all three classes
@@ -169,23 +205,39 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
     device, dtype = accelerator.device, runtime.weight_dtype(accelerator)
 
     prompt_hidden, negative_hidden = encode_fixed_prompt(
-        config.base_model, config.revision, schema.inpainting_prompt(birads), device, dtype).split(1)
+        config.base_model, config.revision, schema.inpainting_prompt(birads), device, dtype
+    ).split(1)
     unet = runtime.load_component(UNet2DConditionModel, config.base_model, "unet", config.revision)
     if unet.config.in_channels != 9:
-        raise InputError(f"UNet has {unet.config.in_channels} input channels; an inpainting UNet has 9",
-                         file=config.base_model, field="base_model")
+        raise InputError(
+            f"UNet has {unet.config.in_channels} input channels; an inpainting UNet has 9",
+            file=config.base_model,
+            field="base_model",
+        )
     vae = runtime.load_component(AutoencoderKL, config.base_model, "vae", config.revision)
     scheduler = runtime.load_component(DDPMScheduler, config.base_model, "scheduler", config.revision)
     if scheduler.config.prediction_type not in PREDICTION_TYPES:
-        raise InputError(f"scheduler prediction_type {scheduler.config.prediction_type!r} is not supported "
-                         f"({', '.join(PREDICTION_TYPES)})", file=config.base_model, field="base_model")
+        raise InputError(
+            f"scheduler prediction_type {scheduler.config.prediction_type!r} is not supported "
+            f"({', '.join(PREDICTION_TYPES)})",
+            file=config.base_model,
+            field="base_model",
+        )
     vae.requires_grad_(False)
     vae.to(device, dtype=dtype)
 
     augment = tdata.Augment(config.resolution, config.resize_mode, config.hflip_prob, config.intensity_jitter)
-    dataset = tdata.InpaintData(ds, rows, augment, birads=birads, seed=config.seed, box_margin=config.box_margin,
-                                full_mask_fraction=config.full_mask_fraction,
-                                random_box_fraction=config.random_box_fraction, grid=vae_factor(vae))
+    dataset = tdata.InpaintData(
+        ds,
+        rows,
+        augment,
+        birads=birads,
+        seed=config.seed,
+        box_margin=config.box_margin,
+        full_mask_fraction=config.full_mask_fraction,
+        random_box_fraction=config.random_box_fraction,
+        grid=vae_factor(vae),
+    )
     # the probe batch (and the validation images drawn from it) always has its pixels
     probe_batch = tdata.collate([dataset[(0, i)] for i in range(min(config.train_batch_size, len(dataset)))])
     if config.cache_latents and augment.fixed_pixels:
@@ -248,11 +300,22 @@ def train_inpaint(config: InpaintConfig, *, birads: int | None = None, resume: s
             return _validation_images(model, vae, scheduler, prompt_hidden, negative_hidden, probe_batch, config, step)
 
     return runtime.run_steps(
-        accelerator, config, unet, params, optimizer, lr_schedule, loader,
-        start_step=start_step, resumed_from=resume_point.step if resume_point else None,
-        loss=loss, probe=probe, validation_images=validation_images,
+        accelerator,
+        config,
+        unet,
+        params,
+        optimizer,
+        lr_schedule,
+        loader,
+        start_step=start_step,
+        resumed_from=resume_point.step if resume_point else None,
+        loss=loss,
+        probe=probe,
+        validation_images=validation_images,
         write_final=lambda model, step: _write_final(model, config, birads, ds, rows, local, step),
-        tracker=f"inpaint_birads{birads}", desc=f"inpaint BI-RADS {birads}", extra={"birads": birads},
+        tracker=f"inpaint_birads{birads}",
+        desc=f"inpaint BI-RADS {birads}",
+        extra={"birads": birads},
         stop_after=stop_after,
     )
 
@@ -282,44 +345,66 @@ def _write_final(unet, config: InpaintConfig, birads: int, ds, rows, local, step
     final = config.output_dir / "final"
     with atomic_dir(final) as tmp:
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            config.base_model, revision=config.revision, unet=_plain_unet(unet, config.use_lora),
-            safety_checker=None, requires_safety_checker=False,
+            config.base_model,
+            revision=config.revision,
+            unet=_plain_unet(unet, config.use_lora),
+            safety_checker=None,
+            requires_safety_checker=False,
         )
         pipe.save_pretrained(tmp, safe_serialization=True)
-        runtime.write_metadata(tmp, {
-            "kind": "inpaint",
-            "birads": birads,
-            "prompt": schema.inpainting_prompt(birads),
-            **runtime.base_identity(config.base_model, config.revision, local),
-            "data_sha256": tdata.data_hash(ds, rows),
-            "num_images": len(rows),
-            "steps": step,
-            "config": config.model_dump(mode="json"),
-        })
+        runtime.write_metadata(
+            tmp,
+            {
+                "kind": "inpaint",
+                "birads": birads,
+                "prompt": schema.inpainting_prompt(birads),
+                **runtime.base_identity(config.base_model, config.revision, local),
+                "data_sha256": tdata.data_hash(ds, rows),
+                "num_images": len(rows),
+                "steps": step,
+                "config": config.model_dump(mode="json"),
+            },
+        )
     return final
 
 
 @torch.no_grad()
-def _validation_images(unet, vae, train_scheduler, prompt_hidden, negative, batch, config: InpaintConfig,
-                       step: int) -> list[Path]:
+def _validation_images(
+    unet, vae, train_scheduler, prompt_hidden, negative, batch, config: InpaintConfig, step: int
+) -> list[Path]:
     """Fixed-seed inpaintings of the probe images' boxes (the region the model learns to fill)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
 
     scheduler = DPMSolverMultistepScheduler.from_config(train_scheduler.config)
-    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
-                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     folder = config.output_dir / "validation" / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     dtype = next(unet.parameters()).dtype
     written = []
     for i in range(min(2, batch["pixel_values"].shape[0])):
-        image = (batch["pixel_values"][i:i + 1] + 1) / 2
+        image = (batch["pixel_values"][i : i + 1] + 1) / 2
         for seed in config.validation_seeds:
-            out = pipe(prompt_embeds=prompt_hidden.to(dtype), negative_prompt_embeds=negative.to(dtype),
-                       image=image, mask_image=batch["mask"][i:i + 1], height=config.resolution, width=config.resolution,
-                       guidance_scale=config.guidance_scale, num_inference_steps=config.validation_inference_steps,
-                       generator=torch.Generator().manual_seed(seed)).images[0]
+            out = pipe(
+                prompt_embeds=prompt_hidden.to(dtype),
+                negative_prompt_embeds=negative.to(dtype),
+                image=image,
+                mask_image=batch["mask"][i : i + 1],
+                height=config.resolution,
+                width=config.resolution,
+                guidance_scale=config.guidance_scale,
+                num_inference_steps=config.validation_inference_steps,
+                generator=torch.Generator().manual_seed(seed),
+            ).images[0]
             path = folder / f"image{i}-seed{seed}.png"
             out.convert("L").save(path)
             written.append(path)

@@ -46,8 +46,17 @@ class LatentCache:
         return mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
 
     @classmethod
-    def build(cls, folder: Path, count: int, encode: Callable[[list[int]], torch.Tensor], accelerator, *,
-              batch_size: int = 8, store_dtype=np.float32, desc: str = "caching latents") -> LatentCache:
+    def build(
+        cls,
+        folder: Path,
+        count: int,
+        encode: Callable[[list[int]], torch.Tensor],
+        accelerator,
+        *,
+        batch_size: int = 8,
+        store_dtype=np.float32,
+        desc: str = "caching latents",
+    ) -> LatentCache:
         """Encode keys 0..count-1 with ``encode(keys) -> (B, 2, C, h, w)``, sharded by rank, into
         ``folder`` (replaced), and map every part."""
         n, p = accelerator.num_processes, accelerator.process_index
@@ -55,8 +64,17 @@ class LatentCache:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        encode_shard(folder, count, encode, p, n, batch_size=batch_size, store_dtype=store_dtype,
-                     progress=accelerator.is_main_process, desc=desc)
+        encode_shard(
+            folder,
+            count,
+            encode,
+            p,
+            n,
+            batch_size=batch_size,
+            store_dtype=store_dtype,
+            progress=accelerator.is_main_process,
+            desc=desc,
+        )
         accelerator.wait_for_everyone()
         return cls.open(folder, n)
 
@@ -69,14 +87,24 @@ def part_path(folder: Path, rank: int, num_processes: int) -> Path:
     return folder / f"part-{rank}-of-{num_processes}.npy"
 
 
-def encode_shard(folder: Path, count: int, encode: Callable[[list[int]], torch.Tensor], rank: int, num_processes: int,
-                 *, batch_size: int = 8, store_dtype=np.float32, progress: bool = False, desc: str = "") -> Path:
+def encode_shard(
+    folder: Path,
+    count: int,
+    encode: Callable[[list[int]], torch.Tensor],
+    rank: int,
+    num_processes: int,
+    *,
+    batch_size: int = 8,
+    store_dtype=np.float32,
+    progress: bool = False,
+    desc: str = "",
+) -> Path:
     """This rank's part: keys rank, rank + N, ... encoded in batches, written atomically."""
     mine = list(range(rank, count, num_processes))
     chunks = []
     with torch.no_grad():
         for s in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress):
-            chunks.append(encode(mine[s:s + batch_size]).numpy().astype(store_dtype))
+            chunks.append(encode(mine[s : s + batch_size]).numpy().astype(store_dtype))
     path = part_path(folder, rank, num_processes)
     with atomic_file(path) as tmp, tmp.open("wb") as fh:
         np.save(fh, np.concatenate(chunks) if chunks else np.zeros((0, 2), store_dtype))

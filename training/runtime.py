@@ -42,6 +42,7 @@ class TrainResult:
 
 # --- precision, accelerator, seeds ------------------------------------------------------------------
 
+
 def check_precision(config: TrainingConfig, *, file: str | Path | None = None) -> None:
     """Refuse, before anything is loaded or written, a precision this machine cannot run."""
     mp = config.mixed_precision
@@ -50,7 +51,8 @@ def check_precision(config: TrainingConfig, *, file: str | Path | None = None) -
     if mp == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise InputError(
             f"bf16 mixed precision is not supported by this GPU ({torch.cuda.get_device_name()}); use fp16 or no",
-            file=file, field="mixed_precision",
+            file=file,
+            field="mixed_precision",
         )
 
 
@@ -78,7 +80,9 @@ def make_accelerator(config: TrainingConfig, resume: checkpoints.ResumePoint | N
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(config.output_dir), logging_dir=str(config.output_dir / "logs")
+        ),
     )
     checkpoints.check_world_size(resume, accelerator.num_processes)
     set_seed(config.seed, device_specific=False)
@@ -132,12 +136,16 @@ def optimizer_and_schedule(params, config: TrainingConfig, num_processes: int):
     from diffusers.optimization import get_scheduler
 
     optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.weight_decay, eps=config.adam_epsilon,
+        params,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.weight_decay,
+        eps=config.adam_epsilon,
     )
     # a prepared scheduler steps once per process per optimizer step
     schedule = get_scheduler(
-        config.lr_scheduler, optimizer=optimizer,
+        config.lr_scheduler,
+        optimizer=optimizer,
         num_warmup_steps=config.lr_warmup_steps * num_processes,
         num_training_steps=config.max_train_steps * num_processes,
     )
@@ -160,7 +168,9 @@ class JsonlLog:
             fh.write(json.dumps(record) + "\n")
         if self.accelerator is not None and self.accelerator.log_with:
             step = record.get("step")
-            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+            self.accelerator.log(
+                {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step
+            )
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -223,10 +233,13 @@ def load_component(cls, base: str, subfolder: str, revision: str | None, **kwarg
     try:
         return cls.from_pretrained(base, subfolder=subfolder, revision=revision, **kwargs)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load component '{subfolder}': {exc}".splitlines()[0], file=base, field="base_model") from None
+        raise InputError(
+            f"cannot load component '{subfolder}': {exc}".splitlines()[0], file=base, field="base_model"
+        ) from None
 
 
 # --- LoRA ---------------------------------------------------------------------------------------------------
+
 
 def lora_targets_matched(model: torch.nn.Module, targets: list[str]) -> list[str]:
     """Module names matched by PEFT-style suffix targets."""
@@ -241,12 +254,18 @@ def add_lora(model: torch.nn.Module, options, *, file: str | Path | None = None)
     if not matched:
         raise InputError(
             f"LoRA target modules {options.target_modules} match no layer of {type(model).__name__}",
-            file=file, field="lora.target_modules",
+            file=file,
+            field="lora.target_modules",
         )
-    model.add_adapter(LoraConfig(
-        r=options.rank, lora_alpha=options.alpha or options.rank, lora_dropout=options.dropout,
-        init_lora_weights="gaussian", target_modules=options.target_modules,
-    ))
+    model.add_adapter(
+        LoraConfig(
+            r=options.rank,
+            lora_alpha=options.alpha or options.rank,
+            lora_dropout=options.dropout,
+            init_lora_weights="gaussian",
+            target_modules=options.target_modules,
+        )
+    )
 
 
 def lora_config(model: torch.nn.Module) -> dict[str, Any]:
@@ -292,6 +311,7 @@ def load_adapter(model: torch.nn.Module, folder: Path) -> None:
 
 # --- the training loop --------------------------------------------------------------------------------------
 
+
 def loader_workers(config: TrainingConfig, accelerator) -> int:
     """``dataloader_num_workers``, or by default min(4, cores per local process - 1), at least 1."""
     if config.dataloader_num_workers is not None:
@@ -300,8 +320,9 @@ def loader_workers(config: TrainingConfig, accelerator) -> int:
     return max(1, min(4, cpu_count() // max(1, local) - 1))
 
 
-def resume_loader(accelerator, config: TrainingConfig, dataset, resume_point: checkpoints.ResumePoint | None
-                  ) -> tuple[Iterator[dict], int]:
+def resume_loader(
+    accelerator, config: TrainingConfig, dataset, resume_point: checkpoints.ResumePoint | None
+) -> tuple[Iterator[dict], int]:
     """The batch iterator positioned after the resumed step, and that step (0 on a fresh start).
     From here on each rank has its own RNG stream (restored from the checkpoint on resume)."""
     from mammosynth.training import data as tdata
@@ -310,8 +331,11 @@ def resume_loader(accelerator, config: TrainingConfig, dataset, resume_point: ch
     # the loader iterator draws a seed from the global RNG: create it before load_state restores the RNG
     start_step = resume_point.step if resume_point is not None else 0
     batches = tdata.shard_batches(
-        len(dataset), config.train_batch_size, process_index=accelerator.process_index,
-        num_processes=accelerator.num_processes, seed=config.seed,
+        len(dataset),
+        config.train_batch_size,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        seed=config.seed,
         start_batch=start_step * config.gradient_accumulation_steps,
     )
     loader = iter(tdata.make_loader(dataset, batches, loader_workers(config, accelerator)))
@@ -321,11 +345,24 @@ def resume_loader(accelerator, config: TrainingConfig, dataset, resume_point: ch
 
 
 def run_steps(
-    accelerator, config: TrainingConfig, model: torch.nn.Module, params, optimizer, lr_schedule,
-    loader: Iterator[dict], *, start_step: int, resumed_from: int | None,
-    loss: Callable[[dict], torch.Tensor], probe: Callable[[], float],
-    validation_images: Callable[[torch.nn.Module, int], Any], write_final: Callable[[torch.nn.Module, int], Path],
-    tracker: str, desc: str, extra: dict | None = None, stop_after: int | None = None,
+    accelerator,
+    config: TrainingConfig,
+    model: torch.nn.Module,
+    params,
+    optimizer,
+    lr_schedule,
+    loader: Iterator[dict],
+    *,
+    start_step: int,
+    resumed_from: int | None,
+    loss: Callable[[dict], torch.Tensor],
+    probe: Callable[[], float],
+    validation_images: Callable[[torch.nn.Module, int], Any],
+    write_final: Callable[[torch.nn.Module, int], Path],
+    tracker: str,
+    desc: str,
+    extra: dict | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """The optimizer-step loop both trainers share, as in diffusers' training examples: ``loss(batch)``
     is one micro-batch's loss; every ``log_every`` / ``checkpointing_steps`` / ``validation_steps``
@@ -377,8 +414,14 @@ def run_steps(
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
         if global_step % config.log_every == 0:
-            log.write({"step": global_step, "loss": step_loss, "lr": lr_schedule.get_last_lr()[0],
-                       "samples_per_s_per_device": config.train_batch_size * config.gradient_accumulation_steps / elapsed})
+            log.write(
+                {
+                    "step": global_step,
+                    "loss": step_loss,
+                    "lr": lr_schedule.get_last_lr()[0],
+                    "samples_per_s_per_device": config.train_batch_size * config.gradient_accumulation_steps / elapsed,
+                }
+            )
         if global_step % config.checkpointing_steps == 0 and global_step < config.max_train_steps:
             checkpoints.save_checkpoint(accelerator, config, global_step, extra=extra)
         if config.validation_steps and global_step % config.validation_steps == 0:

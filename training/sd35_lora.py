@@ -20,22 +20,35 @@ from mammosynth.training import data as tdata
 from mammosynth.training.config import SD35LoraConfig
 from mammosynth.training.latent_cache import LatentCache, encode_distribution
 
-COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "text_encoder_3",
-              "tokenizer", "tokenizer_2", "tokenizer_3")
+COMPONENTS = (
+    "transformer",
+    "vae",
+    "scheduler",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+)
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 @torch.no_grad()
-def encode_prompts(base: str, revision: str | None, prompts: list[str], device, dtype, max_sequence_length: int,
-                   batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    base: str, revision: str | None, prompts: list[str], device, dtype, max_sequence_length: int, batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt embeddings with the pipeline's own encode_prompt (what generation uses), then the
     three text encoders are dropped."""
     from diffusers import StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     parts = {}
-    for name, cls in (("text_encoder", CLIPTextModelWithProjection), ("text_encoder_2", CLIPTextModelWithProjection),
-                      ("text_encoder_3", T5EncoderModel)):
+    for name, cls in (
+        ("text_encoder", CLIPTextModelWithProjection),
+        ("text_encoder_2", CLIPTextModelWithProjection),
+        ("text_encoder_3", T5EncoderModel),
+    ):
         parts[name] = runtime.load_component(cls, base, name, revision, torch_dtype=dtype)
     for name, cls in (("tokenizer", CLIPTokenizer), ("tokenizer_2", CLIPTokenizer), ("tokenizer_3", T5TokenizerFast)):
         parts[name] = runtime.load_component(cls, base, name, revision)
@@ -43,9 +56,15 @@ def encode_prompts(base: str, revision: str | None, prompts: list[str], device, 
     pipe.to(device)
     embeds, pooled = [], []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        e, _, p, _ = pipe.encode_prompt(chunk, chunk, chunk, device=device, do_classifier_free_guidance=False,
-                                        max_sequence_length=max_sequence_length)
+        chunk = prompts[start : start + batch_size]
+        e, _, p, _ = pipe.encode_prompt(
+            chunk,
+            chunk,
+            chunk,
+            device=device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=max_sequence_length,
+        )
         embeds.append(e)
         pooled.append(p)
     del pipe, parts
@@ -53,22 +72,28 @@ def encode_prompts(base: str, revision: str | None, prompts: list[str], device, 
     return torch.cat(embeds), torch.cat(pooled)
 
 
-def sample_sigmas(scheduler, batch_size: int, config: SD35LoraConfig, generator: torch.Generator | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_sigmas(
+    scheduler, batch_size: int, config: SD35LoraConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(timesteps, sigmas) of a batch, drawn by the SD3 timestep density ``weighting_scheme``."""
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
     u = compute_density_for_timestep_sampling(
-        weighting_scheme=config.weighting_scheme, batch_size=batch_size, logit_mean=config.logit_mean,
-        logit_std=config.logit_std, mode_scale=config.mode_scale, generator=generator,
+        weighting_scheme=config.weighting_scheme,
+        batch_size=batch_size,
+        logit_mean=config.logit_mean,
+        logit_std=config.logit_std,
+        mode_scale=config.mode_scale,
+        generator=generator,
     )
     n = scheduler.config.num_train_timesteps
     indices = (u * n).long().clamp(max=n - 1)
     return scheduler.timesteps[indices], scheduler.sigmas[indices]
 
 
-def flow_matching_terms(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, weighting_scheme: str
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flow_matching_terms(
+    latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, weighting_scheme: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rectified flow (SD3): the noisy input x_t = (1 - s) x0 + s n, the velocity target n - x0,
     and the per-sample loss weight of ``weighting_scheme``."""
     from diffusers.training_utils import compute_loss_weighting_for_sd3
@@ -79,9 +104,18 @@ def flow_matching_terms(latents: torch.Tensor, noise: torch.Tensor, sigmas: torc
     return noisy, noise - latents, weighting
 
 
-def flow_matching_loss(transformer, scheduler, latents, prompt_embeds, pooled, config: SD35LoraConfig, *,
-                       noise: torch.Tensor | None = None, sigmas_timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def flow_matching_loss(
+    transformer,
+    scheduler,
+    latents,
+    prompt_embeds,
+    pooled,
+    config: SD35LoraConfig,
+    *,
+    noise: torch.Tensor | None = None,
+    sigmas_timesteps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The SD3 objective (as in diffusers' SD3 LoRA example): weighted MSE between the
     transformer's output and ``flow_matching_terms``' target; noise and timesteps drawn unless given."""
     bsz = latents.shape[0]
@@ -90,8 +124,13 @@ def flow_matching_loss(transformer, scheduler, latents, prompt_embeds, pooled, c
     noise = noise.to(latents)
     timesteps, sigmas = sigmas_timesteps or sample_sigmas(scheduler, bsz, config, generator)
     noisy, target, weighting = flow_matching_terms(latents, noise, sigmas, config.weighting_scheme)
-    pred = transformer(hidden_states=noisy, timestep=timesteps.to(latents.device), encoder_hidden_states=prompt_embeds,
-                       pooled_projections=pooled, return_dict=False)[0]
+    pred = transformer(
+        hidden_states=noisy,
+        timestep=timesteps.to(latents.device),
+        encoder_hidden_states=prompt_embeds,
+        pooled_projections=pooled,
+        return_dict=False,
+    )[0]
     return (weighting.float() * (pred.float() - target.float()) ** 2).reshape(bsz, -1).mean(1).mean()
 
 
@@ -99,8 +138,14 @@ def scale_latents(vae_config, z: torch.Tensor) -> torch.Tensor:
     return (z - vae_config.shift_factor) * vae_config.scaling_factor
 
 
-def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force: bool = False,
-                    stop_after: int | None = None, config_file: str | Path | None = None) -> runtime.TrainResult:
+def train_sd35_lora(
+    config: SD35LoraConfig,
+    *,
+    resume: str | None = None,
+    force: bool = False,
+    stop_after: int | None = None,
+    config_file: str | Path | None = None,
+) -> runtime.TrainResult:
     """Train; ``stop_after`` ends this run after that many optimizer steps (e.g. to fit a job's
     time limit) — rerun with ``resume="latest"`` to continue from the last checkpoint."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -112,11 +157,15 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
     accelerator = runtime.make_accelerator(config, resume_point)
     device, dtype = accelerator.device, runtime.weight_dtype(accelerator)
 
-    augment = tdata.Augment(config.resolution, config.resize_mode, config.hflip_prob, config.intensity_jitter, config.unflip)
+    augment = tdata.Augment(
+        config.resolution, config.resize_mode, config.hflip_prob, config.intensity_jitter, config.unflip
+    )
     dataset = tdata.Text2ImageData(ds, meta, augment, seed=config.seed, vendor=config.caption_vendor)
     validation_prompts = [schema.text2image_prompt(**kw) for kw in config.validation_prompts]
     all_prompts = dataset.prompts + validation_prompts + [""]
-    embeds, pooled = encode_prompts(config.base_model, config.revision, all_prompts, device, dtype, config.max_sequence_length)
+    embeds, pooled = encode_prompts(
+        config.base_model, config.revision, all_prompts, device, dtype, config.max_sequence_length
+    )
 
     transformer = runtime.load_component(SD3Transformer2DModel, config.base_model, "transformer", config.revision)
     vae = runtime.load_component(AutoencoderKL, config.base_model, "vae", config.revision)
@@ -137,8 +186,11 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
     latent_cache = None
     if config.cache_latents:
         latent_cache = LatentCache.build(
-            config.output_dir / "cache" / "latents", len(dataset),
-            lambda keys: encode_distribution(vae, torch.stack([dataset.pixels(k) for k in keys])), accelerator)
+            config.output_dir / "cache" / "latents",
+            len(dataset),
+            lambda keys: encode_distribution(vae, torch.stack([dataset.pixels(k) for k in keys])),
+            accelerator,
+        )
         dataset.decode_pixels = False
         vae.to("cpu")  # not needed on the GPU until validation images
         runtime.free_memory()
@@ -174,15 +226,27 @@ def train_sd35_lora(config: SD35LoraConfig, *, resume: str | None = None, force:
 
     def validation_images(model, step: int) -> list[Path]:
         with runtime.on_device(vae, device):
-            return _validation_images(model, vae, scheduler, embeds, pooled, len(dataset.prompts), validation_prompts,
-                                      config, step)
+            return _validation_images(
+                model, vae, scheduler, embeds, pooled, len(dataset.prompts), validation_prompts, config, step
+            )
 
     return runtime.run_steps(
-        accelerator, config, transformer, params, optimizer, lr_schedule, loader,
-        start_step=start_step, resumed_from=resume_point.step if resume_point else None,
-        loss=loss, probe=probe, validation_images=validation_images,
+        accelerator,
+        config,
+        transformer,
+        params,
+        optimizer,
+        lr_schedule,
+        loader,
+        start_step=start_step,
+        resumed_from=resume_point.step if resume_point else None,
+        loss=loss,
+        probe=probe,
+        validation_images=validation_images,
         write_final=lambda model, step: _write_final(model, config, ds, meta, local, step),
-        tracker="sd35_lora", desc="sd35-lora", stop_after=stop_after,
+        tracker="sd35_lora",
+        desc="sd35-lora",
+        stop_after=stop_after,
     )
 
 
@@ -192,8 +256,15 @@ def _validation_images(transformer, vae, scheduler, embeds, pooled, first, promp
     from diffusers import StableDiffusion3Pipeline
 
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae, scheduler=copy.deepcopy(scheduler),
-        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+        transformer=transformer,
+        vae=vae,
+        scheduler=copy.deepcopy(scheduler),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
     )
     pipe.set_progress_bar_config(disable=True)
     folder = config.output_dir / "validation" / f"step-{step:06d}"
@@ -205,9 +276,13 @@ def _validation_images(transformer, vae, scheduler, embeds, pooled, first, promp
         for seed in config.validation_seeds:
             k = first + p_i
             image = pipe(
-                prompt_embeds=embeds[k:k + 1].to(dtype), pooled_prompt_embeds=pooled[k:k + 1].to(dtype),
-                negative_prompt_embeds=embeds[neg:neg + 1].to(dtype), negative_pooled_prompt_embeds=pooled[neg:neg + 1].to(dtype),
-                height=config.resolution, width=config.resolution, guidance_scale=config.guidance_scale,
+                prompt_embeds=embeds[k : k + 1].to(dtype),
+                pooled_prompt_embeds=pooled[k : k + 1].to(dtype),
+                negative_prompt_embeds=embeds[neg : neg + 1].to(dtype),
+                negative_pooled_prompt_embeds=pooled[neg : neg + 1].to(dtype),
+                height=config.resolution,
+                width=config.resolution,
+                guidance_scale=config.guidance_scale,
                 num_inference_steps=config.validation_inference_steps,
                 generator=torch.Generator().manual_seed(seed),
             ).images[0]
@@ -225,20 +300,25 @@ def _write_final(transformer, config: SD35LoraConfig, ds, meta, local, step: int
     final = config.output_dir / "final"
     with atomic_dir(final) as tmp:
         StableDiffusion3Pipeline.save_lora_weights(
-            tmp, transformer_lora_layers=runtime.adapter_state(transformer), weight_name=LORA_WEIGHTS,
+            tmp,
+            transformer_lora_layers=runtime.adapter_state(transformer),
+            weight_name=LORA_WEIGHTS,
             transformer_lora_adapter_metadata=runtime.lora_config(transformer),
         )
         runtime.save_adapter(transformer, tmp)
-        runtime.write_metadata(tmp, {
-            "kind": "sd35-lora",
-            **runtime.base_identity(config.base_model, config.revision, local),
-            "data_sha256": tdata.data_hash(ds, meta),
-            "num_images": len(meta),
-            "steps": step,
-            "prompt_template": schema.TEXT2IMAGE_TEMPLATE,
-            "max_sequence_length": config.max_sequence_length,
-            "lora_rank": config.lora.rank,
-            "lora_alpha": config.lora.alpha or config.lora.rank,
-            "config": config.model_dump(mode="json"),
-        })
+        runtime.write_metadata(
+            tmp,
+            {
+                "kind": "sd35-lora",
+                **runtime.base_identity(config.base_model, config.revision, local),
+                "data_sha256": tdata.data_hash(ds, meta),
+                "num_images": len(meta),
+                "steps": step,
+                "prompt_template": schema.TEXT2IMAGE_TEMPLATE,
+                "max_sequence_length": config.max_sequence_length,
+                "lora_rank": config.lora.rank,
+                "lora_alpha": config.lora.alpha or config.lora.rank,
+                "config": config.model_dump(mode="json"),
+            },
+        )
     return final

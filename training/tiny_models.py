@@ -234,4 +234,3 @@ def write_tiny_sd3(path: str | Path, seed: int = 0) -> Path:
 def write_tiny_sd2_inpainting(path: str | Path, seed: int = 0) -> Path:
     """Write a tiny SD2-inpainting folder; load it with ``StableDiffusionInpaintPipeline.from_pretrained``."""
     return _write_atomic(build_tiny_sd2_inpainting(seed), path)
-

@@ -132,7 +132,9 @@ def _shard_record(path: Path) -> dict[str, Any]:
     if not isinstance(skipped, list) or not all(
         isinstance(s, dict) and all(isinstance(v, str) for v in s.values()) for s in skipped
     ):
-        raise InputError("unreadable shard statistics: expected a list of {image_id, reason}", file=path, field="skipped")
+        raise InputError(
+            "unreadable shard statistics: expected a list of {image_id, reason}", file=path, field="skipped"
+        )
     return record
 
 

@@ -165,7 +165,9 @@ def judged_gate(gate: str, th: Thresholds, summary: str, figures: dict[str, Any]
     return Gate(status=judge(gate, figures, th), summary=summary, **figures)
 
 
-def flagged_gate(gate: str, flags: list[Flag], checks: Iterable[str], n_rows: int, th: Thresholds, **figures: Any) -> Gate:
+def flagged_gate(
+    gate: str, flags: list[Flag], checks: Iterable[str], n_rows: int, th: Thresholds, **figures: Any
+) -> Gate:
     """A per-image gate over ``flags`` (findings of ``checks``): it fails when more than
     ``max_flagged_fraction`` of the rows are flagged."""
     ids = {f.image_id for f in flags}

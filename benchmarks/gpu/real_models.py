@@ -19,8 +19,12 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 REAL = {"sd35-large": "StableDiffusion3Pipeline", "sd2-inpainting": "StableDiffusionInpaintPipeline"}
 TINY = {"tiny-sd3": "StableDiffusion3Pipeline", "tiny-sd2-inpainting": "StableDiffusionInpaintPipeline"}
 KINDS = {**REAL, **TINY}
-FOR_ARCH = {("real", "text2image"): "sd35-large", ("real", "inpainting"): "sd2-inpainting",
-            ("tiny", "text2image"): "tiny-sd3", ("tiny", "inpainting"): "tiny-sd2-inpainting"}
+FOR_ARCH = {
+    ("real", "text2image"): "sd35-large",
+    ("real", "inpainting"): "sd2-inpainting",
+    ("tiny", "text2image"): "tiny-sd3",
+    ("tiny", "inpainting"): "tiny-sd2-inpainting",
+}
 
 
 def _config(kind: str, component: str) -> dict:
@@ -44,7 +48,11 @@ def _clip(cls, kind: str, component: str, tokenizer):
     from transformers import CLIPTextConfig
 
     cfg = {k: v for k, v in _config(kind, component).items() if not k.startswith("_")}
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     return cls(CLIPTextConfig(**{**cfg, **ids}))
 
 
@@ -71,7 +79,9 @@ def build(kind: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
                 text_encoder=_clip(CLIPTextModelWithProjection, kind, "text_encoder", tiny.tokenizer),
                 text_encoder_2=_clip(CLIPTextModelWithProjection, kind, "text_encoder_2", tiny.tokenizer_2),
                 text_encoder_3=T5EncoderModel(T5Config(**t5)),
-                tokenizer=tiny.tokenizer, tokenizer_2=tiny.tokenizer_2, tokenizer_3=tiny.tokenizer_3,
+                tokenizer=tiny.tokenizer,
+                tokenizer_2=tiny.tokenizer_2,
+                tokenizer_3=tiny.tokenizer_3,
                 scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(_config(kind, "scheduler")),
             )
     elif kind == "sd2-inpainting":
@@ -83,7 +93,9 @@ def build(kind: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
                 text_encoder=_clip(CLIPTextModel, kind, "text_encoder", tiny.tokenizer),
                 tokenizer=tiny.tokenizer,
                 scheduler=diffusers.PNDMScheduler.from_config(_config(kind, "scheduler")),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
             )
     else:
         raise ValueError(f"unknown kind {kind!r}; one of {sorted(KINDS)}")

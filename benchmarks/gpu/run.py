@@ -28,27 +28,164 @@ PY = sys.executable
 # with step and image counts cut to fit one 8-minute session.
 STAGES = {
     "real": [
-        ("generate-inpainting", 100, ["benchmarks/generate.py", "--arch", "real", "--method", "inpainting", "--images", "8",
-                                      "--repeats", "2", "--variants", "full_frame,window,window+compile"]),
-        ("generate-text2image", 140, ["benchmarks/generate.py", "--arch", "real", "--method", "text2image", "--images", "2",
-                                      "--steps", "6", "--repeats", "1",
-                                      "--variants", "default,fuse_qkv,compile_blocks,fp8,fuse_qkv+compile_blocks+fp8"]),
-        ("train-inpaint", 60, ["benchmarks/train.py", "--arch", "real", "--trainer", "inpaint", "--steps", "6", "--batch", "4",
-                               "--resolution", "512"]),
-        ("train-sd35-lora", 90, ["benchmarks/train.py", "--arch", "real", "--trainer", "sd35-lora", "--steps", "4", "--batch", "3",
-                                 "--resolution", "1024"]),
-        ("smoke-inpaint", 60, ["benchmarks/gpu/smoke.py", "--arch", "real", "--trainer", "inpaint", "--resolution", "512"]),
-        ("smoke-sd35-lora", 120, ["benchmarks/gpu/smoke.py", "--arch", "real", "--trainer", "sd35-lora", "--resolution", "512"]),
+        (
+            "generate-inpainting",
+            100,
+            [
+                "benchmarks/generate.py",
+                "--arch",
+                "real",
+                "--method",
+                "inpainting",
+                "--images",
+                "8",
+                "--repeats",
+                "2",
+                "--variants",
+                "full_frame,window,window+compile",
+            ],
+        ),
+        (
+            "generate-text2image",
+            140,
+            [
+                "benchmarks/generate.py",
+                "--arch",
+                "real",
+                "--method",
+                "text2image",
+                "--images",
+                "2",
+                "--steps",
+                "6",
+                "--repeats",
+                "1",
+                "--variants",
+                "default,fuse_qkv,compile_blocks,fp8,fuse_qkv+compile_blocks+fp8",
+            ],
+        ),
+        (
+            "train-inpaint",
+            60,
+            [
+                "benchmarks/train.py",
+                "--arch",
+                "real",
+                "--trainer",
+                "inpaint",
+                "--steps",
+                "6",
+                "--batch",
+                "4",
+                "--resolution",
+                "512",
+            ],
+        ),
+        (
+            "train-sd35-lora",
+            90,
+            [
+                "benchmarks/train.py",
+                "--arch",
+                "real",
+                "--trainer",
+                "sd35-lora",
+                "--steps",
+                "4",
+                "--batch",
+                "3",
+                "--resolution",
+                "1024",
+            ],
+        ),
+        (
+            "smoke-inpaint",
+            60,
+            ["benchmarks/gpu/smoke.py", "--arch", "real", "--trainer", "inpaint", "--resolution", "512"],
+        ),
+        (
+            "smoke-sd35-lora",
+            120,
+            ["benchmarks/gpu/smoke.py", "--arch", "real", "--trainer", "sd35-lora", "--resolution", "512"],
+        ),
     ],
     "tiny": [
-        ("generate-inpainting", 120, ["benchmarks/generate.py", "--arch", "tiny", "--method", "inpainting", "--images", "2",
-                                      "--steps", "2", "--repeats", "1", "--resolution", "64", "--variants", "full_frame,window"]),
-        ("generate-text2image", 120, ["benchmarks/generate.py", "--arch", "tiny", "--method", "text2image", "--images", "2",
-                                      "--steps", "2", "--repeats", "1", "--resolution", "64", "--variants", "default,fuse_qkv,fp8"]),
-        ("train-inpaint", 120, ["benchmarks/train.py", "--arch", "tiny", "--trainer", "inpaint", "--steps", "2", "--batch", "2",
-                                "--resolution", "64"]),
-        ("train-sd35-lora", 120, ["benchmarks/train.py", "--arch", "tiny", "--trainer", "sd35-lora", "--steps", "2", "--batch", "2",
-                                  "--resolution", "64"]),
+        (
+            "generate-inpainting",
+            120,
+            [
+                "benchmarks/generate.py",
+                "--arch",
+                "tiny",
+                "--method",
+                "inpainting",
+                "--images",
+                "2",
+                "--steps",
+                "2",
+                "--repeats",
+                "1",
+                "--resolution",
+                "64",
+                "--variants",
+                "full_frame,window",
+            ],
+        ),
+        (
+            "generate-text2image",
+            120,
+            [
+                "benchmarks/generate.py",
+                "--arch",
+                "tiny",
+                "--method",
+                "text2image",
+                "--images",
+                "2",
+                "--steps",
+                "2",
+                "--repeats",
+                "1",
+                "--resolution",
+                "64",
+                "--variants",
+                "default,fuse_qkv,fp8",
+            ],
+        ),
+        (
+            "train-inpaint",
+            120,
+            [
+                "benchmarks/train.py",
+                "--arch",
+                "tiny",
+                "--trainer",
+                "inpaint",
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--resolution",
+                "64",
+            ],
+        ),
+        (
+            "train-sd35-lora",
+            120,
+            [
+                "benchmarks/train.py",
+                "--arch",
+                "tiny",
+                "--trainer",
+                "sd35-lora",
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--resolution",
+                "64",
+            ],
+        ),
         ("smoke-inpaint", 180, ["benchmarks/gpu/smoke.py", "--arch", "tiny", "--trainer", "inpaint"]),
         ("smoke-sd35-lora", 180, ["benchmarks/gpu/smoke.py", "--arch", "tiny", "--trainer", "sd35-lora"]),
     ],
@@ -58,12 +195,21 @@ STAGES = {
 def environment() -> dict:
     import torch
 
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
-           "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    env = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     if shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv,noheader"],
-                           capture_output=True, text=True)
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         env["nvidia_smi"] = q.stdout.strip()
     from importlib.metadata import PackageNotFoundError, version
 
@@ -104,7 +250,9 @@ def main() -> None:
             fh.write(f"\n=== {name} (budget {min(budget, left):.0f} s)\n$ {' '.join(full)}\n")
             fh.flush()
             try:
-                rc = subprocess.run(full, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=min(budget, left)).returncode
+                rc = subprocess.run(
+                    full, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=min(budget, left)
+                ).returncode
                 status = "ok" if rc == 0 else f"failed (exit {rc})"
             except subprocess.TimeoutExpired:
                 status = f"timed out after {min(budget, left):.0f} s"
@@ -113,8 +261,11 @@ def main() -> None:
             with log.open("a") as fh:
                 fh.write(smoke_log.read_text()[-20000:])
             smoke_log.unlink()
-        summary["stages"][name] = {"status": status, "seconds": round(time.perf_counter() - t0, 1),
-                                   "result": result.name if result.exists() else None}
+        summary["stages"][name] = {
+            "status": status,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "result": result.name if result.exists() else None,
+        }
         print(f"{name}: {status} ({summary['stages'][name]['seconds']} s)", flush=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

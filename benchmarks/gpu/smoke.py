@@ -26,8 +26,12 @@ import real_models  # noqa: E402
 
 from helpers.synthetic import write_trainer_set  # noqa: E402
 
-KIND = {("real", "sd35-lora"): "sd35-large", ("real", "inpaint"): "sd2-inpainting",
-        ("tiny", "sd35-lora"): "tiny-sd3", ("tiny", "inpaint"): "tiny-sd2-inpainting"}
+KIND = {
+    ("real", "sd35-lora"): "sd35-large",
+    ("real", "inpaint"): "sd2-inpainting",
+    ("tiny", "sd35-lora"): "tiny-sd3",
+    ("tiny", "inpaint"): "tiny-sd2-inpainting",
+}
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> dict:
@@ -57,8 +61,14 @@ def main() -> None:
     work = args.work / args.trainer
     work.mkdir(parents=True, exist_ok=True)
     log = args.out.with_suffix(".log")
-    result: dict = {"trainer": args.trainer, "arch": args.arch, "resolution": res, "steps": args.steps, "ok": False,
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    result: dict = {
+        "trainer": args.trainer,
+        "arch": args.arch,
+        "resolution": res,
+        "steps": args.steps,
+        "ok": False,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
     t0 = time.perf_counter()
     kind = KIND[(args.arch, args.trainer)]
@@ -69,22 +79,45 @@ def main() -> None:
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     out = work / "run"
-    config = {"prepared": str(prepared), "base_model": str(base), "output_dir": str(out), "resolution": res,
-              "train_batch_size": 1, "gradient_accumulation_steps": 1, "max_train_steps": args.steps,
-              "checkpointing_steps": args.steps - 1, "validation_inference_steps": 2, "validation_seeds": [0],
-              "gradient_checkpointing": True}  # mixed precision: the default (bf16)
+    config = {
+        "prepared": str(prepared),
+        "base_model": str(base),
+        "output_dir": str(out),
+        "resolution": res,
+        "train_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "max_train_steps": args.steps,
+        "checkpointing_steps": args.steps - 1,
+        "validation_inference_steps": 2,
+        "validation_seeds": [0],
+        "gradient_checkpointing": True,
+    }  # mixed precision: the default (bf16)
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "mammosynth.training", args.trainer, str(cfg)] + (["--birads", "4"] if args.trainer == "inpaint" else [])
+    cmd = [sys.executable, "-m", "mammosynth.training", args.trainer, str(cfg)] + (
+        ["--birads", "4"] if args.trainer == "inpaint" else []
+    )
     env_note = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES",)}
     result["first"] = run([*cmd, "--stop-after", str(args.steps - 1)], log, max(1, deadline - time.perf_counter()))
-    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").is_dir() else []
+    checkpoints = (
+        sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").is_dir() else []
+    )
     result["checkpoints_after_stop"] = checkpoints
     result["resumed"] = run([*cmd, "--resume", "latest"], log, max(1, deadline - time.perf_counter()))
-    validation = sorted(str(p.relative_to(out)) for p in (out / "validation").rglob("*.png")) if (out / "validation").is_dir() else []
+    validation = (
+        sorted(str(p.relative_to(out)) for p in (out / "validation").rglob("*.png"))
+        if (out / "validation").is_dir()
+        else []
+    )
     final = sorted(p.name for p in (out / "final").iterdir()) if (out / "final").is_dir() else []
     result.update(validation_images=validation, final=final, env=env_note)
-    result["ok"] = (result["first"]["rc"] == 0 and result["resumed"]["rc"] == 0 and bool(checkpoints) and bool(validation) and bool(final))
+    result["ok"] = (
+        result["first"]["rc"] == 0
+        and result["resumed"]["rc"] == 0
+        and bool(checkpoints)
+        and bool(validation)
+        and bool(final)
+    )
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     sys.exit(0 if result["ok"] else 1)

@@ -98,8 +98,12 @@ def source_uses(spec: Any, tables: dict[str, Any]) -> dict[str, SourceUse]:
             for used in embedded_images(row):
                 name = spec.source.name if of_image is None else of_image.get(used)
                 if name is None:
-                    raise InputError(f"embeds image {used!r}, which the prepared set does not hold",
-                                     file=prepared, record=image_id, field="source_image")
+                    raise InputError(
+                        f"embeds image {used!r}, which the prepared set does not hold",
+                        file=prepared,
+                        record=image_id,
+                        field="source_image",
+                    )
                 rows[name][method] += 1
                 images[name].add(used)
     out = {}
@@ -134,5 +138,4 @@ def read_sources(path: Path) -> dict[str, SourceUse]:
     return out
 
 
-__all__ = ["SOURCES_FILE", "SourceUse", "source_uses", "restricted", "write_sources", "read_sources",
-           "embedded_images"]
+__all__ = ["SOURCES_FILE", "SourceUse", "source_uses", "restricted", "write_sources", "read_sources", "embedded_images"]

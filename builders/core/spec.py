@@ -11,9 +11,18 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field, field_validator, model_validator
 
-from mammosynth.builders.core.run_layout import RunLayout
 from mammosynth.builders.core.config_io import StrictModel, load_model
-from mammosynth.builders.core.schema import DENSITIES, LATERALITIES, METHODS, VIEWS, BiradsInt, Density, Laterality, View
+from mammosynth.builders.core.run_layout import RunLayout
+from mammosynth.builders.core.schema import (
+    DENSITIES,
+    LATERALITIES,
+    METHODS,
+    VIEWS,
+    BiradsInt,
+    Density,
+    Laterality,
+    View,
+)
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
@@ -43,13 +52,21 @@ class Text2ImageParams(StrictModel):
     densities: list[Density] = Field(default_factory=lambda: list(DENSITIES), min_length=1)
     vendor_in_prompt: str | None = None
     batch_size: int = Field(4, ge=1)
-    fuse_qkv: bool = Field(False, description="fuse each attention's Q, K and V projections into one matrix product (speed)")
-    compile_blocks: bool = Field(
-        False, description="torch.compile the transformer blocks (regional compilation: seconds to compile, faster steps)"
+    fuse_qkv: bool = Field(
+        False, description="fuse each attention's Q, K and V projections into one matrix product (speed)"
     )
-    fp8: bool = Field(False, description="fp8 matrix products in the transformer blocks (torchao; GPUs of compute capability 8.9+)")
+    compile_blocks: bool = Field(
+        False,
+        description="torch.compile the transformer blocks (regional compilation: seconds to compile, faster steps)",
+    )
+    fp8: bool = Field(
+        False, description="fp8 matrix products in the transformer blocks (torchao; GPUs of compute capability 8.9+)"
+    )
     max_sequence_length: int = Field(
-        77, ge=8, le=512, description="T5 prompt tokens; what `mammosynth train sd35-lora` trained with (its default: 77)"
+        77,
+        ge=8,
+        le=512,
+        description="T5 prompt tokens; what `mammosynth train sd35-lora` trained with (its default: 77)",
     )
 
 
@@ -70,7 +87,9 @@ class InpaintingParams(StrictModel):
         "windows batch and compile; pixels outside the box are the background's either way)",
     )
     window: int = Field(
-        512, ge=16, description="side of the denoised square in mode window (output pixels; a multiple of 8, at most resolution)"
+        512,
+        ge=16,
+        description="side of the denoised square in mode window (output pixels; a multiple of 8, at most resolution)",
     )
 
 
@@ -94,7 +113,11 @@ class PoissonParams(StrictModel):
     rotate: bool = True
     flip: bool = True
     max_tries: int = Field(500, ge=1)
-    workers: int | None = Field(None, ge=1, description="processes blending backgrounds in parallel (default: the CPU count); the images do not depend on it")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="processes blending backgrounds in parallel (default: the CPU count); the images do not depend on it",
+    )
 
     @field_validator("scale")
     @classmethod
@@ -185,9 +208,7 @@ class ReleaseSpec(StrictModel):
                 wanted = sorted({b for row in m.counts if row.n for b, _, _ in row.cells()})
                 missing = [b for b in wanted if b not in m.inpainting.checkpoints]
                 if missing:
-                    raise ValueError(
-                        f"methods.inpainting.inpainting.checkpoints: no checkpoint for BI-RADS {missing}"
-                    )
+                    raise ValueError(f"methods.inpainting.inpainting.checkpoints: no checkpoint for BI-RADS {missing}")
             if method == "poisson" and m.poisson is not None:
                 bad = sorted({b for row in m.counts if row.n for b, _, _ in row.cells()} - set(m.poisson.lesion_birads))
                 if bad:

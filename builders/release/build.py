@@ -188,8 +188,11 @@ def _run_stages(
     report = ValidationReport.read_verified(layout.report_json)  # statuses re-derived from its figures
     # ... judged with the thresholds this spec asks for (an edit of both figures and thresholds is caught)
     if report.thresholds != resolve_thresholds(None, spec).model_dump(mode="json"):
-        raise InputError("the validation report was judged with other thresholds than the spec's; validate again",
-                         file=layout.report_json, field="thresholds")
+        raise InputError(
+            "the validation report was judged with other thresholds than the spec's; validate again",
+            file=layout.report_json,
+            field="thresholds",
+        )
     overrides: list[Override] = []
     if not report.passed:
         if not (drop_failed or force):
@@ -205,8 +208,12 @@ def _run_stages(
     data: ReleaseData = load_release_data(spec, drop)
     unvalidated = report.rows_not_validated({i: h for m in data.methods for i, h in data.image_hashes(m).items()})
     if unvalidated:
-        raise InputError(f"the validation report does not describe {len(unvalidated)} row(s) to be released "
-                         f"(e.g. {unvalidated[0]}); validate again", file=layout.report_json, field="row_hashes")
+        raise InputError(
+            f"the validation report does not describe {len(unvalidated)} row(s) to be released "
+            f"(e.g. {unvalidated[0]}); validate again",
+            file=layout.report_json,
+            field="row_hashes",
+        )
     result.dropped = sum(len(v) for v in data.dropped.values())
     if result.dropped:
         echo(f"dropping {result.dropped} row(s) that failed validation")

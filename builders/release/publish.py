@@ -127,9 +127,12 @@ def plan_publish(
     if report is not None:
         unvalidated = report.rows_not_validated(rel.row_hashes())
         if unvalidated:
-            raise InputError(f"the validation report does not describe {len(unvalidated)} released row(s) "
-                             f"(e.g. {unvalidated[0]}); build the release again", file=rel.report_path,
-                             field="row_hashes")
+            raise InputError(
+                f"the validation report does not describe {len(unvalidated)} released row(s) "
+                f"(e.g. {unvalidated[0]}); build the release again",
+                file=rel.report_path,
+                field="row_hashes",
+            )
     if report is None or not report.passed:
         what = "missing" if report is None else "failed"
         if not force:
@@ -141,7 +144,9 @@ def plan_publish(
     blocked = rel.restricted_sources() if visibility != "private" else {}
     if blocked:
         if not allow_restricted:
-            terms = ", ".join(f"{n} (licence {u.licence.licence}, {sum(u.rows.values())} rows)" for n, u in blocked.items())
+            terms = ", ".join(
+                f"{n} (licence {u.licence.licence}, {sum(u.rows.values())} rows)" for n, u in blocked.items()
+            )
             raise InputError(
                 f"rows embed pixels of {terms}, whose terms forbid redistribution; a {visibility} push is "
                 'refused (publish --private, or override with --allow-restricted-source --reason "...")',

@@ -102,8 +102,12 @@ class Release:
         blocked = {}
         for image, row in self.embedded_images().items():
             if image not in listed:
-                raise InputError(f"embeds image {image!r}, which {SOURCES_FILE} does not list; package it again",
-                                 file=self.folder / SOURCES_FILE, record=row, field="source_image")
+                raise InputError(
+                    f"embeds image {image!r}, which {SOURCES_FILE} does not list; package it again",
+                    file=self.folder / SOURCES_FILE,
+                    record=row,
+                    field="source_image",
+                )
             use = self.sources[listed[image]]
             if not use.licence.redistribution_allowed:
                 blocked[listed[image]] = use

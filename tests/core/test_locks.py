@@ -47,5 +47,8 @@ def test_keyed_locks_are_independent(tmp_path) -> None:
     with folder_lock(tmp_path / "generated", "generate", key="rank0"):
         with folder_lock(tmp_path / "generated", "generate", key="rank1"):  # another rank of the same run
             pass
-        with pytest.raises(InputError, match="in use by pid"), folder_lock(tmp_path / "generated", "generate", key="rank0"):
+        with (
+            pytest.raises(InputError, match="in use by pid"),
+            folder_lock(tmp_path / "generated", "generate", key="rank0"),
+        ):
             pass

@@ -6,16 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import synthetic as S
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.shard_writer import ShardWriter
-
-from helpers import synthetic as S
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [S.release_row(rng.integers(0, 255, (32, 32), dtype=np.uint8), f"t-{seed}-{i}", "text2image", 4, "CC", "L")
-            for i in range(n)]
+    return [
+        S.release_row(rng.integers(0, 255, (32, 32), dtype=np.uint8), f"t-{seed}-{i}", "text2image", 4, "CC", "L")
+        for i in range(n)
+    ]
 
 
 def test_truncated_shard_is_not_done_and_is_removed(tmp_path) -> None:

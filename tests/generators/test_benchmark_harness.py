@@ -26,8 +26,13 @@ def _billions(module) -> float:
 
 @pytest.mark.parametrize(
     "kind, sizes",
-    [("sd35-large", {"transformer": 8.06, "text_encoder_3": 4.76, "text_encoder_2": 0.695, "text_encoder": 0.124, "vae": 0.084}),
-     ("sd2-inpainting", {"unet": 0.866, "text_encoder": 0.340, "vae": 0.084})],
+    [
+        (
+            "sd35-large",
+            {"transformer": 8.06, "text_encoder_3": 4.76, "text_encoder_2": 0.695, "text_encoder": 0.124, "vae": 0.084},
+        ),
+        ("sd2-inpainting", {"unet": 0.866, "text_encoder": 0.340, "vae": 0.084}),
+    ],
 )
 def test_real_configs_build_the_released_architectures(kind, sizes):
     import real_models
@@ -42,8 +47,12 @@ def test_real_configs_pass_the_samplers_checks():
 
     from mammosynth.generators.pipelines import component_config, pipeline_folder, vae_factor
 
-    sd3 = pipeline_folder(str(real_models.config_folder("sd35-large", Path("."))), field="f", needs="transformer", kind="sd3")
-    sd2 = pipeline_folder(str(real_models.config_folder("sd2-inpainting", Path("."))), field="f", needs="unet", kind="sd2")
+    sd3 = pipeline_folder(
+        str(real_models.config_folder("sd35-large", Path("."))), field="f", needs="transformer", kind="sd3"
+    )
+    sd2 = pipeline_folder(
+        str(real_models.config_folder("sd2-inpainting", Path("."))), field="f", needs="unet", kind="sd2"
+    )
     assert vae_factor(sd3, field="f") == vae_factor(sd2, field="f") == 8
     assert component_config(sd2, "unet", field="f")["in_channels"] == 9
 
@@ -52,8 +61,26 @@ def test_generate_benchmark_records_ratios_on_cpu(tmp_path):
     import generate as bench
 
     out = tmp_path / "generate.json"
-    result = bench.main(["--arch", "tiny", "--method", "text2image", "--images", "1", "--steps", "1", "--repeats", "1",
-                         "--resolution", "64", "--variants", "default,fp8", "--out", str(out)])
+    result = bench.main(
+        [
+            "--arch",
+            "tiny",
+            "--method",
+            "text2image",
+            "--images",
+            "1",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--resolution",
+            "64",
+            "--variants",
+            "default,fp8",
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == result
     figures = result["figures"]["text2image"]
     assert list(result["figures"]) == ["text2image"]  # --method runs one method on its own
@@ -67,12 +94,23 @@ def test_generate_benchmark_records_ratios_on_cpu(tmp_path):
 
 def test_gpu_command_runs_a_stage_in_tiny_mode(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "benchmarks/gpu/run.sh", str(tmp_path), "--arch", "tiny", "--only", "generate-text2image"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu/run.sh", str(tmp_path), "--arch", "tiny", "--only", "generate-text2image"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["stages"] == {"generate-text2image": {"status": "ok", "seconds": summary["stages"]["generate-text2image"]["seconds"],
-                                                         "result": "generate-text2image.json"}}
+    assert summary["stages"] == {
+        "generate-text2image": {
+            "status": "ok",
+            "seconds": summary["stages"]["generate-text2image"]["seconds"],
+            "result": "generate-text2image.json",
+        }
+    }
     assert summary["environment"]["torch"] and summary["environment"]["date"]
     figures = json.loads((tmp_path / "generate-text2image.json").read_text())["figures"]["text2image"]
     assert set(figures["variants"]) == {"default", "fuse_qkv", "fp8"}
@@ -85,5 +123,9 @@ def test_gpu_script_stages_fit_the_device_tool():
     for stages in gpu_run.STAGES.values():
         assert len(stages) + 2 <= 8  # result files + summary.json + log.txt: what comes back from $OUT
     assert sum(budget for _, budget, _ in gpu_run.STAGES["real"]) <= 600
-    trainers = {tuple(cmd[cmd.index("--trainer") + 1 : cmd.index("--trainer") + 2]) for _, _, cmd in gpu_run.STAGES["real"] if "--trainer" in cmd}
+    trainers = {
+        tuple(cmd[cmd.index("--trainer") + 1 : cmd.index("--trainer") + 2])
+        for _, _, cmd in gpu_run.STAGES["real"]
+        if "--trainer" in cmd
+    }
     assert trainers == {("inpaint",), ("sd35-lora",)}

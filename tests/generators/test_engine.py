@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers.gen_helpers import make_spec
 
+from helpers.gen_helpers import make_spec
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.errors import InputError
-from mammosynth.generators.engine import SampleTask, Skip, plan, run
 from mammosynth.builders.core.shard_writer import ShardWriter
+from mammosynth.generators.engine import SampleTask, Skip, plan, run
 
 
 class SeedSampler:
@@ -61,7 +61,12 @@ class SeedSampler:
 def tasks(tmp_path):
     spec = make_spec(
         tmp_path,
-        {"poisson": {"counts": [{"birads": 5, "n": 4}, {"birads": 4, "view": "CC", "laterality": "R", "n": 3}], "poisson": {"lesion_birads": [4, 5]}}},
+        {
+            "poisson": {
+                "counts": [{"birads": 5, "n": 4}, {"birads": 4, "view": "CC", "laterality": "R", "n": 3}],
+                "poisson": {"lesion_birads": [4, 5]},
+            }
+        },
         prepared=tmp_path / "unused",
     )
     return plan(spec, "poisson")
@@ -84,7 +89,10 @@ def test_plan_honours_counts_with_unique_ids(tasks):
 
 def test_two_processes_write_exactly_the_single_process_result(tasks, tmp_path):
     single = run(tasks, SeedSampler(), tmp_path / "one", shard_size=4, progress=False)
-    parts = [run(tasks, SeedSampler(), tmp_path / "two", shard_size=4, process_index=i, num_processes=2, progress=False) for i in (0, 1)]
+    parts = [
+        run(tasks, SeedSampler(), tmp_path / "two", shard_size=4, process_index=i, num_processes=2, progress=False)
+        for i in (0, 1)
+    ]
     assert set(parts[0].written).isdisjoint(parts[1].written)
     assert sorted(parts[0].written + parts[1].written) == single.written
     assert _rows(tmp_path / "one") == _rows(tmp_path / "two")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from helpers.gen_helpers import inpainting_method, make_spec
 from helpers.synthetic import GENERATOR_SIZE, REFERENCE_BOXES, write_generator_set
-
 from mammosynth.builders.core.errors import InputError
 from mammosynth.generators import inpainting as inpainting_module
 from mammosynth.generators.api import generate, load_generated, make_sampler
@@ -107,7 +107,13 @@ def test_same_spec_twice_identical_and_two_processes_equal_one(run_once, tiny_sd
 
 def test_no_box_fits_is_skipped_with_reason(prepared, tiny_sd2_inpaint, tmp_path):
     spec = make_spec(
-        tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, [{"birads": 3, "view": "CC", "laterality": "L", "n": 2}], margin_px=30)}, prepared=prepared
+        tmp_path,
+        {
+            "inpainting": inpainting_method(
+                tiny_sd2_inpaint, [{"birads": 3, "view": "CC", "laterality": "L", "n": 2}], margin_px=30
+            )
+        },
+        prepared=prepared,
     )
     result = generate(spec, progress=False)["inpainting"]
     assert result.rows == 0 and len(result.skipped) == 2
@@ -149,7 +155,9 @@ def test_text_to_image_checkpoint_is_not_an_inpainting_one(prepared, tiny_sd3, t
 
 
 def test_class_without_checkpoint(prepared, tiny_sd2_inpaint, tmp_path, no_model_loading):
-    spec = make_spec(tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, [{"birads": 3, "n": 1}])}, prepared=prepared)
+    spec = make_spec(
+        tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, [{"birads": 3, "n": 1}])}, prepared=prepared
+    )
     spec.methods["inpainting"].counts[0].birads = 4  # bypasses the spec's own check: the sampler checks too
     spec.methods["inpainting"].inpainting.checkpoints = {3: str(tiny_sd2_inpaint)}
     with pytest.raises(InputError, match="BI-RADS 4 is requested in counts but has no checkpoint"):
@@ -185,7 +193,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(run_once, tiny_sd2_inpai
 
 
 def test_sixteen_bit_output_keeps_background_pixels(prepared, tiny_sd2_inpaint, tmp_path):
-    spec = make_spec(tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, [{"birads": 5, "view": "MLO", "laterality": "L", "n": 1}])}, prepared=prepared)
+    spec = make_spec(
+        tmp_path,
+        {"inpainting": inpainting_method(tiny_sd2_inpaint, [{"birads": 5, "view": "MLO", "laterality": "L", "n": 1}])},
+        prepared=prepared,
+    )
     spec.output.bit_depth = 16
     generate(spec, progress=False)
     row = load_generated(spec, "inpainting")[0]

@@ -66,7 +66,9 @@ def test_bbox_stays_the_lesion_box_and_only_it_changes(prepared, tiny_sd2_inpain
 
 def _window_spec(tmp_path, prepared, checkpoint, **params):
     return make_spec(
-        tmp_path, {"inpainting": inpainting_method(checkpoint, COUNTS, mode="window", window=32, **params)}, prepared=prepared
+        tmp_path,
+        {"inpainting": inpainting_method(checkpoint, COUNTS, mode="window", window=32, **params)},
+        prepared=prepared,
     )
 
 
@@ -111,14 +113,23 @@ def test_window_and_full_frame_both_run_and_record_their_mode(prepared, tiny_sd2
 
 @pytest.mark.parametrize(
     "window, message",
-    [(36, "window 36 is not divisible by 8"), (128, "window 128 is larger than the output resolution 64"),
-     (24, "window 24 cannot hold BI-RADS 3's largest boxes .* use window >= 32")],
+    [
+        (36, "window 36 is not divisible by 8"),
+        (128, "window 128 is larger than the output resolution 64"),
+        (24, "window 24 cannot hold BI-RADS 3's largest boxes .* use window >= 32"),
+    ],
 )
 def test_bad_window_is_refused_before_model_work(window, message, prepared, tiny_sd2_inpaint, tmp_path, monkeypatch):
     import diffusers
 
-    monkeypatch.setattr(diffusers.StableDiffusionInpaintPipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
-    spec = make_spec(tmp_path, {"inpainting": inpainting_method(tiny_sd2_inpaint, COUNTS, mode="window", window=window)}, prepared=prepared)
+    monkeypatch.setattr(
+        diffusers.StableDiffusionInpaintPipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded")
+    )
+    spec = make_spec(
+        tmp_path,
+        {"inpainting": inpainting_method(tiny_sd2_inpaint, COUNTS, mode="window", window=window)},
+        prepared=prepared,
+    )
     with pytest.raises(InputError, match=message) as exc:
         make_sampler(spec, "inpainting")
     assert exc.value.field == "methods.inpainting.inpainting.window"

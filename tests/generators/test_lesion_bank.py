@@ -40,7 +40,7 @@ def test_saved_once_and_reused(prepared_set, tmp_path):
     stamp = (folder / "bank.npz").stat().st_mtime_ns
     again = load_or_build(prepared_set, [5], tmp_path)
     assert (folder / "bank.npz").stat().st_mtime_ns == stamp
-    assert [l.lesion_id for l in again.lesions] == [l.lesion_id for l in bank.lesions]
+    assert [x.lesion_id for x in again.lesions] == [x.lesion_id for x in bank.lesions]
     for a, b in zip(bank.lesions, again.lesions):
         assert np.array_equal(a.crop, b.crop) and np.array_equal(a.mask, b.mask)
         assert a.context_std == pytest.approx(b.context_std)

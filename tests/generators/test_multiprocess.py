@@ -17,14 +17,29 @@ from mammosynth.generators.api import generate
 
 # accelerate's simple launcher (`--cpu --num_processes 2`) runs ONE process; this is the form that
 # starts two on CPU
-LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mammosynth.generators"]
+LAUNCH = [
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "-m",
+    "mammosynth.generators",
+]
 
 
 def _spec_file(tmp_path, name, prepared, tiny_sd3, tiny_sd2_inpaint):
     methods = {
         "text2image": text2image_method(tiny_sd3, [{"birads": [1, 4], "view": "CC", "laterality": "L", "n": 2}]),
-        "inpainting": inpainting_method(tiny_sd2_inpaint, [{"birads": 4, "view": ["CC", "MLO"], "laterality": "L", "n": 2}]),
+        "inpainting": inpainting_method(
+            tiny_sd2_inpaint, [{"birads": 4, "view": ["CC", "MLO"], "laterality": "L", "n": 2}]
+        ),
     }
     d = spec_dict(tmp_path, methods, prepared=prepared, shard_size=1)  # 4 shards per method: 2 each
     d["output_dir"] = str(tmp_path / f"out-{name}")

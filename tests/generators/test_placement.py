@@ -43,8 +43,10 @@ def test_inside_breast_away_from_skin_off_pectoral(which, request):
         if view == "MLO":
             assert info.pectoral.any()
             f = info.factor
-            assert not info.pectoral[(ys / f).astype(int).clip(0, info.pectoral.shape[0] - 1),
-                                     (xs / f).astype(int).clip(0, info.pectoral.shape[1] - 1)].any()
+            assert not info.pectoral[
+                (ys / f).astype(int).clip(0, info.pectoral.shape[0] - 1),
+                (xs / f).astype(int).clip(0, info.pectoral.shape[1] - 1),
+            ].any()
     assert placed >= 6
 
 
@@ -54,7 +56,11 @@ def test_deterministic_and_seed_dependent(prepared_set):
     info = analyse_background(img, view, cfg)
     a = place(info, _disk_mask(6), 0.0, np.random.default_rng(123), cfg)
     b = place(info, _disk_mask(6), 0.0, np.random.default_rng(123), cfg)
-    others = {(p.x, p.y) for s in range(5) if isinstance(p := place(info, _disk_mask(6), 0.0, np.random.default_rng(s), cfg), Placement)}
+    others = {
+        (p.x, p.y)
+        for s in range(5)
+        if isinstance(p := place(info, _disk_mask(6), 0.0, np.random.default_rng(s), cfg), Placement)
+    }
     assert isinstance(a, Placement) and (a.x, a.y) == (b.x, b.y)
     assert len(others) > 1
 

@@ -12,11 +12,11 @@ import pydantic
 import pytest
 from PIL import Image
 
+from mammosynth.builders.core.breast_mask import poisson_mask
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.imageio import decode_grey
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.generators import engine
-from mammosynth.builders.core.breast_mask import poisson_mask
-from mammosynth.builders.core.imageio import decode_grey
 from mammosynth.generators.backgrounds import load_prepared
 from mammosynth.generators.lesion_bank import build_lesion_bank
 from mammosynth.generators.placement import PlacementConfig, analyse_background, place
@@ -26,10 +26,15 @@ from mammosynth.generators.poisson_solver import band_width, blend, exact_poisso
 
 def _spec_dict(prepared, out, counts=None, **poisson) -> dict:
     return dict(
-        name="t", version="1.0", pretty_name="t", description="d", authors=["a"],
+        name="t",
+        version="1.0",
+        pretty_name="t",
+        description="d",
+        authors=["a"],
         source=dict(name="phantom", prepared=str(prepared), license="x", redistribution_allowed=False),
         methods={"poisson": {"counts": counts or [{"birads": 5, "n": 2}], "poisson": poisson}},
-        output_dir=str(out))
+        output_dir=str(out),
+    )
 
 
 def _spec(prepared, out, counts=None, **poisson) -> ReleaseSpec:
@@ -146,7 +151,11 @@ def test_lesion_filling_its_crop_at_the_image_corner():
             assert bbox == [float(x), float(y), float(x + 30), float(y + 30)]
             diff = np.argwhere(out != bg)
             band = band_width((30, 30))
-            assert diff.size and (diff.min(0) >= [y - band, x - band]).all() and (diff.max(0) < [y + 30 + band, x + 30 + band]).all()
+            assert (
+                diff.size
+                and (diff.min(0) >= [y - band, x - band]).all()
+                and (diff.max(0) < [y + 30 + band, x + 30 + band]).all()
+            )
 
 
 def test_correction_zero_for_identical_images():
@@ -171,7 +180,9 @@ def test_blend_bad_input():
 
 
 def _rows(out_dir):
-    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in out_dir.glob("shard-*.parquet")), split="train")
+    ds = datasets.load_dataset(
+        "parquet", data_files=sorted(str(p) for p in out_dir.glob("shard-*.parquet")), split="train"
+    )
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
@@ -181,7 +192,9 @@ def test_sampler_deterministic_bbox_in_breast_vendor_policy(prepared_set, tmp_pa
     assert sampler.method == "poisson" and sampler.generator.startswith("poisson-blend/")
     tasks = engine.plan(spec, "poisson")
     r1 = engine.run(tasks, sampler, tmp_path / "run1", shard_size=3, progress=False)
-    r2 = engine.run(tasks, PoissonSampler(_spec(prepared_set, tmp_path / "b")), tmp_path / "run2", shard_size=5, progress=False)
+    engine.run(
+        tasks, PoissonSampler(_spec(prepared_set, tmp_path / "b")), tmp_path / "run2", shard_size=5, progress=False
+    )
     assert r1.rows + len(r1.skipped) == len(tasks) and r1.rows >= len(tasks) - 2
     a, b = _rows(tmp_path / "run1"), _rows(tmp_path / "run2")
     assert [x["bytes"] for x in a["image"]] == [x["bytes"] for x in b["image"]]
@@ -246,7 +259,7 @@ def test_dst_engine_closer_to_exact_poisson_editing_than_seamlessclone():
 def test_sampler_skips_with_reason(prepared_set, tmp_path):
     spec = _spec(prepared_set, tmp_path, fallback="skip")
     sampler = PoissonSampler(spec)
-    sampler.pools[5] = [l for l in sampler.pools[5] if l.manufacturer == "SIEMENS"]
+    sampler.pools[5] = [les for les in sampler.pools[5] if les.manufacturer == "SIEMENS"]
     out = sampler.generate(engine.plan(spec, "poisson"))
     skips = [o for o in out if isinstance(o, engine.Skip)]
     rows = [o for o in out if not isinstance(o, engine.Skip)]
@@ -283,7 +296,9 @@ def test_sampler_bad_input(prepared_set, tmp_path):
     with pytest.raises(InputError, match="lesion bank is empty"):
         PoissonSampler(_spec(prepared_set, tmp_path, counts=[{"birads": 2, "n": 1}], lesion_birads=[2]))
     with pytest.raises(InputError, match="no background of view"):
-        PoissonSampler(_spec(prepared_set, tmp_path, background_birads=[3], counts=[{"birads": 5, "laterality": "R", "n": 1}]))
+        PoissonSampler(
+            _spec(prepared_set, tmp_path, background_birads=[3], counts=[{"birads": 5, "laterality": "R", "n": 1}])
+        )
 
 
 @pytest.mark.slow
@@ -302,7 +317,7 @@ def test_real_cbis_backgrounds(cbis_prepared, prepared_set):
             assert "no position" in pl or "no accepted" in pl
             continue
         out, (x0, y0, x1, y1) = blend(img, les.crop, les.mask, pl.x, pl.y)
-        assert info.mask[int(y0):int(y1), int(x0):int(x1)].mean() > 0.95
+        assert info.mask[int(y0) : int(y1), int(x0) : int(x1)].mean() > 0.95
         diff = np.argwhere(out != img)
         band = band_width(les.crop.shape)
         assert diff[:, 1].min() >= pl.x - band - 1 and diff[:, 1].max() <= pl.x + les.crop.shape[1] + band
@@ -408,17 +423,23 @@ def test_killed_pooled_run_leaves_no_workers_and_resumes_to_the_same_bytes(prepa
 
     cmd = [sys.executable, "-m", "mammosynth.builders.cli", "generate"]
     spec, out = write("killed")
-    proc = subprocess.Popen([*cmd, str(spec), "--method", "poisson"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, str(spec), "--method", "poisson"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (out / "shard-00002.parquet").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.02)
-    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    workers = [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    ]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert workers  # the pool was running
     deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read().lower() for w in workers):
+    while any(
+        os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read().lower() for w in workers
+    ):
         assert time.monotonic() < deadline, "pool workers outlived their killed parent"
         time.sleep(0.1)
     done = len(list(out.glob("shard-*.parquet")))

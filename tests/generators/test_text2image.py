@@ -7,17 +7,22 @@ import re
 import numpy as np
 import pytest
 import yaml
+
 from helpers.gen_helpers import make_spec, spec_dict, text2image_method
 from helpers.synthetic import write_generator_set
-
 from mammosynth.builders.cli import main
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.schema import text2image_prompt
 from mammosynth.generators.api import generate, load_generated, make_sampler
 from mammosynth.generators.engine import plan
 
-COUNTS = [{"birads": [1, 4], "view": ["CC", "MLO"], "laterality": "L", "n": 2}, {"birads": 5, "view": "MLO", "laterality": "R", "n": 3}]
-PROMPT = re.compile(r"A (left|right) (craniocaudal|mediolateral oblique) \((CC|MLO)\) mammogram, breast density ([A-D]), BI-RADS (\d)(, acquired on a (.+) system)?\.")
+COUNTS = [
+    {"birads": [1, 4], "view": ["CC", "MLO"], "laterality": "L", "n": 2},
+    {"birads": 5, "view": "MLO", "laterality": "R", "n": 3},
+]
+PROMPT = re.compile(
+    r"A (left|right) (craniocaudal|mediolateral oblique) \((CC|MLO)\) mammogram, breast density ([A-D]), BI-RADS (\d)(, acquired on a (.+) system)?\."
+)
 
 
 def _lora(tmp_path, base, transformer=None, *, metadata=True):
@@ -33,7 +38,9 @@ def _lora(tmp_path, base, transformer=None, *, metadata=True):
     torch.manual_seed(0)
     transformer = transformer or SD3Transformer2DModel.from_pretrained(str(base), subfolder="transformer")
     # init_lora_weights=False: random A and B, so the adapter visibly changes the output
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
     folder = tmp_path / "lora"
     folder.mkdir()
     StableDiffusion3Pipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
@@ -51,7 +58,9 @@ def prepared(tmp_path_factory):
 def lora_run(tmp_path_factory, tiny_sd3, prepared):
     tmp = tmp_path_factory.mktemp("t2i")
     lora = _lora(tmp, tiny_sd3)
-    method = text2image_method(tiny_sd3, COUNTS, lora=str(lora), vendor_in_prompt="SIEMENS", negative_prompt="blurry", guidance=4.0)
+    method = text2image_method(
+        tiny_sd3, COUNTS, lora=str(lora), vendor_in_prompt="SIEMENS", negative_prompt="blurry", guidance=4.0
+    )
     spec = make_spec(tmp, {"text2image": method}, prepared=prepared)
     result = generate(spec, progress=False)["text2image"]
     return spec, result, load_generated(spec, "text2image"), lora
@@ -63,7 +72,11 @@ def test_counts_prompts_and_labels(lora_run):
     f = ds.features
     cells = {}
     for r in ds:
-        lat, view, birads = f["laterality"].int2str(r["laterality"]), f["view"].int2str(r["view"]), int(f["birads"].int2str(r["birads"])[-1])
+        lat, view, birads = (
+            f["laterality"].int2str(r["laterality"]),
+            f["view"].int2str(r["view"]),
+            int(f["birads"].int2str(r["birads"])[-1]),
+        )
         density = f["density"].int2str(r["density"])
         m = PROMPT.fullmatch(r["prompt"])
         assert m, r["prompt"]
@@ -126,8 +139,17 @@ def test_adapter_of_another_architecture_is_refused(tmp_path, tiny_sd3, prepared
     from diffusers import SD3Transformer2DModel
 
     wider = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=32,
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=32,
+        pooled_projection_dim=32,
+        pos_embed_max_size=32,
     )
     lora = _lora(tmp_path, tiny_sd3, wider, metadata=False)
     spec = make_spec(tmp_path, {"text2image": text2image_method(tiny_sd3, COUNTS, lora=str(lora))}, prepared=prepared)
@@ -163,14 +185,20 @@ def test_cli_generate_and_resume(tmp_path, tiny_sd3, prepared, capsys):
 
 @pytest.mark.parametrize(
     "change, message",
-    [({"resolution": 72}, "field 'methods.text2image.text2image.resolution': resolution 72 is not divisible by 16"),
-     ({"base_model": "missing-folder"}, "field 'methods.text2image.text2image.base_model': checkpoint folder")],
+    [
+        ({"resolution": 72}, "field 'methods.text2image.text2image.resolution': resolution 72 is not divisible by 16"),
+        ({"base_model": "missing-folder"}, "field 'methods.text2image.text2image.base_model': checkpoint folder"),
+    ],
 )
 def test_cli_bad_input_exits_2_before_model_work(change, message, tmp_path, tiny_sd3, prepared, capsys, monkeypatch):
     import diffusers
 
-    monkeypatch.setattr(diffusers.StableDiffusion3Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
-    path = _write_spec(tmp_path, {"text2image": text2image_method(tiny_sd3, [{"birads": 2, "n": 1}], **change)}, prepared)
+    monkeypatch.setattr(
+        diffusers.StableDiffusion3Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded")
+    )
+    path = _write_spec(
+        tmp_path, {"text2image": text2image_method(tiny_sd3, [{"birads": 2, "n": 1}], **change)}, prepared
+    )
     code, out = _cli(["generate", str(path)], capsys)
     assert code == 2
     assert message in out.err and str(path) in out.err

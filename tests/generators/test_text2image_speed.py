@@ -73,7 +73,9 @@ def test_compiled_blocks_with_inductor(plain, tmp_path, prepared, tiny_sd3):
 def test_fp8_on_cpu_is_refused_before_model_work(tmp_path, prepared, tiny_sd3, monkeypatch):
     import diffusers
 
-    monkeypatch.setattr(diffusers.StableDiffusion3Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(
+        diffusers.StableDiffusion3Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded")
+    )
     spec = make_spec(tmp_path, {"text2image": text2image_method(tiny_sd3, CELL, fp8=True)}, prepared=prepared)
     with pytest.raises(InputError, match="fp8 needs a CUDA GPU") as exc:
         make_sampler(spec, "text2image", runtime=Runtime(device="cpu"))
@@ -94,6 +96,8 @@ def test_fp8_through_the_cli_exits_2_with_one_line_naming_the_field(tmp_path, pr
 
 
 def test_regional_and_whole_model_compile_exclude_each_other(tmp_path, prepared, tiny_sd3):
-    spec = make_spec(tmp_path, {"text2image": text2image_method(tiny_sd3, CELL, compile_blocks=True)}, prepared=prepared)
+    spec = make_spec(
+        tmp_path, {"text2image": text2image_method(tiny_sd3, CELL, compile_blocks=True)}, prepared=prepared
+    )
     with pytest.raises(InputError, match="compile_blocks and --compile"):
         make_sampler(spec, "text2image", runtime=Runtime(compile=True))

@@ -3,7 +3,6 @@ stage's shape, and both with fake generated shards (`synthetic.generate_fake`, n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -81,23 +80,44 @@ def write_report(report_dir: Path, *, passed: bool = True, failed: list[str] = (
     gates = {
         C.GATE_SANITY: rules.flagged_gate(C.GATE_SANITY, flags, C.SANITY_CHECKS, n_rows, th),
         C.GATE_MEMORIZATION: rules.flagged_gate(
-            C.GATE_MEMORIZATION, [], C.MEMORIZATION_CHECKS, n_rows, th,
+            C.GATE_MEMORIZATION,
+            [],
+            C.MEMORIZATION_CHECKS,
+            n_rows,
+            th,
             calibration={"reference_other_patient_nn": 0.2, "overridden": {"nn_distance": False}},
         ),
         C.GATE_COUNTS: rules.judged_gate(
-            C.GATE_COUNTS, th, "as requested", {"expected_total": n_rows, "observed_total": n_rows, "mismatched_cells": []}
+            C.GATE_COUNTS,
+            th,
+            "as requested",
+            {"expected_total": n_rows, "observed_total": n_rows, "mismatched_cells": []},
         ),
     }
-    empty = {C.GATE_CATEGORICAL: {"columns": {}}, C.GATE_BOX_SIZE: {"per_birads": {}},
-             C.GATE_INTENSITY: {"per_method": {}}, C.GATE_AREA: {"per_view": {}},
-             C.GATE_DIVERSITY: {"note": "not measured (fake report)"}}
+    empty = {
+        C.GATE_CATEGORICAL: {"columns": {}},
+        C.GATE_BOX_SIZE: {"per_birads": {}},
+        C.GATE_INTENSITY: {"per_method": {}},
+        C.GATE_AREA: {"per_view": {}},
+        C.GATE_DIVERSITY: {"note": "not measured (fake report)"},
+    }
     for name, figures in empty.items():
         gates[name] = rules.judged_gate(name, th, "not measured (fake report)", figures)
     if not passed and not failed:
-        cell = {"method": "poisson", "birads": 5, "view": "MLO", "laterality": "L", "expected": 2, "observed": 1,
-                "skipped_with_reason": 0}
+        cell = {
+            "method": "poisson",
+            "birads": 5,
+            "view": "MLO",
+            "laterality": "L",
+            "expected": 2,
+            "observed": 1,
+            "skipped_with_reason": 0,
+        }
         gates[C.GATE_COUNTS] = rules.judged_gate(
-            C.GATE_COUNTS, th, "1 cell differs", {"expected_total": n_rows + 1, "observed_total": n_rows, "mismatched_cells": [cell]}
+            C.GATE_COUNTS,
+            th,
+            "1 cell differs",
+            {"expected_total": n_rows + 1, "observed_total": n_rows, "mismatched_cells": [cell]},
         )
     report = ValidationReport(
         passed=rules.overall(g.status for g in gates.values()),

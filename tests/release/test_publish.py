@@ -143,8 +143,17 @@ def test_forced_public_push_of_restricted_source_records_overrides(tmp_path: Pat
     assert not hub.repo("org/restricted").private
     yaml.safe_load(card.split("---")[1])
     commits = len(hub.repo("org/restricted").commits)
-    again = _cli(hub, str(release), "--repo", "org/restricted", "--public", "--force", "--allow-restricted-source",
-                 "--reason", "licence holder agreed in writing")
+    again = _cli(
+        hub,
+        str(release),
+        "--repo",
+        "org/restricted",
+        "--public",
+        "--force",
+        "--allow-restricted-source",
+        "--reason",
+        "licence holder agreed in writing",
+    )
     assert again.returncode == 0 and "already published with the same content" in again.stdout, again.stderr
     assert len(hub.repo("org/restricted").commits) == commits  # a forced rerun of an unchanged release is a no-op
 

@@ -30,9 +30,19 @@ def trained(tmp_path_factory, tiny_sd3):
     tmp = tmp_path_factory.mktemp("adapter")
     prepared = write_trainer_set(tmp / "prep", n=2)
     config = SD35LoraConfig(
-        prepared=prepared, output_dir=tmp / "run", base_model=str(tiny_sd3), resolution=64, train_batch_size=2,
-        gradient_accumulation_steps=1, max_train_steps=2, learning_rate=5e-2, lr_scheduler="constant",
-        lr_warmup_steps=0, mixed_precision="no", checkpointing_steps=1, validation_seeds=[],
+        prepared=prepared,
+        output_dir=tmp / "run",
+        base_model=str(tiny_sd3),
+        resolution=64,
+        train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_train_steps=2,
+        learning_rate=5e-2,
+        lr_scheduler="constant",
+        lr_warmup_steps=0,
+        mixed_precision="no",
+        checkpointing_steps=1,
+        validation_seeds=[],
         lora={"rank": RANK, "alpha": ALPHA, "dropout": 0.0},
     )
     return config, train_sd35_lora(config)
@@ -84,7 +94,11 @@ def test_checkpoint_folder_loads_as_the_adapter(trained, tiny_sd3):
 
 def test_prompt_length_is_one_field_from_training_to_generation(trained, tiny_sd3, tmp_path, monkeypatch):
     config, result = trained
-    assert Text2ImageParams(base_model="x").max_sequence_length == SD35LoraConfig(prepared="p", output_dir="o").max_sequence_length == 77
+    assert (
+        Text2ImageParams(base_model="x").max_sequence_length
+        == SD35LoraConfig(prepared="p", output_dir="o").max_sequence_length
+        == 77
+    )
     assert json.loads((result.final_dir / runtime.METADATA_FILE).read_text())["max_sequence_length"] == 77
     from diffusers import StableDiffusion3Pipeline
 
@@ -114,8 +128,9 @@ def test_adapter_folder_without_lora_weights_is_exit_2_nothing_written(tmp_path,
     save_file({"some.weight": torch.zeros(2, 2)}, str(bad / "adapter_model.safetensors"))
     (bad / "adapter_config.json").write_text("{}")
     prepared = write_generator_set(tmp_path / "prepared", n_backgrounds=1)
-    spec = spec_dict(tmp_path, {"text2image": text2image_method(tiny_sd3, [{"birads": 2, "n": 1}], lora=str(bad))},
-                     prepared=prepared)
+    spec = spec_dict(
+        tmp_path, {"text2image": text2image_method(tiny_sd3, [{"birads": 2, "n": 1}], lora=str(bad))}, prepared=prepared
+    )
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     capsys.readouterr()

@@ -20,8 +20,15 @@ from mammosynth.builders.cli import main as cli_main
 from mammosynth.training import runtime
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig
 
-SHRUNK = dict(resolution=64, train_batch_size=2, gradient_accumulation_steps=1, max_train_steps=4,
-              checkpointing_steps=2, validation_steps=2, validation_inference_steps=2)
+SHRUNK = dict(
+    resolution=64,
+    train_batch_size=2,
+    gradient_accumulation_steps=1,
+    max_train_steps=4,
+    checkpointing_steps=2,
+    validation_steps=2,
+    validation_inference_steps=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +71,16 @@ def test_sd35_default_config_cli_bf16_resume_is_exact_with_dropout(prepared, tin
     whole, parts = _run_both_ways(tmp_path, ["train", "sd35-lora"], config)
 
     assert _losses(parts) == _losses(whole) and sorted(_losses(whole)) == [1, 2, 3, 4]  # bit-exact, == on floats
-    a, b = load_file(whole / "final" / "adapter_model.safetensors"), load_file(parts / "final" / "adapter_model.safetensors")
+    a, b = (
+        load_file(whole / "final" / "adapter_model.safetensors"),
+        load_file(parts / "final" / "adapter_model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for step in ("step-000002", "step-000004"):
-        assert sorted(p.name for p in (whole / "validation" / step).iterdir()) == ["prompt0-seed0.png", "prompt1-seed0.png"]
+        assert sorted(p.name for p in (whole / "validation" / step).iterdir()) == [
+            "prompt0-seed0.png",
+            "prompt1-seed0.png",
+        ]
     meta = json.loads((whole / "final" / runtime.METADATA_FILE).read_text())
     assert meta["config"]["mixed_precision"] == "bf16" and meta["max_sequence_length"] == 77
     # the same command again after the end: finishes (no crash at the validation images)
@@ -76,8 +89,13 @@ def test_sd35_default_config_cli_bf16_resume_is_exact_with_dropout(prepared, tin
 
 def test_inpaint_default_config_cli_bf16_cached_resume_is_exact(prepared, tiny_sd2_inpaint, tmp_path):
     # validation images at the end only (the default cadence), with both default seeds
-    config = {"prepared": str(prepared), "base_model": str(tiny_sd2_inpaint), "gradient_checkpointing": True,
-              **SHRUNK, "validation_steps": None}
+    config = {
+        "prepared": str(prepared),
+        "base_model": str(tiny_sd2_inpaint),
+        "gradient_checkpointing": True,
+        **SHRUNK,
+        "validation_steps": None,
+    }
     defaults = InpaintConfig(prepared="p", output_dir="o")
     assert (defaults.mixed_precision, defaults.cache_latents, defaults.hflip_prob) == ("bf16", True, 0.5)
     whole, parts = _run_both_ways(tmp_path, ["train", "inpaint"], config, ["--birads", "4"])

@@ -39,8 +39,13 @@ def alphas_cumprod() -> torch.Tensor:
 def ddpm(prediction_type: str):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(beta_start=B0, beta_end=B1, beta_schedule="scaled_linear", num_train_timesteps=T,
-                         prediction_type=prediction_type)
+    return DDPMScheduler(
+        beta_start=B0,
+        beta_end=B1,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=T,
+        prediction_type=prediction_type,
+    )
 
 
 def fixed(shape, seed) -> torch.Tensor:
@@ -65,6 +70,7 @@ class Spy(torch.nn.Module):
 
 # --- SD2 inpainting ------------------------------------------------------------------------------------
 
+
 def test_inpaint_channel_order_is_noisy_mask_masked():
     noisy, mask, masked = torch.full((2, 4, 3, 3), 1.0), torch.full((2, 1, 3, 3), 2.0), torch.full((2, 4, 3, 3), 3.0)
     x = inpaint_model_input(noisy, mask, masked)
@@ -74,7 +80,12 @@ def test_inpaint_channel_order_is_noisy_mask_masked():
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_inpaint_noisy_input_target_and_loss(prediction_type):
-    x0, eps, masked, pred = fixed((3, 4, 4, 4), 1), fixed((3, 4, 4, 4), 2), fixed((3, 4, 4, 4), 3), fixed((3, 4, 4, 4), 4)
+    x0, eps, masked, pred = (
+        fixed((3, 4, 4, 4), 1),
+        fixed((3, 4, 4, 4), 2),
+        fixed((3, 4, 4, 4), 3),
+        fixed((3, 4, 4, 4), 4),
+    )
     mask = (fixed((3, 1, 4, 4), 5) > 0).float()
     t = torch.tensor([0, 499, 999])
     a = alphas_cumprod()[t].float().view(-1, 1, 1, 1)
@@ -115,7 +126,9 @@ def test_inpaint_loss_end_to_end_on_a_real_batch(tiny_sd2_inpaint, tmp_path):
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         x0 = vae.encode(batch["pixel_values"]).latent_dist.sample(g) * vae.config.scaling_factor
-        m_lat = vae.encode(batch["pixel_values"] * (batch["mask"] < 0.5)).latent_dist.sample(g) * vae.config.scaling_factor
+        m_lat = (
+            vae.encode(batch["pixel_values"] * (batch["mask"] < 0.5)).latent_dist.sample(g) * vae.config.scaling_factor
+        )
         m = batch["mask"][:, :, ::8, ::8]  # whole 8x8 cells: any pixel of a cell is the cell
         assert torch.equal(F.max_pool2d(batch["mask"], 8), m)
         a = alphas_cumprod()[t].float().view(-1, 1, 1, 1)
@@ -127,6 +140,7 @@ def test_inpaint_loss_end_to_end_on_a_real_batch(tiny_sd2_inpaint, tmp_path):
 
 # --- SD3 flow matching ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("scheme", ["logit_normal", "sigma_sqrt", "cosmap", "mode", "none"])
 def test_flow_matching_noisy_input_target_and_weighting(scheme):
     x0, n = fixed((3, 16, 2, 2), 1), fixed((3, 16, 2, 2), 2)
@@ -135,7 +149,7 @@ def test_flow_matching_noisy_input_target_and_weighting(scheme):
     sv = s.view(-1, 1, 1, 1)
     torch.testing.assert_close(noisy, (1 - sv) * x0 + sv * n)
     torch.testing.assert_close(target, n - x0)
-    want_w = {"sigma_sqrt": sv ** -2, "cosmap": 2 / (math.pi * (1 - 2 * sv + 2 * sv ** 2))}.get(scheme, torch.ones_like(sv))
+    want_w = {"sigma_sqrt": sv**-2, "cosmap": 2 / (math.pi * (1 - 2 * sv + 2 * sv**2))}.get(scheme, torch.ones_like(sv))
     torch.testing.assert_close(w.float().expand(3, 1, 1, 1), want_w.float())
 
 
@@ -160,13 +174,14 @@ def test_flow_matching_loss_feeds_x_t_and_trains_towards_n_minus_x0():
     config = SD35LoraConfig(prepared="p", output_dir="o", weighting_scheme="cosmap")
     s, t = torch.tensor([0.25, 0.75]), torch.tensor([250.0, 750.0])
     spy = Spy(pred, sd3=True)
-    loss = flow_matching_loss(spy, _flow_scheduler(), x0, torch.zeros(2, 3, 8), torch.zeros(2, 4), config, noise=n,
-                              sigmas_timesteps=(t, s))
+    loss = flow_matching_loss(
+        spy, _flow_scheduler(), x0, torch.zeros(2, 3, 8), torch.zeros(2, 4), config, noise=n, sigmas_timesteps=(t, s)
+    )
     kw = spy.calls[0][1]
     sv = s.view(-1, 1, 1, 1)
     torch.testing.assert_close(kw["hidden_states"], (1 - sv) * x0 + sv * n)
     assert torch.equal(kw["timestep"], t)
-    w = 2 / (math.pi * (1 - 2 * sv + 2 * sv ** 2))
+    w = 2 / (math.pi * (1 - 2 * sv + 2 * sv**2))
     torch.testing.assert_close(loss, (w * (pred - (n - x0)) ** 2).mean(), rtol=1e-5, atol=1e-6)
 
 
@@ -177,7 +192,9 @@ def test_flow_matching_loss_end_to_end_on_a_real_batch(tiny_sd3, tmp_path):
 
     prepared = write_trainer_set(tmp_path / "prep", n=2)
     ds, meta = tdata.load_prepared(prepared)
-    batch = tdata.collate([tdata.Text2ImageData(ds, meta, tdata.Augment(64), seed=0, vendor=False)[(0, i)] for i in range(2)])
+    batch = tdata.collate(
+        [tdata.Text2ImageData(ds, meta, tdata.Augment(64), seed=0, vendor=False)[(0, i)] for i in range(2)]
+    )
     vae = AutoencoderKL.from_pretrained(tiny_sd3, subfolder="vae")
     transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3, subfolder="transformer")
     config = SD35LoraConfig(prepared="p", output_dir="o", weighting_scheme="sigma_sqrt")
@@ -186,11 +203,24 @@ def test_flow_matching_loss_end_to_end_on_a_real_batch(tiny_sd3, tmp_path):
     s, t = torch.tensor([0.3, 0.8]), torch.tensor([300.0, 800.0])
     with torch.no_grad():
         z = vae.encode(batch["pixel_values"]).latent_dist.mode()
-        got = flow_matching_loss(transformer, _flow_scheduler(), scale_latents(vae.config, z), embeds, pooled, config,
-                                 noise=n, sigmas_timesteps=(t, s))
+        got = flow_matching_loss(
+            transformer,
+            _flow_scheduler(),
+            scale_latents(vae.config, z),
+            embeds,
+            pooled,
+            config,
+            noise=n,
+            sigmas_timesteps=(t, s),
+        )
         x0 = (z - 0.0609) * 1.5305
         sv = s.view(-1, 1, 1, 1)
-        out = transformer(hidden_states=(1 - sv) * x0 + sv * n, timestep=t, encoder_hidden_states=embeds,
-                          pooled_projections=pooled, return_dict=False)[0]
-        want = (sv ** -2 * (out - (n - x0)) ** 2).mean()
+        out = transformer(
+            hidden_states=(1 - sv) * x0 + sv * n,
+            timestep=t,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+        want = (sv**-2 * (out - (n - x0)) ** 2).mean()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

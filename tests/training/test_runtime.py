@@ -25,8 +25,15 @@ def test_bf16_on_a_gpu_without_bf16_is_exit_2_nothing_written(command, tmp_path,
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"prepared": str(tmp_path / "prep"), "output_dir": str(tmp_path / "out"),
-                                   "base_model": str(tmp_path / "base")}))  # mixed_precision: the default, bf16
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "prepared": str(tmp_path / "prep"),
+                "output_dir": str(tmp_path / "out"),
+                "base_model": str(tmp_path / "base"),
+            }
+        )
+    )  # mixed_precision: the default, bf16
     with pytest.raises(SystemExit) as ex:
         cli_main(["train", command[0], str(cfg), *command[1:]])
     err = capsys.readouterr().err.strip().splitlines()
@@ -66,7 +73,9 @@ class _FakeAccelerator:
 @pytest.mark.parametrize("main", [True, False])
 def test_checkpoint_weights_are_written_by_the_main_process_only(main, tmp_path):
     accelerator, saved, loaded = _FakeAccelerator(main), [], []
-    checkpoints.register_weight_hooks(accelerator, lambda m, f: saved.append((m, f)), lambda m, f: loaded.append((m, f)))
+    checkpoints.register_weight_hooks(
+        accelerator, lambda m, f: saved.append((m, f)), lambda m, f: loaded.append((m, f))
+    )
     weights = [{"w": torch.zeros(1)}]
     accelerator.hooks["save"](["model"], weights, str(tmp_path))
     assert saved == ([("model", tmp_path)] if main else []) and weights == []  # accelerate writes no second copy
@@ -117,6 +126,7 @@ def test_latent_cache_is_sharded_over_ranks_and_mapped(tmp_path):
             encoded.setdefault(rank, []).extend(keys)
             k = torch.tensor(keys, dtype=torch.float32).view(-1, 1, 1, 1, 1).expand(-1, 1, 2, 2, 2)
             return torch.cat([k, torch.full_like(k, 0.5)], dim=1)  # mean = key, std = 0.5
+
         return encode
 
     for rank in range(world):

@@ -18,8 +18,14 @@ def test_tiny_sd3_loads_and_samples(tiny_sd3):
     ids = pipe.tokenizer_3(prompt).input_ids
     assert 2 not in ids, "template words must be in the T5 vocabulary (no <unk>)"
     images = [
-        pipe(prompt, height=64, width=64, num_inference_steps=2, output_type="np",
-             generator=torch.Generator().manual_seed(s)).images[0]
+        pipe(
+            prompt,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            output_type="np",
+            generator=torch.Generator().manual_seed(s),
+        ).images[0]
         for s in (0, 0, 1)
     ]
     assert images[0].shape == (64, 64, 3)
@@ -35,6 +41,14 @@ def test_tiny_sd2_inpainting_loads_and_samples(tiny_sd2_inpaint):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 40, 40))
-    out = pipe(schema.inpainting_prompt(4), image=image, mask_image=mask, height=64, width=64,
-               num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    out = pipe(
+        schema.inpainting_prompt(4),
+        image=image,
+        mask_image=mask,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()

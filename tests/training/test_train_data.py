@@ -24,8 +24,10 @@ def tiny_prepared(tmp_path_factory):
 def test_shards_are_disjoint_cover_the_epoch_and_equal_in_size():
     n, bs, world = 23, 3, 2
     per_epoch = tdata.batches_per_epoch(n, bs, world)
-    shards = [list(itertools.islice(tdata.shard_batches(n, bs, process_index=p, num_processes=world, seed=5), per_epoch))
-              for p in range(world)]
+    shards = [
+        list(itertools.islice(tdata.shard_batches(n, bs, process_index=p, num_processes=world, seed=5), per_epoch))
+        for p in range(world)
+    ]
     assert len(shards[0]) == len(shards[1]) == per_epoch == 4
     seen = [idx for shard in shards for batch in shard for (epoch, idx) in batch]
     assert {e for shard in shards for batch in shard for (e, _) in batch} == {0}
@@ -81,7 +83,9 @@ def test_inpaint_sample_masks_exactly_the_class_boxes(tiny_prepared):
     data = tdata.InpaintData(ds, rows, tdata.Augment(32), birads=4, seed=0)
     item = data[(0, 0)]
     mask = item["mask"][0]
-    assert item["pixel_values"].shape == (3, 32, 32) and -1 <= item["pixel_values"].min() < item["pixel_values"].max() <= 1
+    assert (
+        item["pixel_values"].shape == (3, 32, 32) and -1 <= item["pixel_values"].min() < item["pixel_values"].max() <= 1
+    )
     assert 0 < mask.mean() < 0.2
     inside = mask > 0.5
     assert torch.all(item["masked_pixel_values"][:, inside] == 0)
@@ -124,10 +128,27 @@ def test_missing_prepared_set_is_input_error(tmp_path):
 
 def test_config_defaults_follow_design_and_typos_name_the_field(tmp_path):
     sd = SD35LoraConfig(prepared="p", output_dir="o")
-    assert (sd.lora.rank, sd.lora.dropout, sd.learning_rate, sd.lr_scheduler, sd.lr_warmup_steps) == (64, 0.1, 1e-4, "cosine", 100)
-    assert (sd.train_batch_size, sd.gradient_accumulation_steps, sd.max_train_steps, sd.resolution) == (3, 8, 2000, 1024)
+    assert (sd.lora.rank, sd.lora.dropout, sd.learning_rate, sd.lr_scheduler, sd.lr_warmup_steps) == (
+        64,
+        0.1,
+        1e-4,
+        "cosine",
+        100,
+    )
+    assert (sd.train_batch_size, sd.gradient_accumulation_steps, sd.max_train_steps, sd.resolution) == (
+        3,
+        8,
+        2000,
+        1024,
+    )
     inp = InpaintConfig(prepared="p", output_dir="o")
-    assert (inp.learning_rate, inp.weight_decay, inp.lr_scheduler, inp.resolution, inp.checkpointing_steps) == (5e-6, 0.01, "constant", 512, 1000)
+    assert (inp.learning_rate, inp.weight_decay, inp.lr_scheduler, inp.resolution, inp.checkpointing_steps) == (
+        5e-6,
+        0.01,
+        "constant",
+        512,
+        1000,
+    )
     assert inp.mixed_precision == "bf16" and inp.train_batch_size == 4 and not inp.use_lora
     cfg = tmp_path / "c.yaml"
     cfg.write_text("prepared: p\noutput_dir: o\nlora:\n  rnak: 8\n")
@@ -164,7 +185,9 @@ def test_cached_items_decode_no_pixels_and_keep_the_stream(tiny_prepared):
         assert "pixel_values" not in b and torch.equal(a["mask"], b["mask"]) and a["flip"] == b["flip"]
     assert {full[k]["flip"] for k in keys} == {0, 1}
     pixels, masked = full.fixed_sample(0, bool(full[(0, 0)]["flip"]))
-    assert torch.equal(pixels, full[(0, 0)]["pixel_values"]) and torch.equal(masked, full[(0, 0)]["masked_pixel_values"])
+    assert torch.equal(pixels, full[(0, 0)]["pixel_values"]) and torch.equal(
+        masked, full[(0, 0)]["masked_pixel_values"]
+    )
     t2i = tdata.Text2ImageData(ds, meta, tdata.Augment(32, hflip_prob=0.5), seed=3, vendor=False)
     with_pixels = [t2i[(e, i)]["prompt_index"] for e in range(3) for i in range(len(meta))]
     t2i.decode_pixels = False

@@ -23,9 +23,20 @@ def tiny_prepared(tmp_path_factory):
 
 
 def _config(prepared, base, out, **kw) -> InpaintConfig:
-    data = dict(prepared=prepared, output_dir=out, base_model=str(base), resolution=64, train_batch_size=2,
-                max_train_steps=8, learning_rate=2e-3, mixed_precision="no", checkpointing_steps=4,
-                validation_seeds=[0], validation_inference_steps=2, hflip_prob=0.0)
+    data = dict(
+        prepared=prepared,
+        output_dir=out,
+        base_model=str(base),
+        resolution=64,
+        train_batch_size=2,
+        max_train_steps=8,
+        learning_rate=2e-3,
+        mixed_precision="no",
+        checkpointing_steps=4,
+        validation_seeds=[0],
+        validation_inference_steps=2,
+        hflip_prob=0.0,
+    )
     data.update(kw)
     return InpaintConfig(**data)
 
@@ -44,8 +55,16 @@ def _inpaint(folder):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 40, 40))
-    return pipe("A mammogram with BI-RADS 4 lesion.", image=image, mask_image=mask, height=64, width=64,
-                num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+    return pipe(
+        "A mammogram with BI-RADS 4 lesion.",
+        image=image,
+        mask_image=mask,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
 
 
 def test_overfits_and_final_pipeline_loads_and_differs(full_run, tiny_sd2_inpaint):
@@ -58,7 +77,9 @@ def test_overfits_and_final_pipeline_loads_and_differs(full_run, tiny_sd2_inpain
     assert meta["base_sha256"] == hash_tree(tiny_sd2_inpaint)
     assert np.abs(_inpaint(result.final_dir) - _inpaint(tiny_sd2_inpaint)).max() > 1e-3
     assert sorted(p.name for p in (config.output_dir / "validation" / "step-000008").iterdir()) == [
-        "image0-seed0.png", "image1-seed0.png"]
+        "image0-seed0.png",
+        "image1-seed0.png",
+    ]
 
 
 def test_resuming_another_class_is_refused(full_run):
@@ -70,8 +91,16 @@ def test_resuming_another_class_is_refused(full_run):
 
 
 def test_lora_option_merges_into_a_plain_unet(tiny_prepared, tiny_sd2_inpaint, tmp_path, monkeypatch):
-    config = _config(tiny_prepared, tiny_sd2_inpaint, tmp_path / "lora", use_lora=True, max_train_steps=3,
-                     learning_rate=1e-2, validation_seeds=[], lora={"rank": 4, "dropout": 0.0})
+    config = _config(
+        tiny_prepared,
+        tiny_sd2_inpaint,
+        tmp_path / "lora",
+        use_lora=True,
+        max_train_steps=3,
+        learning_rate=1e-2,
+        validation_seeds=[],
+        lora={"rank": 4, "dropout": 0.0},
+    )
     from mammosynth.training import data as tdata
 
     grids = []
@@ -93,7 +122,9 @@ def test_lora_option_merges_into_a_plain_unet(tiny_prepared, tiny_sd2_inpaint, t
     assert max(diffs) > 0  # merged adapters changed the attention weights
 
 
-def test_cli_no_images_of_class_and_non_inpainting_base_exit_2(tiny_prepared, tiny_sd3, tiny_sd2_inpaint, tmp_path, capsys):
+def test_cli_no_images_of_class_and_non_inpainting_base_exit_2(
+    tiny_prepared, tiny_sd3, tiny_sd2_inpaint, tmp_path, capsys
+):
     import yaml
 
     good = _config(tiny_prepared, tiny_sd2_inpaint, tmp_path / "out").model_dump(mode="json")
@@ -121,8 +152,13 @@ def test_cli_on_phantom_prepared_set(prepared_set, tiny_sd2_inpaint, tmp_path):
     classes = {f["finding_birads"] for r in rows if r["split"] == "training" for f in r["findings"] if f["bbox"]}
     birads = max(c for c in classes if c in (3, 4, 5))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(_config(prepared_set, tiny_sd2_inpaint, tmp_path / "out", max_train_steps=2,
-                                          validation_seeds=[]).model_dump(mode="json")))
+    cfg.write_text(
+        yaml.safe_dump(
+            _config(
+                prepared_set, tiny_sd2_inpaint, tmp_path / "out", max_train_steps=2, validation_seeds=[]
+            ).model_dump(mode="json")
+        )
+    )
     with pytest.raises(SystemExit) as ex:
         cli_main(["train", "inpaint", str(cfg), "--birads", str(birads)])
     assert ex.value.code == 0
@@ -144,16 +180,21 @@ def test_cached_latents_are_the_vae_distributions_of_the_fixed_samples(tiny_prep
     ds, meta = tdata.load_prepared(tiny_prepared)
     rows = tdata.rows_with_birads(meta, 4)
     data = tdata.InpaintData(ds, rows, tdata.Augment(64, hflip_prob=0.5), birads=4, seed=0, grid=vae_factor(vae))
-    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True, device="cpu",
-                          wait_for_everyone=lambda: None)
+    one = SimpleNamespace(
+        num_processes=1, process_index=0, is_main_process=True, device="cpu", wait_for_everyone=lambda: None
+    )
     latents = cache_latents(data, vae, one, tmp_path / "cache", flips=2)
     for i in range(len(rows)):
         for flip in (0, 1):
             pixels, masked = data.fixed_sample(i, bool(flip))
             with torch.no_grad():
                 want_image, want_masked = encode_distribution(vae, pixels[None]), encode_distribution(vae, masked[None])
-            torch.testing.assert_close(latents.image_cache.distribution([2 * i + flip]), want_image, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(latents.masked_cache.distribution([2 * i + flip]), want_masked, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                latents.image_cache.distribution([2 * i + flip]), want_image, rtol=1e-4, atol=1e-5
+            )
+            torch.testing.assert_close(
+                latents.masked_cache.distribution([2 * i + flip]), want_masked, rtol=1e-4, atol=1e-5
+            )
     data.decode_pixels = False
     batch = tdata.collate([data[(e, 0)] for e in range(4)])
     assert set(batch["mask_kind"].tolist()) == {tdata.MASK_BOX} and "pixel_values" not in batch
@@ -179,10 +220,12 @@ def test_full_and_random_masks_next_to_cached_box_masks(tiny_prepared, tiny_sd2_
     vae = AutoencoderKL.from_pretrained(tiny_sd2_inpaint, subfolder="vae")
     ds, meta = tdata.load_prepared(tiny_prepared)
     rows = tdata.rows_with_birads(meta, 4)
-    data = tdata.InpaintData(ds, rows, tdata.Augment(64), birads=4, seed=1, grid=8, full_mask_fraction=0.3,
-                             random_box_fraction=0.4)
-    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True, device="cpu",
-                          wait_for_everyone=lambda: None)
+    data = tdata.InpaintData(
+        ds, rows, tdata.Augment(64), birads=4, seed=1, grid=8, full_mask_fraction=0.3, random_box_fraction=0.4
+    )
+    one = SimpleNamespace(
+        num_processes=1, process_index=0, is_main_process=True, device="cpu", wait_for_everyone=lambda: None
+    )
     latents = cache_latents(data, vae, one, tmp_path / "cache", flips=1)
     batch = tdata.collate([data[(e, i)] for e in range(4) for i in range(len(rows))])
     kinds = batch["mask_kind"]

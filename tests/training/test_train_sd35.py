@@ -24,10 +24,21 @@ def tiny_prepared(tmp_path_factory):
 
 def _config(tiny_prepared, tiny_sd3, out, **kw) -> SD35LoraConfig:
     base = dict(
-        prepared=tiny_prepared, output_dir=out, base_model=str(tiny_sd3), resolution=64, train_batch_size=2,
-        gradient_accumulation_steps=1, max_train_steps=12, learning_rate=2e-2, lr_scheduler="constant",
-        lr_warmup_steps=0, mixed_precision="no", gradient_checkpointing=False, checkpointing_steps=6,
-        validation_seeds=[], lora={"rank": 8, "alpha": 32, "dropout": 0.0},
+        prepared=tiny_prepared,
+        output_dir=out,
+        base_model=str(tiny_sd3),
+        resolution=64,
+        train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_train_steps=12,
+        learning_rate=2e-2,
+        lr_scheduler="constant",
+        lr_warmup_steps=0,
+        mixed_precision="no",
+        gradient_checkpointing=False,
+        checkpointing_steps=6,
+        validation_seeds=[],
+        lora={"rank": 8, "alpha": 32, "dropout": 0.0},
     )
     base.update(kw)
     return SD35LoraConfig(**base)
@@ -63,8 +74,14 @@ def test_adapter_loads_into_pipeline_and_changes_output(full_run, tiny_sd3):
     prompt = schema.text2image_prompt("L", "CC", "A", 4)
 
     def sample():
-        return pipe(prompt, height=64, width=64, num_inference_steps=2, output_type="np",
-                    generator=torch.Generator().manual_seed(0)).images[0]
+        return pipe(
+            prompt,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
 
     before = sample()
     pipe.load_lora_weights(full_run[1].final_dir, weight_name=LORA_WEIGHTS)
@@ -120,8 +137,9 @@ def test_cli_bad_inputs_exit_2(tiny_prepared, tiny_sd3, tmp_path, capsys):
 
 
 def test_cached_latents_train_without_decoding_images(tiny_prepared, tiny_sd3, tmp_path):
-    config = _config(tiny_prepared, tiny_sd3, tmp_path / "run", cache_latents=True, max_train_steps=2,
-                     checkpointing_steps=2)
+    config = _config(
+        tiny_prepared, tiny_sd3, tmp_path / "run", cache_latents=True, max_train_steps=2, checkpointing_steps=2
+    )
     result = train_sd35_lora(config)
     part = np.load(config.output_dir / "cache" / "latents" / "part-0-of-1.npy", mmap_mode="r")
     assert part.shape == (2, 2, 16, 8, 8)  # every row: latent mean and std

@@ -41,18 +41,50 @@ def _runs(records: list[dict]) -> list[list[dict]]:
 def test_two_process_inpaint_training(tiny_sd2_inpaint, tmp_path, capsys):
     prepared = write_trainer_set(tmp_path / "prep", n=8, birads=(4, 3))  # 4 rows of class 4
     out = tmp_path / "run"
-    config = {"prepared": str(prepared), "output_dir": str(out), "base_model": str(tiny_sd2_inpaint),
-              "resolution": 32, "train_batch_size": 1, "max_train_steps": 4, "checkpointing_steps": 2,
-              "mixed_precision": "no", "validation_seeds": [], "dataloader_num_workers": 0, "learning_rate": 1e-3}
+    config = {
+        "prepared": str(prepared),
+        "output_dir": str(out),
+        "base_model": str(tiny_sd2_inpaint),
+        "resolution": 32,
+        "train_batch_size": 1,
+        "max_train_steps": 4,
+        "checkpointing_steps": 2,
+        "mixed_precision": "no",
+        "validation_seeds": [],
+        "dataloader_num_workers": 0,
+        "learning_rate": 1e-3,
+    }
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(config))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
     record = tmp_path / "record"
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         str(HERE / "ddp_recorder.py"), str(record), "--", "inpaint", str(cfg), "--birads", "4"],
-        env=env, capture_output=True, text=True, timeout=240,
+        [
+            str(Path(sys.executable).with_name("accelerate")),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "0",
+            str(HERE / "ddp_recorder.py"),
+            str(record),
+            "--",
+            "inpaint",
+            str(cfg),
+            "--birads",
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("stopped at step 3") == 1 and proc.stdout.count("trained 4 steps") == 1

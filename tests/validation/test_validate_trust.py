@@ -38,7 +38,10 @@ def _spec(n: int = 1) -> ReleaseSpec:
             "authors": ["a"],
             "source": {"name": "s", "prepared": "p", "license": "cc0", "redistribution_allowed": True},
             "methods": {
-                "text2image": {"counts": [{"birads": [1, 2], "n": n}], "text2image": {"base_model": "x", "resolution": 320}}
+                "text2image": {
+                    "counts": [{"birads": [1, 2], "n": n}],
+                    "text2image": {"base_model": "x", "resolution": 320},
+                }
             },
         }
     )
@@ -108,7 +111,12 @@ def test_report_records_files_spec_and_row_hashes(scenario):
     record = ShardWriter(shard.parent).record(0)
     assert rep.data_files == {
         "text2image": [
-            {"name": shard.name, "rows": len(scenario["rows"]), "bytes": shard.stat().st_size, "sha256": record["sha256"]}
+            {
+                "name": shard.name,
+                "rows": len(scenario["rows"]),
+                "bytes": shard.stat().st_size,
+                "sha256": record["sha256"],
+            }
         ]
     }
     assert record["sha256"] == sha256_file(shard)
@@ -135,7 +143,12 @@ def test_release_folder_parquet_is_hashed(scenario, tmp_path):
     path = out / "train-00000-of-00001.parquet"
     gen.dataset.cast_column("image", datasets.Image()).to_parquet(str(path))
     rel = load_release(tmp_path / "hub")
-    entry = {"name": path.name, "rows": len(scenario["rows"]), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    entry = {
+        "name": path.name,
+        "rows": len(scenario["rows"]),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
     assert rel.files == {"text2image": [entry]}
     assert rel.row_hashes() == gen.row_hashes()
 
@@ -314,7 +327,9 @@ def test_training_pixels_stay_in_the_local_folder(scenario):
     rep = scenario["report"]
     assert rep.failed_image_ids and rep.local_plots == [FLAGGED_PANEL]
     assert local == out.parent / "validation-local"
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(["report.json", "report.md", *SHIPPABLE_PLOTS])
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+        ["report.json", "report.md", *SHIPPABLE_PLOTS]
+    )
     assert sorted(p.name for p in local.iterdir()) == sorted([FLAGGED_PANEL, LOCAL_MARKER])
     # the panel holds the flagged row's nearest training image; nothing in the shippable folder does
     import cv2
@@ -388,4 +403,3 @@ def test_baseline_saved_dataset_with_broken_json_is_input_error(scenario, tmp_pa
         capsys, scenario["rel"], "--reference", scenario["ref"], "--report", tmp_path / "r", "--baseline", base
     )
     assert str(base) in _one_line_exit_2(code, err)
-
