@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -486,6 +487,8 @@ def environment() -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min: other users of the machine
     }
     env["versions"] = {name: version(name) for name in ("torch", "diffusers", "transformers", "accelerate", "peft")}
     return env
@@ -511,6 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train.json")
     args = ap.parse_args(argv)
+    env = environment()  # date and load at the start
     trainers = ["inpaint", "sd35-lora"] if args.trainer == "both" else [args.trainer]
     results = {}
     for trainer in trainers:
@@ -536,13 +540,15 @@ def main(argv: list[str] | None = None) -> dict:
         )
     record = {
         "benchmark": "train",
-        **environment(),
+        **env,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "figures": "absolute (GPU)"
         if torch.cuda.is_available()
         else "CPU with tiny random models: ratios (ours / baseline, model / hardware FLOPs) only; absolute "
-        "figures only from a GPU (none in this run)",
+        "figures only from a GPU (none in this run). On a shared machine compare speedup_per_repeat and the "
+        "load averages: other sessions' load moves single repeats by large factors",
         "results": results,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
