@@ -182,6 +182,9 @@ class ReleaseSpec(StrictModel):
     previous_release: str | None = Field(None, description="folder or ORG/NAME@rev of the previous version")
     changes: str | None = Field(None, description="what changed since the previous version")
     citations: list[str] = Field(default_factory=list, description="extra BibTeX entries for the card")
+    reader_study: Path | None = Field(
+        None, description="a scored reader study (`mammosynth reader-study score --out DIR`) shown in the card"
+    )
 
     @field_validator("version")
     @classmethod
@@ -264,6 +267,8 @@ def load_spec(path: str | Path) -> ReleaseSpec:
     base = path.resolve().parent
     if not spec.source.prepared.is_absolute():
         spec.source.prepared = base / spec.source.prepared
+    if spec.reader_study is not None and not spec.reader_study.is_absolute():
+        spec.reader_study = base / spec.reader_study
     if spec.output_dir is None:
         spec.output_dir = base / "releases" / f"{spec.name}-{spec.version}"
     elif not spec.output_dir.is_absolute():
