@@ -29,6 +29,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("mammosynth.builders.release.commands:publish", "Upload a release to the Hub and tag it."),
     "build": ("mammosynth.builders.release.commands:build", "generate -> validate -> card -> package (-> publish)."),
     "demo": ("mammosynth.builders.release.demo:demo", "The whole chain on the embedded default, on CPU."),
+    "check": ("mammosynth.builders.release.check:check", "Check a spec and its inputs; print the plan, run nothing."),
+    "inspect": ("mammosynth.builders.release.inspect:inspect", "Counts, gates, licence and tag of a release."),
+    "reader-study": (
+        "mammosynth.validation.reader_study.commands:reader_study",
+        "Blinded real-vs-synthetic reader studies: create, serve, import, score.",
+    ),
 }
 
 
