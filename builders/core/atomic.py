@@ -38,8 +38,17 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:
+        _name_the_file(exc, target)
+        raise
     finally:
         _remove(tmp)
+
+
+def _name_the_file(exc: OSError, target: Path) -> None:
+    """Writers such as pyarrow report a full disk without the file's name; the user needs it."""
+    if not exc.filename:
+        exc.filename = str(target)
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

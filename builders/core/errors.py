@@ -68,11 +68,19 @@ def write_traceback(exc: BaseException) -> Path:
     return Path(name)
 
 
+def _close_progress_bars() -> None:
+    """End any live progress bar first, so the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        bar.close()
+
+
 def exit_code(exc: BaseException, *, debug: bool = False, echo=None) -> int:
     """The exit status for ``exc``, after one line on stderr (the traceback too with ``debug``)."""
     import click
 
     echo = echo or (lambda line: click.echo(line, err=True))
+    _close_progress_bars()
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_INPUT)
     if isinstance(exc, click.exceptions.Exit):
