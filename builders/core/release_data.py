@@ -2,6 +2,8 @@
 to drop, with the figures the card and the package both need (counts, sizes, generators).
 
 One place computes them so the card's `dataset_info` and the packaged parquet cannot disagree.
+Images are read one generated shard at a time (``iter_tables``): what stays in memory is every
+column but the image, plus each row's image hash and size, so no stage holds the release's pixels.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -23,23 +26,54 @@ from mammosynth.builders.core.spec import ReleaseSpec
 
 
 @dataclass
-class ReleaseData:
-    """Arrow tables per method (ClassLabel columns as indices, images as embedded PNG bytes)."""
+class MethodRows:
+    """One method's kept rows: where they are and what the card and the package need of them."""
 
-    tables: dict[str, pa.Table]
+    shards: list[Path]  # generated shard files, in row order
+    drop: frozenset[str]  # image ids left out
+    table: pa.Table  # every release column but ``image`` (ClassLabel columns as indices)
+    hashes: dict[str, str]  # image_id -> sha256 of the PNG bytes, in row order
+    image_sizes: list[int]  # PNG bytes per row, in row order
+    nbytes: int  # Arrow bytes of the rows, images included (the card's ``num_bytes``)
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """The kept rows with every release column, one generated shard at a time."""
+        for path in self.shards:
+            table = pq.read_table(path)
+            if self.drop:
+                table = pc.filter(table, pc.invert(_is_in(table, self.drop)))
+            if table.num_rows:
+                yield table
+
+
+def _is_in(table: pa.Table, ids: frozenset[str]) -> pa.ChunkedArray:
+    return pc.is_in(table.column("image_id"), value_set=pa.array(sorted(ids), pa.string()))
+
+
+@dataclass
+class ReleaseData:
+    """The release's rows per method (``rows``), the ids dropped after validation and the
+    generator's skips."""
+
+    rows: dict[str, MethodRows]
     dropped: dict[str, list[str]] = field(default_factory=dict)  # method -> dropped image ids
     skipped: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # method -> generator skips
 
     @property
+    def tables(self) -> dict[str, pa.Table]:
+        """method -> the kept rows without their images (labels, ids, provenance)."""
+        return {m: r.table for m, r in self.rows.items()}
+
+    @property
     def methods(self) -> list[str]:
         """Methods with at least one row, in the schema's order."""
-        return [m for m in METHODS if m in self.tables and self.tables[m].num_rows]
+        return [m for m in METHODS if m in self.rows and self.rows[m].table.num_rows]
 
     def num_examples(self, config: str) -> int:
-        return sum(self.tables[m].num_rows for m in self._members(config))
+        return sum(self.rows[m].table.num_rows for m in self._members(config))
 
     def num_bytes(self, config: str) -> int:
-        return sum(self.tables[m].nbytes for m in self._members(config))
+        return sum(self.rows[m].nbytes for m in self._members(config))
 
     def _members(self, config: str) -> list[str]:
         return self.methods if config == "all" else [config]
@@ -48,29 +82,31 @@ class ReleaseData:
     def configs(self) -> list[str]:
         return [*self.methods, "all"]
 
+    def iter_tables(self, method: str) -> Iterator[pa.Table]:
+        """``method``'s kept rows with their images, one generated shard at a time."""
+        return self.rows[method].iter_tables()
+
     def counts(self, method: str) -> Counter:
         """(BI-RADS name, view, laterality) -> rows."""
-        t = self.tables[method]
+        t = self.rows[method].table
         cols = [t.column(c).to_pylist() for c in ("birads", "view", "laterality")]
         return Counter((BIRADS_NAMES[b], VIEWS[v], LATERALITIES[lat]) for b, v, lat in zip(*cols))
 
     def density_shares(self, method: str | None = None) -> dict[str, int]:
-        """Density name (or "unknown") -> rows, over one method or the whole release."""
+        """Density name (or "unknown": null in the data) -> rows, over one method or the release."""
         values: list[int | None] = []
         for m in [method] if method else self.methods:
-            values += self.tables[m].column("density").to_pylist()
+            values += self.rows[m].table.column("density").to_pylist()
         c = Counter(DENSITIES[v] if v is not None and v >= 0 else "unknown" for v in values)
         return {k: c[k] for k in (*DENSITIES, "unknown") if c.get(k)}
 
     def generators(self, method: str) -> list[str]:
-        return sorted(set(self.tables[method].column("generator").to_pylist()))
+        return sorted(set(self.rows[method].table.column("generator").to_pylist()))
 
     def image_hashes(self, method: str, limit: int | None = None) -> dict[str, str]:
         """image_id -> sha256 of the PNG bytes, for the first ``limit`` rows."""
-        t = self.tables[method] if limit is None else self.tables[method].slice(0, limit)
-        ids = t.column("image_id").to_pylist()
-        images = t.column("image").combine_chunks().field("bytes").to_pylist()
-        return {i: hashlib.sha256(b).hexdigest() for i, b in zip(ids, images)}
+        items = list(self.rows[method].hashes.items())
+        return dict(items if limit is None else items[:limit])
 
     def fingerprint(self) -> str:
         """Changes whenever a row, a drop or a skip changes; used to skip up-to-date stages."""
@@ -82,10 +118,32 @@ class ReleaseData:
         return h.hexdigest()
 
 
+def _method_rows(writer: ShardWriter, drop: frozenset[str]) -> tuple[MethodRows, list[str]]:
+    features = release_features()
+    metas, hashes, sizes, nbytes, dropped = [], {}, [], 0, []
+    for path in writer.shard_files():
+        table = pq.read_table(path)
+        if table.schema.names != list(features):
+            raise InputError(f"generated shards do not have the release columns: {table.schema.names}", file=path)
+        if drop:
+            mask = _is_in(table, drop)
+            dropped += pc.filter(table.column("image_id"), mask).to_pylist()
+            table = pc.filter(table, pc.invert(mask))
+        images = table.column("image").combine_chunks().field("bytes")
+        hashes.update(
+            (i, hashlib.sha256(b.as_py()).hexdigest()) for i, b in zip(table.column("image_id").to_pylist(), images)
+        )
+        sizes += pc.binary_length(images).to_pylist()
+        nbytes += table.nbytes
+        metas.append(table.drop_columns(["image"]))
+    meta = pa.concat_tables(metas).combine_chunks()
+    return MethodRows(writer.shard_files(), drop, meta, hashes, sizes, nbytes), dropped
+
+
 def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> ReleaseData:
     """Read every requested method's generated shards; rows whose image_id is in ``drop_ids`` go."""
-    features = release_features()
-    tables: dict[str, pa.Table] = {}
+    drop = frozenset(drop_ids or ())
+    rows: dict[str, MethodRows] = {}
     dropped: dict[str, list[str]] = {}
     skipped: dict[str, list[dict[str, str]]] = {}
     for method in spec.methods:
@@ -96,23 +154,14 @@ def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> Re
                 field=f"methods.{method}",
             )
         writer.verify_all()  # the bytes released are the bytes generate wrote
-        # pyarrow directly: the shards already hold the release schema, no datasets cache needed
-        table = pa.concat_tables([pq.read_table(f) for f in writer.shard_files()])
-        if table.schema.names != list(features):
-            raise InputError(
-                f"generated shards do not have the release columns: {table.schema.names}", file=writer.out_dir
-            )
-        if drop_ids:
-            ids = table.column("image_id")
-            drop_mask = pc.is_in(ids, value_set=pa.array(sorted(drop_ids), pa.string()))
-            dropped[method] = pc.filter(ids, drop_mask).to_pylist()
-            table = pc.filter(table, pc.invert(drop_mask))
-        tables[method] = table.combine_chunks()
+        rows[method], gone = _method_rows(writer, drop)
+        if drop:
+            dropped[method] = gone
         skipped[method] = writer.skipped()
-    data = ReleaseData(tables=tables, dropped=dropped, skipped=skipped)
+    data = ReleaseData(rows=rows, dropped=dropped, skipped=skipped)
     if not data.methods:
         raise InputError("no rows left to release (every generated row was dropped or skipped)")
     return data
 
 
-__all__ = ["ReleaseData", "load_release_data", "datasets"]
+__all__ = ["ReleaseData", "MethodRows", "load_release_data"]

@@ -11,7 +11,6 @@ so a failed round trip never leaves a half-made release behind.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -20,8 +19,6 @@ import tempfile
 from pathlib import Path
 
 import datasets
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
@@ -34,52 +31,16 @@ from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON
 from mammosynth.builders.core.schema import release_features
 from mammosynth.builders.core.spec import ReleaseSpec
+from mammosynth.builders.release.parquet_io import shard_bounds, write_shards
 
-ROW_GROUP_ROWS = 100  # datasets' row-group size for image data: keeps the viewer's reads small
 CHECKSUMS = "checksums.sha256"
 
 
-def shard_bounds(image_sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
-    """Greedy contiguous [start, stop) slices whose image bytes stay under ``max_bytes``."""
-    bounds, start, acc = [], 0, 0
-    for i, size in enumerate(image_sizes):
-        if acc and acc + size > max_bytes:
-            bounds.append((start, i))
-            start, acc = i, 0
-        acc += size
-    if start < len(image_sizes) or not bounds:
-        bounds.append((start, len(image_sizes)))
-    return bounds
-
-
-def hf_schema(schema: pa.Schema) -> pa.Schema:
-    """Attach datasets' feature metadata, so plain pyarrow readers keep the ClassLabel names too."""
-    meta = {"huggingface": json.dumps({"info": {"features": release_features().to_dict()}})}
-    return schema.with_metadata(meta)
-
-
-def default_compression() -> dict[str, str]:
-    """Snappy for the small columns; none for PNG bytes, which do not compress further
-    (benchmarks/package.py: compressing them made writing ~5x slower for no size gain)."""
-    return {name: ("NONE" if name == "image" else "SNAPPY") for name in release_features()}
-
-
-def write_parquet_shards(
-    table: pa.Table, out_dir: Path, max_bytes: int, *, compression: str | dict[str, str] | None = None
-) -> list[Path]:
-    """Write ``table`` as ``train-NNNNN-of-NNNNN.parquet`` files; PNG bytes go in as they are."""
-    compression = compression or default_compression()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = pa.compute.binary_length(table.column("image").combine_chunks().field("bytes")).to_pylist()
-    bounds = shard_bounds(sizes, max_bytes)
-    paths = []
-    schema = hf_schema(table.schema)
-    for k, (start, stop) in enumerate(bounds):
-        path = out_dir / f"train-{k:05d}-of-{len(bounds):05d}.parquet"
-        with pq.ParquetWriter(path, schema, compression=compression) as writer:
-            writer.write_table(table.slice(start, stop - start).cast(schema), row_group_size=ROW_GROUP_ROWS)
-        paths.append(path)
-    return paths
+def write_parquet_shards(data: ReleaseData, method: str, out_dir: Path, max_bytes: int) -> list[Path]:
+    """``method``'s rows as ``train-NNNNN-of-NNNNN.parquet`` in ``out_dir``, streamed shard by shard
+    through datasets' writer (``parquet_io``); PNG bytes go in as they are."""
+    rows = data.rows[method]
+    return write_shards(rows.iter_tables(), rows.image_sizes, rows.nbytes, out_dir, max_bytes)
 
 
 def release_files(folder: Path) -> list[Path]:
@@ -154,22 +115,19 @@ def check_images(data: ReleaseData, *, progress: bool = True) -> int:
     n = 0
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         for m in data.methods:
-            table = data.tables[m]
-            ids = table.column("image_id").to_pylist()
-            images = table.column("image").combine_chunks().field("bytes").to_pylist()
-            for problem in tqdm(
-                pool.map(bad, zip(ids, images), chunksize=16),
-                total=len(ids),
-                desc=f"check {m} images",
-                unit="img",
-                disable=not progress,
-            ):
-                if problem is not None:
-                    image_id, _, why = problem.partition(": ")
-                    raise InputError(
-                        f"image does not decode ({why}); regenerate or drop the row", record=image_id, field="image"
-                    )
-            n += len(ids)
+            bar = tqdm(total=data.num_examples(m), desc=f"check {m} images", unit="img", disable=not progress)
+            for table in data.iter_tables(m):  # one generated shard in memory at a time
+                ids = table.column("image_id").to_pylist()
+                images = table.column("image").combine_chunks().field("bytes").to_pylist()
+                for problem in pool.map(bad, zip(ids, images), chunksize=16):
+                    if problem is not None:
+                        image_id, _, why = problem.partition(": ")
+                        raise InputError(
+                            f"image does not decode ({why}); regenerate or drop the row", record=image_id, field="image"
+                        )
+                bar.update(len(ids))
+                n += len(ids)
+            bar.close()
     return n
 
 
@@ -239,7 +197,7 @@ def package(
     with atomic.atomic_dir(out) as tmp:
         max_bytes = int(spec.output.max_shard_mb * 1_000_000)
         for m in tqdm(data.methods, desc="package", unit="config", disable=not progress):
-            write_parquet_shards(data.tables[m], tmp / "data" / m, max_bytes)
+            write_parquet_shards(data, m, tmp / "data" / m, max_bytes)
         for name in (CARD_FILE, CROISSANT_FILE):
             shutil.copy2(card_dir / name, tmp / name)
         if report_dir is not None and (report_dir / REPORT_JSON).is_file():
@@ -254,4 +212,12 @@ def package(
     return out
 
 
-__all__ = ["package", "verify_release", "write_checksums", "verify_checksums", "shard_bounds", "git"]
+__all__ = [
+    "package",
+    "verify_release",
+    "write_checksums",
+    "verify_checksums",
+    "shard_bounds",
+    "write_parquet_shards",
+    "git",
+]

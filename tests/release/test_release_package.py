@@ -102,8 +102,11 @@ def test_failed_round_trip_stops_the_build_and_keeps_the_previous_release(tmp_pa
     before = (ok.release / "checksums.sha256").read_text()
     real = package_mod.write_parquet_shards
 
-    def lossy(table, out_dir, max_bytes, **kw):  # drop a row: the card's split size no longer matches
-        return real(table.slice(1), out_dir, max_bytes, **kw)
+    def lossy(data, method, out_dir, max_bytes):  # one row short: the card's split size no longer matches
+        paths = real(data, method, out_dir, max_bytes)
+        table = pq.read_table(paths[0])
+        pq.write_table(table.slice(1), paths[0])
+        return paths
 
     monkeypatch.setattr(package_mod, "write_parquet_shards", lossy)
     write_report(Path(spec.output_dir) / "validation", failed=[])  # new report -> card and package rerun
