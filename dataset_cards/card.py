@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,18 @@ from mammosynth.builders.core.provenance import strip_local_paths
 from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.schema import BIRADS_NAMES, LATERALITIES, METHODS, VIEWS, release_features
 from mammosynth.builders.core.spec import PoissonParams, ReleaseSpec
-from mammosynth.dataset_cards.citations import SOURCE_PAPERS
+from mammosynth.dataset_cards.citations import SOURCE_PAPERS, release_bibtex
+from mammosynth.validation.checks import MEMORIZATION_CHECKS
 from mammosynth.validation.report import ValidationReport
 
 TEMPLATES = Path(__file__).parent / "templates"
 OVERRIDES_RE = re.compile(r"(<!-- mammosynth:overrides -->\n)(.*?)(\n<!-- /mammosynth:overrides -->)", re.S)
-NO_OVERRIDES = "None: the release passed its validation gates and respects the source licence."
+NO_OVERRIDES = {
+    "passed": "None: the release passed its validation gates and respects the source licence.",
+    "failed": "None recorded. The shipped rows fail validation gates (see Validation): the release is not "
+    "fit for publishing as it stands.",
+    "unvalidated": "None recorded. No validation report describes this release.",
+}
 
 METHOD_WORDS = {
     "text2image": "Text-to-image: Stable Diffusion 3.5 with a LoRA adapter, prompted with laterality, view, "
@@ -46,14 +53,14 @@ COLUMN_MEANINGS = {
     "birads": "assessment category the image was generated for",
     "view": "CC / MLO",
     "laterality": "L / R",
-    "density": "prompt density or the background's (A–D; -1 when unknown)",
+    "density": "prompt density or the background's (A–D); null when unknown",
     "bbox": "inserted lesions as [xmin, ymin, xmax, ymax] in output pixels; empty when none is known",
     "seed": "sampling seed",
     "mask_seed": "placement seed",
-    "prompt": "text condition used (null when none)",
-    "source_image": "pseudonymous id of the real background (inpainting, poisson)",
-    "lesion_source": "pseudonymous id of the donor lesion (poisson)",
-    "manufacturer": "vendor of the background, or the one named in the prompt",
+    "prompt": "text condition used; null when none",
+    "source_image": "pseudonymous id of the real background (inpainting, poisson); null otherwise",
+    "lesion_source": "pseudonymous id of the donor lesion (poisson); null otherwise",
+    "manufacturer": "vendor of the background, or the one named in the prompt; null when unknown",
     "generator": "checkpoint name and content hash / revision",
 }
 # Anything that looks like an unfilled template slot or a stock "fill me" phrase.
@@ -134,32 +141,48 @@ def card_metadata(spec: ReleaseSpec, data: ReleaseData) -> dict[str, Any]:
     return meta
 
 
-def _validation_summary(report: ValidationReport | None) -> tuple[str, str]:
+def _validation_summary(report: ValidationReport | None, shipped_rows: int, dropped: int) -> tuple[str, str]:
+    """The gate table and the memorization statement, both of the rows the release ships."""
     if report is None:
         return (
             "No validation report was produced for this release.",
             "No memorization check was run; treat every image as possibly memorized.",
         )
-    lines = [f"Overall: **{'passed' if report.passed else 'FAILED'}**.", "", "| gate | status |", "|---|---|"]
+    scope = f"Gates computed on the {shipped_rows} rows this release ships"
+    if dropped:
+        scope += f", validated again after {dropped} rows were dropped (see *Dropped rows*)"
+    lines = [scope + ".", "", f"Overall: **{'passed' if report.passed else 'FAILED'}**.", ""]
+    lines += ["| gate | status | summary |", "|---|---|---|"]
     for name, gate in sorted(report.gates.items()):
-        lines.append(f"| {name} | {gate.status} |")
-    flagged = report.flagged
-    by_check = Counter(f.check for f in flagged)
-    if flagged:
-        lines += ["", "Flagged rows per check: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_check.items())) + "."]
-    memo_checks = [f for f in flagged if "dup" in f.check or "memor" in f.check or "nearest" in f.check]
-    memo_gates = {k: v for k, v in report.gates.items() if any(w in k for w in ("dup", "memor", "nearest"))}
-    if memo_gates or memo_checks or report.passed is not None:
-        memo = (
-            f"Every image was compared with every training image of the prepared source set (exact pixel hash, "
-            f"perceptual hash and nearest-neighbour distance inside the breast, thresholds calibrated on real "
-            f"held-out images). {len(memo_checks)} row(s) were flagged as possible copies"
-            + (" and removed." if memo_checks else ".")
-            + " For inpainting and Poisson rows the background is, by construction, a real training image."
-        )
-    else:
-        memo = "The report holds no memorization figures."
+        lines.append(f"| {name} | {gate.status} | {gate.summary.replace('|', '/')} |")
+    by_check = Counter(f.check for f in report.flagged)
+    if by_check:
+        lines += ["", "Flagged shipped rows per check: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_check.items()))]
+        lines[-1] += "."
+    memo_flags = [f for f in report.flagged if f.check in MEMORIZATION_CHECKS]
+    memo = (
+        "Every image was compared with every training image of the prepared source set (exact pixel hash, "
+        "perceptual hash and nearest-neighbour distance inside the breast, thresholds calibrated on real "
+        f"held-out images). {len(memo_flags)} shipped row(s) are flagged as possible copies"
+        + (" (listed in `validation/report.json`)." if memo_flags else ".")
+        + " For inpainting and Poisson rows the background is, by construction, a real training image."
+    )
     return "\n".join(lines), memo
+
+
+def dropped_rows(data: ReleaseData, candidate: ValidationReport | None) -> list[tuple[str, str, int, str]]:
+    """(method, check, rows, one reason) for the rows dropped after validation, from the report
+    the drops were decided on."""
+    method_of = {i: m for m, ids in data.dropped.items() for i in ids}
+    groups: dict[tuple[str, str], list[str]] = {}
+    for f in candidate.flagged if candidate else []:
+        if f.image_id in method_of:
+            groups.setdefault((method_of[f.image_id], f.check), []).append(f.reason)
+    out = [(m, c, len(reasons), reasons[0]) for (m, c), reasons in sorted(groups.items())]
+    flagged = {f.image_id for f in candidate.flagged} if candidate else set()
+    unexplained = Counter(m for i, m in method_of.items() if i not in flagged)
+    out += [(m, "(no finding recorded)", n, "listed as failed by the report") for m, n in sorted(unexplained.items())]
+    return out
 
 
 def _count_table(data: ReleaseData) -> dict[str, dict[str, dict[str, int]]]:
@@ -236,23 +259,31 @@ def render_card(
     *,
     overrides: list[Override] = (),  # type: ignore[assignment]
     previous: dict[str, Any] | None = None,
+    candidate: ValidationReport | None = None,
+    extra_sections: Sequence[str] = (),
 ) -> str:
+    """The card of ``data`` as validated by ``report`` (the report of exactly these rows);
+    ``candidate`` is the report the dropped rows were dropped on, when rows were dropped;
+    ``extra_sections`` are Markdown sections (each opening with its ``## `` heading) placed after
+    the validation section."""
     from mammosynth.builders.core.licensing import source_uses
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
     meta = card_metadata(spec, data)
-    summary, memorization = _validation_summary(report)
+    dropped_total = sum(len(v) for v in data.dropped.values())
+    summary, memorization = _validation_summary(report, data.num_examples("all"), dropped_total)
     density = data.density_shares()
     total = data.num_examples("all")
     density_text = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in density.items()) or "not recorded"
     features = release_features()
-    citations = [SOURCE_PAPERS["methods"], SOURCE_PAPERS["mam-e"]]
-    if spec.source.citation:
-        citations.append(spec.source.citation.strip())
     sources = source_uses(spec, data.tables)
-    citations += [c.strip() for c in spec.citations]
+    citations = [SOURCE_PAPERS["methods"], SOURCE_PAPERS["mam-e"], *(c.strip() for c in spec.citations)]
+    source_bibtex = [u.licence.citation.strip() for u in sources.values() if u.licence.citation]
+    if spec.source.citation and spec.source.citation.strip() not in source_bibtex:
+        source_bibtex.append(spec.source.citation.strip())
+    status = "unvalidated" if report is None else "passed" if report.passed else "failed"
     text = env.get_template("README.md.j2").render(
         yaml_metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
         spec=spec,
@@ -269,14 +300,17 @@ def render_card(
         count_table=_count_table(data),
         validation_summary=summary,
         memorization=memorization,
-        dropped_total=sum(len(v) for v in data.dropped.values()),
+        dropped_total=dropped_total,
+        dropped_rows=dropped_rows(data, candidate),
         density_text=density_text,
         real_pixel_methods=[m for m in data.methods if m in ("inpainting", "poisson")],
-        overrides_text="\n".join(o.line() for o in overrides) or NO_OVERRIDES,
+        overrides_text="\n".join(o.line() for o in overrides) or NO_OVERRIDES[status],
         changes_text=changes_text(spec, data, previous),
+        release_bibtex=release_bibtex(spec),
+        extra_sections=list(extra_sections),
         citations=citations,
+        source_bibtex=source_bibtex,
         sources=sources,
-        source_citations=[(n, u.licence.citation.strip()) for n, u in sources.items() if u.licence.citation],
     )
     if not spec.hub.repo_id:
         text = text.replace(f'"<org>/{spec.name}"', f'"path/to/{spec.name}"')
@@ -330,7 +364,7 @@ def record_override(readme: Path, override: Override) -> str:
     m = OVERRIDES_RE.search(text)
     if m is None:
         raise InputError("card has no overrides block", file=readme)
-    lines = [] if m.group(2).strip() == NO_OVERRIDES else m.group(2).strip().splitlines()
+    lines = [] if m.group(2).strip() in NO_OVERRIDES.values() else m.group(2).strip().splitlines()
     if override.line() not in lines:
         lines.append(override.line())
     text = text[: m.start(2)] + "\n".join(lines) + text[m.end(2) :]

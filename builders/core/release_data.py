@@ -35,6 +35,7 @@ class MethodRows:
     hashes: dict[str, str]  # image_id -> sha256 of the PNG bytes, in row order
     image_sizes: list[int]  # PNG bytes per row, in row order
     nbytes: int  # Arrow bytes of the rows, images included (the card's ``num_bytes``)
+    formats: Counter = field(default_factory=Counter)  # (width, height, bits per sample) -> rows
 
     def iter_tables(self) -> Iterator[pa.Table]:
         """The kept rows with every release column, one generated shard at a time."""
@@ -44,6 +45,16 @@ class MethodRows:
                 table = pc.filter(table, pc.invert(_is_in(table, self.drop)))
             if table.num_rows:
                 yield table
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_format(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, bits per sample) from a greyscale PNG's header; None for anything else."""
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[25] != 0:  # colour type 0: greyscale
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), data[24]
 
 
 def _is_in(table: pa.Table, ids: frozenset[str]) -> pa.ChunkedArray:
@@ -100,6 +111,22 @@ class ReleaseData:
         c = Counter(DENSITIES[v] if v is not None and v >= 0 else "unknown" for v in values)
         return {k: c[k] for k in (*DENSITIES, "unknown") if c.get(k)}
 
+    def image_formats(self, method: str) -> list[str]:
+        """How ``method``'s images are stored, e.g. ``"1024×1024, 16-bit greyscale PNG (PIL mode I;16)"``."""
+        out = []
+        for fmt, n in sorted(self.rows[method].formats.items(), key=lambda kv: -kv[1]):
+            if fmt is None:
+                out.append(f"{n} row(s) not a greyscale PNG")
+                continue
+            w, h, bits = fmt
+            mode = {8: "L", 16: "I;16"}.get(bits, "?")
+            out.append(f"{w}×{h} px, {bits}-bit greyscale PNG (PIL mode {mode}): {n} row(s)")
+        return out
+
+    def bit_depths(self) -> list[int]:
+        """Bits per sample of the release's images, over every method, sorted."""
+        return sorted({f[2] for m in self.methods for f in self.rows[m].formats if f is not None})
+
     def generators(self, method: str) -> list[str]:
         return sorted(set(self.rows[method].table.column("generator").to_pylist()))
 
@@ -120,7 +147,7 @@ class ReleaseData:
 
 def _method_rows(writer: ShardWriter, drop: frozenset[str]) -> tuple[MethodRows, list[str]]:
     features = release_features()
-    metas, hashes, sizes, nbytes, dropped = [], {}, [], 0, []
+    metas, hashes, sizes, nbytes, dropped, formats = [], {}, [], 0, [], Counter()
     for path in writer.shard_files():
         table = pq.read_table(path)
         if table.schema.names != list(features):
@@ -130,14 +157,14 @@ def _method_rows(writer: ShardWriter, drop: frozenset[str]) -> tuple[MethodRows,
             dropped += pc.filter(table.column("image_id"), mask).to_pylist()
             table = pc.filter(table, pc.invert(mask))
         images = table.column("image").combine_chunks().field("bytes")
-        hashes.update(
-            (i, hashlib.sha256(b.as_py()).hexdigest()) for i, b in zip(table.column("image_id").to_pylist(), images)
-        )
+        for image_id, data in zip(table.column("image_id").to_pylist(), images.to_pylist()):
+            hashes[image_id] = hashlib.sha256(data).hexdigest()
+            formats[png_format(data)] += 1
         sizes += pc.binary_length(images).to_pylist()
         nbytes += table.nbytes
         metas.append(table.drop_columns(["image"]))
     meta = pa.concat_tables(metas).combine_chunks()
-    return MethodRows(writer.shard_files(), drop, meta, hashes, sizes, nbytes), dropped
+    return MethodRows(writer.shard_files(), drop, meta, hashes, sizes, nbytes, formats), dropped
 
 
 def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> ReleaseData:
@@ -164,4 +191,4 @@ def load_release_data(spec: ReleaseSpec, drop_ids: set[str] | None = None) -> Re
     return data
 
 
-__all__ = ["ReleaseData", "MethodRows", "load_release_data"]
+__all__ = ["ReleaseData", "MethodRows", "load_release_data", "png_format"]

@@ -5,11 +5,18 @@ inputs; a rerun skips a stage whose output exists and whose stamp matches, so a 
 resumes where it stopped and an edited spec or changed rows redo exactly the stages they affect.
 Generation and validation are called through their public APIs; tests and notebooks may pass
 their own callables with the same signatures.
+
+With ``--drop-failed`` the rows left after dropping are validated again (``validate_shipped``), and
+that report is the one the card describes and the release ships: its row hashes are exactly the
+release's rows. Dropping is not passing: when the shipped rows still fail a gate (the counts gate
+does whenever rows were dropped), the release is packaged for inspection and ``build`` raises
+GateFailed (exit 1) instead of publishing, unless ``--force --reason`` records an override.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,14 +26,18 @@ from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core.hashing import sha256_file, sha256_json
 from mammosynth.builders.core.locks import folder_lock
 from mammosynth.builders.core.release_data import ReleaseData, load_release_data
-from mammosynth.builders.core.run_layout import CARD_FILE
+from mammosynth.builders.core.run_layout import CARD_FILE, REPORT_JSON
 from mammosynth.builders.core.shard_writer import ShardWriter
 from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec, load_spec
-from mammosynth.builders.release.package import CHECKSUMS, package, spec_yaml
+from mammosynth.builders.release.package import CHECKSUMS, package, spec_yaml, write_parquet_shards
+from mammosynth.dataset_cards.write import SHIPPED_ROWS, shipped_report_dir
 from mammosynth.generators.engine import shard_slices
+from mammosynth.validation.report import ValidationReport
 
 GenerateFn = Callable[[ReleaseSpec], Any]
 ValidateFn = Callable[[ReleaseSpec, Path], Any]  # (spec, report_dir) -> anything; writes report.json
+# (spec, folder holding data/<method>/*.parquet of the rows to ship, report_dir); writes report.json
+ValidateShippedFn = Callable[[ReleaseSpec, Path, Path], Any]
 
 
 @dataclass
@@ -104,6 +115,63 @@ def _default_validate(spec: ReleaseSpec, report_dir: Path) -> Any:
     return validate_release(spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir)
 
 
+def _default_validate_shipped(spec: ReleaseSpec, rows: Path, report_dir: Path) -> Any:
+    from mammosynth.validation.gate import validate_release
+    from mammosynth.validation.release_io import load_release
+
+    loaded = load_release(rows)
+    # the generator's recorded skips explain missing rows of the shipped set too; dropped rows do not
+    loaded.skipped = [s for m in spec.methods for s in ShardWriter(spec.layout.generated(m)).skipped()]
+    return validate_release(loaded, spec.source.prepared, spec=spec, report_dir=report_dir)
+
+
+def _validate_shipped(
+    spec: ReleaseSpec, data: ReleaseData, key: str, fn: ValidateShippedFn | None, result: BuildResult
+) -> Path:
+    """Validate exactly the rows ``data`` holds (the candidate less the dropped rows); returns the
+    report folder. The rows are written as the release will hold them, validated, then removed."""
+    report_dir = shipped_report_dir(spec.layout)
+    report = report_dir / REPORT_JSON
+    if _up_to_date(spec, "validate-shipped", key, report):
+        result.skipped.append("validate-shipped")
+        return report_dir
+    rows = spec.layout.root / SHIPPED_ROWS
+    shutil.rmtree(rows, ignore_errors=True)
+    try:
+        max_bytes = int(spec.output.max_shard_mb * 1_000_000)
+        for m in data.methods:
+            write_parquet_shards(data, m, rows / "data" / m, max_bytes)
+        (fn or _default_validate_shipped)(spec, rows, report_dir)
+    finally:
+        shutil.rmtree(rows, ignore_errors=True)
+    if not report.is_file():
+        raise RuntimeError(f"validation of the shipped rows wrote no {REPORT_JSON} in {report_dir}")
+    _stamp(spec, "validate-shipped", key, report)
+    result.ran.append("validate-shipped")
+    return report_dir
+
+
+def _check_describes(report: ValidationReport, data: ReleaseData, path: Path) -> None:
+    """The report validated exactly the rows to be released, byte for byte, and no others."""
+    hashes = {i: h for m in data.methods for i, h in data.image_hashes(m).items()}
+    unvalidated = report.rows_not_validated(hashes)
+    if unvalidated:
+        raise InputError(
+            f"the validation report does not describe {len(unvalidated)} row(s) to be released "
+            f"(e.g. {unvalidated[0]}); validate again",
+            file=path,
+            field="row_hashes",
+        )
+    extra = sorted(set(report.row_hashes) - set(hashes))
+    if extra:
+        raise InputError(
+            f"the validation report describes {len(extra)} row(s) that are not released (e.g. {extra[0]}); "
+            "its gates would not describe the release",
+            file=path,
+            field="row_hashes",
+        )
+
+
 def build(
     spec: ReleaseSpec | str | Path,
     *,
@@ -115,6 +183,7 @@ def build(
     token: str | None = None,
     generate_fn: GenerateFn | None = None,
     validate_fn: ValidateFn | None = None,
+    validate_shipped_fn: ValidateShippedFn | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> BuildResult:
@@ -136,6 +205,7 @@ def build(
             token=token,
             generate_fn=generate_fn,
             validate_fn=validate_fn,
+            validate_shipped_fn=validate_shipped_fn,
             progress=progress,
             echo=echo,
         )
@@ -152,13 +222,13 @@ def _run_stages(
     token: str | None,
     generate_fn: GenerateFn | None,
     validate_fn: ValidateFn | None,
+    validate_shipped_fn: ValidateShippedFn | None,
     progress: bool,
     echo: Callable[[str], None],
 ) -> BuildResult:
     from mammosynth.dataset_cards.card import Override, previous_release_info
     from mammosynth.dataset_cards.write import write_card
     from mammosynth.validation.gate import resolve_thresholds
-    from mammosynth.validation.report import ValidationReport
 
     layout = spec.layout
     result = BuildResult(release=layout.release)
@@ -193,52 +263,73 @@ def _run_stages(
             file=layout.report_json,
             field="thresholds",
         )
-    overrides: list[Override] = []
-    if not report.passed:
-        if not (drop_failed or force):
-            raise GateFailed(
-                f"validation failed (see {report_dir / 'report.md'}); use --drop-failed to package "
-                "only the rows that passed, or --force --reason"
-            )
-        if force:
-            overrides.append(Override("validation", reason or ""))
+    if not report.passed and not (drop_failed or force):
+        raise GateFailed(
+            f"validation failed (see {report_dir / 'report.md'}); use --drop-failed to package "
+            "only the rows that passed, or --force --reason"
+        )
 
-    # 3. card
+    # 3. the rows to ship; after dropping, the gates are computed again on exactly those rows
     drop = report.failed_ids() if drop_failed else set()
     data: ReleaseData = load_release_data(spec, drop)
-    unvalidated = report.rows_not_validated({i: h for m in data.methods for i, h in data.image_hashes(m).items()})
-    if unvalidated:
-        raise InputError(
-            f"the validation report does not describe {len(unvalidated)} row(s) to be released "
-            f"(e.g. {unvalidated[0]}); validate again",
-            file=layout.report_json,
-            field="row_hashes",
-        )
     result.dropped = sum(len(v) for v in data.dropped.values())
+    candidate: ValidationReport | None = None
     if result.dropped:
-        echo(f"dropping {result.dropped} row(s) that failed validation")
+        echo(f"dropping {result.dropped} row(s) that failed validation; validating the rows left ...")
+        candidate = report
+        report_dir = _validate_shipped(
+            spec, data, sha256_json(gen_key, data.fingerprint()), validate_shipped_fn, result
+        )
+        report = ValidationReport.read_verified(report_dir / REPORT_JSON)
+    _check_describes(report, data, report_dir / REPORT_JSON)
+    overrides: list[Override] = []
+    if not report.passed and force:
+        overrides.append(Override("validation", reason or ""))
+
     card_dir = layout.card
     previous = previous_release_info(spec.previous_release) if spec.previous_release else None
     card_key = sha256_json(
-        gen_key, data.fingerprint(), report.model_dump(mode="json"), [o.__dict__ for o in overrides], previous
+        gen_key,
+        data.fingerprint(),
+        report.model_dump(mode="json"),
+        candidate.model_dump(mode="json") if candidate else None,
+        [o.__dict__ for o in overrides],
+        previous,
     )
     if _up_to_date(spec, "card", card_key, card_dir / CARD_FILE):
         result.skipped.append("card")
     else:
         echo("card ...")
-        write_card(spec, data, report, card_dir, overrides=overrides, previous=previous)
+        write_card(spec, data, report, card_dir, overrides=overrides, previous=previous, candidate=candidate)
         _stamp(spec, "card", card_key, card_dir / CARD_FILE)
         result.ran.append("card")
 
     # 4. package (+ load_dataset round trip; a failure raises and leaves the previous release intact)
-    pkg_key = sha256_json(card_key, _files_key(card_dir), _files_key(report_dir))
+    candidate_dir = layout.validation if candidate else None
+    pkg_key = sha256_json(
+        card_key, _files_key(card_dir), _files_key(report_dir), _files_key(candidate_dir) if candidate_dir else None
+    )
     if _up_to_date(spec, "package", pkg_key, result.release / CHECKSUMS):
         result.skipped.append("package")
     else:
         echo("package ...")
-        package(spec, data, card_dir=card_dir, report_dir=report_dir, out=result.release, progress=progress)
+        package(
+            spec,
+            data,
+            card_dir=card_dir,
+            report_dir=report_dir,
+            out=result.release,
+            progress=progress,
+            candidate_dir=candidate_dir,
+        )
         _stamp(spec, "package", pkg_key, result.release / CHECKSUMS)
         result.ran.append("package")
+    if not report.passed and not force:
+        raise GateFailed(
+            f"the {data.num_examples('all')} shipped row(s) fail gate(s) {', '.join(report.failed_gates())} "
+            f"(see {report_dir / 'report.md'}); the release in {result.release} is for inspection, not for "
+            "publishing (dropping rows is not passing; --force --reason records an override)"
+        )
     echo(f"release ready: {result.release}")
 
     # 5. publish

@@ -28,10 +28,11 @@ from mammosynth.builders.core.hashing import sha256_file
 from mammosynth.builders.core.licensing import SOURCES_FILE, source_uses, write_sources
 from mammosynth.builders.core.provenance import strip_local_paths
 from mammosynth.builders.core.release_data import ReleaseData
-from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON
+from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON, REPORT_MD
 from mammosynth.builders.core.schema import release_features
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.builders.release.parquet_io import shard_bounds, write_shards
+from mammosynth.dataset_cards.write import CANDIDATE_DIR
 
 CHECKSUMS = "checksums.sha256"
 
@@ -186,8 +187,11 @@ def package(
     out: Path | None = None,
     verify: bool = True,
     progress: bool = True,
+    candidate_dir: Path | None = None,
 ) -> Path:
-    """Build the release folder ``out`` (default ``<output_dir>/release``) and return it."""
+    """Build the release folder ``out`` (default ``<output_dir>/release``) and return it.
+    ``report_dir`` is the report of exactly ``data``'s rows; ``candidate_dir``, when rows were
+    dropped, the report they were dropped on (its report.json and report.md ship beside it)."""
     out = Path(out) if out else spec.layout.release
     for name in (CARD_FILE, CROISSANT_FILE):
         if not (card_dir / name).is_file():
@@ -202,6 +206,11 @@ def package(
             shutil.copy2(card_dir / name, tmp / name)
         if report_dir is not None and (report_dir / REPORT_JSON).is_file():
             shutil.copytree(report_dir, tmp / "validation", ignore=shutil.ignore_patterns(".*", "*.tmp*"))
+            if candidate_dir is not None:
+                (tmp / "validation" / CANDIDATE_DIR).mkdir()
+                for name in (REPORT_JSON, REPORT_MD):
+                    if (candidate_dir / name).is_file():
+                        shutil.copy2(candidate_dir / name, tmp / "validation" / CANDIDATE_DIR / name)
         (tmp / "spec.yaml").write_text(spec_yaml(spec), encoding="utf-8")
         write_sources(tmp / SOURCES_FILE, source_uses(spec, data.tables))
         (tmp / ".gitattributes").write_text("*.parquet binary\n*.png binary\n")

@@ -66,9 +66,10 @@ def test_dropped_rows_and_overrides_are_recorded(release_inputs) -> None:
     report = ValidationReport.read(report_path)
     data = load_release_data(spec, report.failed_ids())
     assert data.num_examples("poisson") == 3 and data.num_examples("all") == 18
-    text = render_card(spec, data, report, overrides=[Override("validation", "pilot study")])
+    text = render_card(spec, data, report, candidate=report, overrides=[Override("validation", "pilot study")])
     lint_card(text)
-    assert "2 rows that failed a validation check were removed" in text
+    assert "2 generated rows failed a validation check and were removed" in text
+    assert "| poisson | blank | 1 | no breast mask |" in text
     assert "Overall: **FAILED**" in text and "pilot study" in text
     meta, _ = parse_card(text)
     assert {i["config_name"]: i["splits"][0]["num_examples"] for i in meta["dataset_info"]}["poisson"] == 3

@@ -81,19 +81,13 @@ def test_build_packages_a_release_that_loads_for_every_config(tmp_path: Path) ->
     assert again.ran == [] and again.skipped == ["generate", "validate", "card", "package"]
 
 
-def test_drop_failed_and_stage_resume(tmp_path: Path) -> None:
+def test_failed_validation_stops_before_packaging(tmp_path: Path) -> None:
+    """(--drop-failed: tests/release/test_drop_failed.py)"""
     spec = _spec(tmp_path)
     failed = ["text2image-b1-cc-l-00000", "poisson-b5-mlo-r-00001"]
-    validate = lambda s, d: write_report(d, passed=False, failed=failed)  # noqa: E731
     with pytest.raises(GateFailed):
-        build(spec, generate_fn=generate_fake, validate_fn=validate, **QUIET)
+        build(spec, generate_fn=generate_fake, validate_fn=lambda s, d: write_report(d, failed=failed), **QUIET)
     assert not (Path(spec.output_dir) / "release").exists()
-    res = build(spec, generate_fn=generate_fake, validate_fn=validate, drop_failed=True, **QUIET)
-    assert res.skipped == ["generate", "validate"] and res.dropped == 2
-    with tempfile.TemporaryDirectory() as cache:
-        ds = datasets.load_dataset(str(res.release), "all", split="train", cache_dir=cache)
-    assert len(ds) == 18 and not set(failed) & set(ds["image_id"])
-    assert "2 rows that failed a validation check were removed" in (res.release / "README.md").read_text()
 
 
 def test_failed_round_trip_stops_the_build_and_keeps_the_previous_release(tmp_path: Path, monkeypatch) -> None:
