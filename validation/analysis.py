@@ -40,9 +40,9 @@ class Rows:
 
     @classmethod
     def of(cls, rel: LoadedRelease) -> "Rows":
-        ds = rel.dataset
-        f = ds.features
-        meta = ds.remove_columns("image").to_dict()
+        """Every column but the image, read from the data files without their image bytes."""
+        f = rel.dataset.features
+        meta = rel.dataset.table([c for c in f if c != "image"]).to_pydict()
 
         def names(col: str) -> list[str | None]:
             return [f[col].int2str(int(v)) if v is not None and int(v) >= 0 else None for v in meta[col]]
@@ -152,7 +152,8 @@ def analyse_rows(
             bar.update(1)
 
     start = 0
-    for batch in rel.dataset.select_columns(["image"]).iter(batch_size=_BATCH):
+    # file by file, a batch at a time: only the batches in flight hold image bytes
+    for batch in rel.iter_batches(["image"], batch_size=_BATCH):
         jobs = [
             (
                 img,
@@ -161,7 +162,7 @@ def analyse_rows(
                 th.stats.histogram_bins,
                 th.stats.msssim_size if start + j in thumb_rows else 0,
             )
-            for j, img in enumerate(batch["image"])
+            for j, img in enumerate(batch.column("image").to_pylist())
         ]
         start += len(jobs)
         if pool is None:
