@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mammosynth.builders.core import progress
 from mammosynth.builders.core.schema import METHODS
 
 
@@ -24,6 +25,7 @@ from mammosynth.builders.core.schema import METHODS
 )
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser (pays off for long GPU runs).")
 @click.option("--vae-tiling", is_flag=True, help="Decode in tiles (saves GPU memory at large resolutions).")
+@progress.console_options
 def generate(
     spec: str,
     methods: tuple[str, ...],
@@ -47,8 +49,14 @@ def generate(
         num_processes,
         runtime=Runtime(compile=compile_, vae_tiling=vae_tiling),
     )
-    for method, r in results.items():
+    env = progress.current_rank()
+    rank = progress.Rank(
+        env.rank if process_index is None else process_index, env.world_size if num_processes is None else num_processes
+    )
+    for method, r in results.items():  # the result: one line per method and rank, in every mode
         click.echo(
-            f"{method}: {r.rows} images in {len(r.written)} new shards "
-            f"({len(r.already_done)} already done), {len(r.skipped)} skipped, {r.images_per_second:.2f} img/s"
+            rank.label(
+                f"{method}: {r.rows} images in {len(r.written)} new shards "
+                f"({len(r.already_done)} already done), {len(r.skipped)} skipped, {r.images_per_second:.2f} img/s"
+            )
         )

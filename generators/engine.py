@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm.auto import tqdm
-
+from mammosynth.builders.core.progress import Rank
+from mammosynth.builders.core.progress import bar as progress_bar
 from mammosynth.builders.core.seeds import mask_seed, sampling_seed
 from mammosynth.builders.core.shard_writer import ShardWriter
 from mammosynth.builders.core.spec import ReleaseSpec
@@ -139,12 +139,13 @@ def run(
     todo = [k for k in mine if not writer.is_done(k)]
     done_before = [k for k in mine if writer.is_done(k)]
     result = RunResult(written=[], already_done=done_before, rows=0, skipped=[])
-    bar = tqdm(
+    bar = progress_bar(
         total=sum(slices[k][1] - slices[k][0] for k in mine),
         initial=sum(slices[k][1] - slices[k][0] for k in done_before),
-        desc=f"{sampler.method} [{process_index + 1}/{num_processes}]",
+        desc=f"generate {sampler.method}",
         unit="img",
-        disable=not progress,
+        enabled=progress,
+        rank=Rank(process_index, num_processes),
     )
     for k in todo:
         start, stop = slices[k]
@@ -159,7 +160,7 @@ def run(
         result.rows += len(rows)
         result.skipped.extend(skipped)
         bar.update(stop - start)
-        bar.set_postfix(shard=k, img_s=f"{(stop - start) / max(time.perf_counter() - t0, 1e-9):.2f}")
+        bar.set_postfix_str(f"shard {k}")
     bar.close()
     result.seconds = time.perf_counter() - t_start
     return result

@@ -38,6 +38,7 @@ from mammosynth.builders.core.box_mask import box_mask
 from mammosynth.builders.core.breast_mask import allowed_region
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.imageio import as_bit_depth, rgb_to_grey
+from mammosynth.builders.core.progress import no_loading_bars
 from mammosynth.builders.core.provenance import checkpoint_identity
 from mammosynth.builders.core.spec import InpaintingParams, ReleaseSpec
 from mammosynth.generators.backgrounds import (
@@ -239,9 +240,10 @@ class InpaintingSampler:
             from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
 
             rt = self.runtime.resolved()
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                str(self.folders[birads]), dtype=rt.torch_dtype, safety_checker=None, requires_safety_checker=False
-            )
+            with no_loading_bars():
+                pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                    str(self.folders[birads]), dtype=rt.torch_dtype, safety_checker=None, requires_safety_checker=False
+                )
             pipe.scheduler = DPMSolverMultistepScheduler.from_config(
                 pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
             )

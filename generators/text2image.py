@@ -17,6 +17,7 @@ from mammosynth.builders.core import schema
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import tree_hash
 from mammosynth.builders.core.imageio import rgb_to_grey
+from mammosynth.builders.core.progress import no_loading_bars
 from mammosynth.builders.core.provenance import checkpoint_identity
 from mammosynth.builders.core.spec import ReleaseSpec, Text2ImageParams
 from mammosynth.generators.engine import SampleTask, Skip
@@ -246,7 +247,8 @@ class Text2ImageSampler:
             from diffusers import StableDiffusion3Pipeline
 
             rt = self.runtime.resolved()
-            pipe = StableDiffusion3Pipeline.from_pretrained(str(self.base), dtype=rt.torch_dtype)
+            with no_loading_bars():
+                pipe = StableDiffusion3Pipeline.from_pretrained(str(self.base), dtype=rt.torch_dtype)
             if self.lora is not None:
                 apply_adapter(pipe, self.lora)
             pipe.scheduler = make_scheduler(self.params.scheduler, dict(pipe.scheduler.config))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from mammosynth.builders.core import progress
+
 _resume = click.option(
     "--resume",
     default=None,
@@ -36,6 +38,7 @@ def train() -> None:
 @_resume
 @_force
 @_stop
+@progress.console_options
 def sd35_lora_command(config_path: Path, resume: str | None, force: bool, stop_after: int | None) -> None:
     """LoRA fine-tune of SD3.5 on captions built from the prepared set."""
     from mammosynth.training.config import SD35LoraConfig, load_config
@@ -57,6 +60,7 @@ def sd35_lora_command(config_path: Path, resume: str | None, force: bool, stop_a
 @_resume
 @_force
 @_stop
+@progress.console_options
 def inpaint_command(
     config_path: Path, birads: str | None, resume: str | None, force: bool, stop_after: int | None
 ) -> None:
@@ -77,9 +81,9 @@ def inpaint_command(
 
 
 def _report(result) -> None:
-    if not result.is_main:
+    if not result.is_main:  # the final line is the main process's; the others' bars end in labelled lines
         return
     if result.final_dir is not None:
-        click.echo(f"trained {result.global_step} steps; final model in {result.final_dir}")
+        progress.result(f"trained {result.global_step} steps; final model in {result.final_dir}")
     else:
-        click.echo(f"stopped at step {result.global_step}; rerun with --resume latest to continue")
+        progress.result(f"stopped at step {result.global_step}; rerun with --resume latest to continue")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from mammosynth.builders.core import schema
 from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.progress import no_loading_bars
 from mammosynth.training import checkpoints, runtime
 from mammosynth.training import data as tdata
 from mammosynth.training.config import InpaintConfig
@@ -31,7 +32,7 @@ def encode_fixed_prompt(base: str, revision: str | None, prompt: str, device, dt
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = runtime.load_component(CLIPTokenizer, base, "tokenizer", revision)
-    encoder = runtime.load_component(CLIPTextModel, base, "text_encoder", revision, torch_dtype=dtype).to(device)
+    encoder = runtime.load_component(CLIPTextModel, base, "text_encoder", revision, dtype=dtype).to(device)
     ids = tokenizer(
         [prompt, ""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(device)
@@ -344,13 +345,14 @@ def _write_final(unet, config: InpaintConfig, birads: int, ds, rows, local, step
 
     final = config.output_dir / "final"
     with atomic_dir(final) as tmp:
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            config.base_model,
-            revision=config.revision,
-            unet=_plain_unet(unet, config.use_lora),
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        with no_loading_bars():
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                config.base_model,
+                revision=config.revision,
+                unet=_plain_unet(unet, config.use_lora),
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
         pipe.save_pretrained(tmp, safe_serialization=True)
         runtime.write_metadata(
             tmp,

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mammosynth.builders.core.atomic import atomic_file
+from mammosynth.builders.core.progress import Rank
+from mammosynth.builders.core.progress import bar as progress_bar
 
 
 def encode_distribution(vae, pixels: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,6 @@ class LatentCache:
             n,
             batch_size=batch_size,
             store_dtype=store_dtype,
-            progress=accelerator.is_main_process,
             desc=desc,
         )
         accelerator.wait_for_everyone()
@@ -96,14 +96,15 @@ def encode_shard(
     *,
     batch_size: int = 8,
     store_dtype=np.float32,
-    progress: bool = False,
-    desc: str = "",
+    progress: bool = True,
+    desc: str = "encode latents",
 ) -> Path:
     """This rank's part: keys rank, rank + N, ... encoded in batches, written atomically."""
     mine = list(range(rank, count, num_processes))
     chunks = []
     with torch.no_grad():
-        for s in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress):
+        batches = range(0, len(mine), batch_size)
+        for s in progress_bar(batches, desc=desc, unit="batch", enabled=progress, rank=Rank(rank, num_processes)):
             chunks.append(encode(mine[s : s + batch_size]).numpy().astype(store_dtype))
     path = part_path(folder, rank, num_processes)
     with atomic_file(path) as tmp, tmp.open("wb") as fh:

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mammosynth.builders.core.atomic import write_json
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import hash_tree
+from mammosynth.builders.core.progress import Rank
+from mammosynth.builders.core.progress import bar as progress_bar
 from mammosynth.builders.core.workers import cpu_count
 from mammosynth.training import checkpoints
 from mammosynth.training.config import TrainingConfig
@@ -228,7 +229,7 @@ def load_component(cls, base: str, subfolder: str, revision: str | None, **kwarg
         component = _PRELOADED[base].pop(subfolder)
         if not isinstance(component, cls) and hasattr(component, "config") and hasattr(cls, "from_config"):
             component = cls.from_config(component.config)  # a scheduler, as from_pretrained would build it
-        dtype = kwargs.get("torch_dtype")
+        dtype = kwargs.get("dtype")
         return component.to(dtype) if dtype is not None and isinstance(component, torch.nn.Module) else component
     try:
         return cls.from_pretrained(base, subfolder=subfolder, revision=revision, **kwargs)
@@ -388,7 +389,8 @@ def run_steps(
                 validation_images(trained, global_step)
 
     probe_now()
-    bar = tqdm(total=config.max_train_steps, initial=global_step, disable=not main, desc=desc, unit="step")
+    rank = Rank(accelerator.process_index, accelerator.num_processes)
+    bar = progress_bar(total=config.max_train_steps, initial=global_step, desc=desc, unit="step", rank=rank)
     steps_this_run = 0
     model.train()
     while global_step < config.max_train_steps:
@@ -412,7 +414,7 @@ def run_steps(
         elapsed = time.perf_counter() - t0
         result.losses.append(step_loss)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
+        bar.set_postfix_str(f"loss={step_loss:.4f}")
         if global_step % config.log_every == 0:
             log.write(
                 {

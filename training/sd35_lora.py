@@ -49,7 +49,7 @@ def encode_prompts(
         ("text_encoder_2", CLIPTextModelWithProjection),
         ("text_encoder_3", T5EncoderModel),
     ):
-        parts[name] = runtime.load_component(cls, base, name, revision, torch_dtype=dtype)
+        parts[name] = runtime.load_component(cls, base, name, revision, dtype=dtype)
     for name, cls in (("tokenizer", CLIPTokenizer), ("tokenizer_2", CLIPTokenizer), ("tokenizer_3", T5TokenizerFast)):
         parts[name] = runtime.load_component(cls, base, name, revision)
     pipe = StableDiffusion3Pipeline(transformer=None, vae=None, scheduler=None, **parts)
@@ -167,13 +167,17 @@ def train_sd35_lora(
         config.base_model, config.revision, all_prompts, device, dtype, config.max_sequence_length
     )
 
-    transformer = runtime.load_component(SD3Transformer2DModel, config.base_model, "transformer", config.revision)
-    vae = runtime.load_component(AutoencoderKL, config.base_model, "vae", config.revision)
+    # loaded in their dtype (not cast after loading, which diffusers warns about)
+    transformer = runtime.load_component(
+        SD3Transformer2DModel, config.base_model, "transformer", config.revision, dtype=dtype
+    )
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype  # the SD3 VAE overflows in fp16
+    vae = runtime.load_component(AutoencoderKL, config.base_model, "vae", config.revision, dtype=vae_dtype)
     scheduler = runtime.load_component(FlowMatchEulerDiscreteScheduler, config.base_model, "scheduler", config.revision)
     transformer.requires_grad_(False)
     vae.requires_grad_(False)
-    vae.to(device, dtype=torch.float32 if dtype == torch.float16 else dtype)  # the SD3 VAE overflows in fp16
-    transformer.to(device, dtype=dtype)
+    vae.to(device)
+    transformer.to(device)
     runtime.add_lora(transformer, config.lora, file=config_file)
     for p in transformer.parameters():
         if p.requires_grad:

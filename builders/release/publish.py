@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mammosynth.builders.core import progress
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.licensing import SOURCES_FILE
 from mammosynth.builders.core.locks import folder_lock
@@ -284,14 +285,16 @@ def _publish(
         api.create_repo(repo_id, repo_type="dataset", private=plan.visibility == "private", exist_ok=True)
         if plan.visibility == "gated":
             api.update_repo_settings(repo_id, repo_type="dataset", gated="auto")
-        commit = api.upload_folder(
-            folder_path=str(release),
-            repo_id=repo_id,
-            repo_type="dataset",
-            commit_message=f"Release {plan.tag}: {spec.pretty_name}",
-            delete_patterns=REPLACED,
-            ignore_patterns=[".git/**", ".gitattributes"],
-        )
+        with progress.bar(desc=f"upload {len(plan.files)} files", total=plan.size_bytes, unit="B") as stage:
+            commit = api.upload_folder(
+                folder_path=str(release),
+                repo_id=repo_id,
+                repo_type="dataset",
+                commit_message=f"Release {plan.tag}: {spec.pretty_name}",
+                delete_patterns=REPLACED,
+                ignore_patterns=[".git/**", ".gitattributes"],
+            )
+            stage.update(plan.size_bytes)  # one commit: done when the Hub has it
         api.create_tag(
             repo_id, tag=plan.tag, revision=commit.oid, repo_type="dataset", tag_message=f"Release {plan.tag}"
         )

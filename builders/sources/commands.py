@@ -1,13 +1,15 @@
 """`mammosynth phantom` and `mammosynth ingest vindr|dicom`: thin click layers over
 `phantom.write_phantom`, `ingest.ingest_vindr` / `ingest.ingest_dicom` and `merge.merge_prepared`.
-Progress bars are drawn on a terminal only, so a log holds results and the one line of an error."""
+Bars are drawn on a terminal only (``core.progress``), so a log holds summary lines and results;
+``--quiet`` leaves the result line and errors."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+
+from mammosynth.builders.core import progress
 
 
 @click.command("phantom")
@@ -23,12 +25,13 @@ import click
     show_default=True,
     help="Image size factor (1.0 = real vendor sizes, e.g. 3518x2800).",
 )
+@progress.console_options
 def phantom(out: Path, studies: int, seed: int, scale: float) -> None:
     """Write a synthetic VinDr-Mammo-format source (DICOM + CSVs) to OUT."""
     from mammosynth.builders.sources.phantom import write_phantom
 
     write_phantom(out, studies, seed, size_scale=scale, progress=_progress())
-    click.echo(f"wrote {studies} studies ({4 * studies} images) to {out}")
+    progress.result(f"wrote {studies} studies ({4 * studies} images) to {out}")
 
 
 def _options(f):
@@ -83,6 +86,7 @@ def ingest() -> None:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @_options
+@progress.console_options
 def vindr(src: Path, out: Path, **kw) -> None:
     """VinDr-Mammo layout (images/<study>/<image>.dicom + CSVs) or a phantom."""
     from mammosynth.builders.sources.ingest import ingest_vindr
@@ -122,6 +126,7 @@ def vindr(src: Path, out: Path, **kw) -> None:
     metavar="NAME",
     help="Name of the source in the rows' 'source' column (default: the folder's name; CBIS-DDSM for the samples).",
 )
+@progress.console_options
 def dicom(src: Path, out: Path, **kw) -> None:
     """A folder of mammography DICOMs (laterality/view from the tags)."""
     from mammosynth.builders.sources.ingest import ingest_dicom
@@ -130,19 +135,20 @@ def dicom(src: Path, out: Path, **kw) -> None:
 
 
 def _progress() -> bool:
-    return sys.stderr.isatty()
+    return progress.bars_shown()
 
 
 def _report(out: Path) -> None:
     from mammosynth.builders.core.prepared import SKIPPED_CSV, read_ingest_info
 
     counts = read_ingest_info(out)["counts"]
-    click.echo(f"{counts['images']} images -> {out} ({counts['skipped']} skipped, see {out / SKIPPED_CSV})")
+    progress.result(f"{counts['images']} images -> {out} ({counts['skipped']} skipped, see {out / SKIPPED_CSV})")
 
 
 @ingest.command("merge")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@progress.console_options
 def merge(out: Path, inputs: tuple[Path, ...]) -> None:
     """Combine prepared sets INPUTS... into one prepared set OUT (image ids must stay unique)."""
     from mammosynth.builders.sources.merge import merge_prepared
