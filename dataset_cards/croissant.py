@@ -1,8 +1,12 @@
 """Croissant (ML Commons) metadata for a release, built and validated offline with mlcroissant.
 
 The Hub only generates Croissant for public repos it can convert, so private and gated releases
-ship their own. One FileSet per config points at its parquet shards; one RecordSet per config
-describes the columns.
+ship their own, in the Hub's own shape: one FileSet per config over its parquet shards, one
+RecordSet per config, the image field read from the ``bytes`` of the stored struct (as the Hub's
+Croissant does). Each ClassLabel column is an integer field that ``references`` an enumeration
+RecordSet (``<column>_names``: index -> name, inline), so a reader maps ``birads`` 4 to "BI-RADS 5".
+
+Reading records locally: ``mlcroissant.Dataset(jsonld=croissant.json, mapping={"repo": folder})``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.schema import release_features
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.dataset_cards.card import COLUMN_MEANINGS
-from mammosynth.dataset_cards.citations import SOURCE_PAPERS
+from mammosynth.dataset_cards.citations import release_bibtex, release_url
+
+REPO = "repo"  # the FileObject standing for the release's git repository (``mapping`` key)
+
+
+def names_record_set(column: str) -> str:
+    """Id of the enumeration RecordSet holding ``column``'s ClassLabel names."""
+    return f"{column}_names"
 
 
 def _data_type(feature: Any) -> Any:
@@ -33,13 +44,53 @@ def _data_type(feature: Any) -> Any:
     return mlc.DataType.FLOAT
 
 
+def _enumeration(column: str, names: list[str]) -> mlc.RecordSet:
+    rs = names_record_set(column)
+    return mlc.RecordSet(
+        id=rs,
+        name=rs,
+        description=f"Names of the `{column}` ClassLabel: the column holds the index.",
+        is_enumeration=True,
+        key=[f"{rs}/index"],
+        fields=[
+            mlc.Field(id=f"{rs}/index", name="index", data_types=[mlc.DataType.INTEGER]),
+            mlc.Field(id=f"{rs}/name", name="name", data_types=[mlc.DataType.TEXT]),
+        ],
+        data=[{f"{rs}/index": i, f"{rs}/name": n} for i, n in enumerate(names)],
+    )
+
+
+def _field(cfg: str, name: str, feature: Any) -> mlc.Field:
+    file_set = f"parquet-files-for-config-{cfg}"
+    description = COLUMN_MEANINGS[name]
+    # the parquet column holds datasets' {"bytes", "path"} struct: the image is its bytes
+    transforms = [mlc.Transform(json_path="bytes")] if isinstance(feature, datasets.Image) else []
+    references = mlc.Source()
+    if isinstance(feature, datasets.ClassLabel):
+        description += "; ClassLabel index: " + ", ".join(f"{i} = {n}" for i, n in enumerate(feature.names))
+        references = mlc.Source(field=f"{names_record_set(name)}/index")
+    return mlc.Field(
+        id=f"{cfg}/{name}",
+        name=name,
+        description=description,
+        data_types=[_data_type(feature)],
+        source=mlc.Source(file_set=file_set, extract=mlc.Extract(column=name), transforms=transforms),
+        references=references,
+        is_array=True if name == "bbox" else None,
+        array_shape="-1,4" if name == "bbox" else None,
+    )
+
+
 def croissant_metadata(spec: ReleaseSpec, data: ReleaseData) -> dict[str, Any]:
-    url = f"https://huggingface.co/datasets/{spec.hub.repo_id}" if spec.hub.repo_id else None
+    url = release_url(spec.hub.repo_id)
+    features = release_features()
     repo = mlc.FileObject(
-        id="repo",
-        name="repo",
-        description="The release's git repository.",
-        content_url=url or f"{spec.name}-{spec.version}",
+        id=REPO,
+        name=REPO,
+        description="The release's git repository at its tag.",
+        # a Hub URL pins the tag (mlcroissant clones it and fetches the ref); a local release is
+        # the folder this file lies in
+        content_url=f"{url}/tree/refs%2Ftags%2F{spec.tag()}" if url else ".",
         encoding_formats=["git+https"],
         sha256="https://github.com/mlcommons/croissant/issues/80",
     )
@@ -51,26 +102,14 @@ def croissant_metadata(spec: ReleaseSpec, data: ReleaseData) -> dict[str, Any]:
             mlc.FileSet(
                 id=f"parquet-files-for-config-{cfg}",
                 name=f"parquet-files-for-config-{cfg}",
-                contained_in=["repo"],
+                contained_in=[REPO],
                 encoding_formats=["application/x-parquet"],
                 includes=[f"data/{m}/*.parquet" for m in members],
             )
         )
-        fields = []
-        for name, feature in release_features().items():
-            extract = mlc.Extract(column=name)
-            fields.append(
-                mlc.Field(
-                    id=f"{cfg}/{name}",
-                    name=name,
-                    description=COLUMN_MEANINGS[name],
-                    data_types=[_data_type(feature)],
-                    source=mlc.Source(file_set=f"parquet-files-for-config-{cfg}", extract=extract),
-                    is_array=True if name == "bbox" else None,
-                    array_shape="-1,4" if name == "bbox" else None,
-                )
-            )
+        fields = [_field(cfg, name, feature) for name, feature in features.items()]
         record_sets.append(mlc.RecordSet(id=cfg, name=cfg, description=f"{data.num_examples(cfg)} rows", fields=fields))
+    record_sets += [_enumeration(k, f.names) for k, f in features.items() if isinstance(f, datasets.ClassLabel)]
     meta = mlc.Metadata(
         name=spec.pretty_name,
         description=spec.description.strip(),
@@ -78,8 +117,8 @@ def croissant_metadata(spec: ReleaseSpec, data: ReleaseData) -> dict[str, Any]:
         url=url,
         version=spec.version if spec.version.count(".") == 2 else f"{spec.version}.0",
         keywords=["medical", "mammography", "synthetic", *spec.hub.tags],
-        creators=[mlc.Person(name=a) for a in spec.authors],
-        cite_as=SOURCE_PAPERS["methods"],
+        creators=[mlc.Person(name=a, email=spec.contact if k == 0 else None) for k, a in enumerate(spec.authors)],
+        cite_as=release_bibtex(spec),
         date_published=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
         distribution=distribution,
         record_sets=record_sets,
@@ -103,3 +142,6 @@ def write_croissant(spec: ReleaseSpec, data: ReleaseData, path: Path) -> Path:
     path.write_text(json.dumps(croissant_metadata(spec, data), indent=1, default=str), encoding="utf-8")
     validate_croissant(path)
     return path
+
+
+__all__ = ["croissant_metadata", "validate_croissant", "write_croissant", "names_record_set", "REPO"]
