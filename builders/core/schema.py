@@ -75,7 +75,7 @@ def release_features() -> datasets.Features:
             "birads": datasets.ClassLabel(names=list(BIRADS_NAMES)),
             "view": datasets.ClassLabel(names=list(VIEWS)),
             "laterality": datasets.ClassLabel(names=list(LATERALITIES)),
-            # ClassLabel has no null; -1 is the datasets convention for "no label".
+            # unknown density is null (ClassLabel encodes None as null), never -1
             "density": datasets.ClassLabel(names=list(DENSITIES)),
             "bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
             "seed": datasets.Value("int64"),
