@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
 import cv2
 import numpy as np
@@ -37,6 +37,7 @@ from pydantic import Field
 from mammosynth.builders.core.config_io import StrictModel
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import tree_hash
+from mammosynth.builders.core.provenance import checkpoint_name
 
 FIELD = "realism.extractor"  # the thresholds field that names the encoder (errors name it)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -125,7 +126,6 @@ class FeatureExtractor:
         feats = np.concatenate(out) if out else np.zeros((0, self.dim))
         if feats.ndim != 2 or (self.dim and feats.shape[1] != self.dim):
             raise InputError(f"the encoder returned features of shape {feats.shape[1:]}", field=FIELD)
-        self.dim = int(feats.shape[1]) if len(feats) else self.dim
         return feats
 
 
@@ -173,7 +173,7 @@ def resolve_source(cfg: RealismConfig) -> tuple[Path, str, str | None]:
         raise InputError("no feature extractor configured", field=FIELD)
     path = Path(ref).expanduser()
     if path.is_dir():
-        return path, path.resolve().name, None
+        return path, checkpoint_name(path.resolve()), None
     if path.exists():
         raise InputError(f"{ref} is a file; name the folder that holds the encoder", field=FIELD)
     if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
@@ -266,14 +266,17 @@ def load_extractor(cfg: RealismConfig) -> FeatureExtractor:
     return ext
 
 
-Loaded = tuple[Callable[[Any], Any], "int | None", tuple, tuple, str]
+# (forward, input side or None, mean, std, pooling) as each loader returns them
+Loaded = tuple[Callable[[Any], Any], Optional[int], tuple[float, ...], tuple[float, ...], str]
 
 
 def _load_transformers(folder: Path, cfg: RealismConfig, device: str) -> Loaded:
+    import torch
     import transformers
 
     try:
-        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+        model = model.to(device=device, dtype=torch.float32).eval()  # a half-precision checkpoint too
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot load as a transformers model: {exc}".splitlines()[0], field=FIELD) from None
     mean, std, size = IMAGENET_MEAN, IMAGENET_STD, getattr(model.config, "image_size", None)

@@ -38,7 +38,7 @@ from mammosynth.validation.feature_extractor import FIELD, FeatureExtractor, Rea
 
 KERNEL = "(x.y/d + 1)^3"
 _SQRTM_IMAG_TOL = 1e-3  # relative imaginary part of sqrtm(S1 S2) above which FID is flagged unreliable
-_CHUNK = 2048  # query rows per distance block in precision/recall
+_BLOCK = 1 << 24  # distances per block in precision/recall (128 MB of float64)
 
 
 @dataclass
@@ -134,10 +134,11 @@ def inside_manifold(queries: np.ndarray, points: np.ndarray, radii2: np.ndarray)
     queries = np.asarray(queries, np.float64)
     pp = np.einsum("ij,ij->i", points, points)
     out = np.empty(len(queries), bool)
-    for s in range(0, len(queries), _CHUNK):
-        q = queries[s : s + _CHUNK]
+    rows = max(1, _BLOCK // max(len(points), 1))
+    for s in range(0, len(queries), rows):
+        q = queries[s : s + rows]
         d2 = np.einsum("ij,ij->i", q, q)[:, None] + pp[None, :] - 2.0 * (q @ points.T)
-        out[s : s + _CHUNK] = (d2 <= radii2[None, :]).any(axis=1)
+        out[s : s + rows] = (d2 <= radii2[None, :]).any(axis=1)
     return out
 
 
@@ -154,8 +155,12 @@ def compare(release: np.ndarray, other: np.ndarray, cfg: RealismConfig, seed: in
     """All figures for one stratum, or its counts and why there are none."""
     n_rel, n_oth = len(release), len(other)
     out: dict[str, Any] = {"n_release": n_rel, f"n_{other_name}": n_oth}
-    if min(n_rel, n_oth) < max(cfg.min_images, cfg.k + 1, 2):
-        out["note"] = f"too few images (n={n_rel} release, {n_oth} {other_name}; minimum {cfg.min_images})"
+    need = max(cfg.min_images, cfg.k + 1)  # k neighbours besides the point itself
+    if min(n_rel, n_oth) < need:
+        out["note"] = f"too few images (n={n_rel} release, {n_oth} {other_name}; minimum {need})"
+        return out
+    if not (np.isfinite(release).all() and np.isfinite(other).all()):
+        out["note"] = "the encoder returned non-finite features"
         return out
     warnings = []
     dim = release.shape[1]

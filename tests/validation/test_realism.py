@@ -421,3 +421,13 @@ def test_release_and_reference_datasets_with_feature_cache(dino_dir, dino, tmp_p
         cache_dir=tmp_path / "cache",
     )
     assert again["strata"] == first["strata"]
+
+
+def test_compare_needs_k_neighbours_and_finite_features():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(10, 4))
+    out = R.compare(a, b, RealismConfig(min_images=2, k=3), 0, "reference")
+    assert out == {"n_release": 3, "n_reference": 10, "note": "too few images (n=3 release, 10 reference; minimum 4)"}
+    a = rng.normal(size=(10, 4))
+    a[2, 1] = np.nan
+    assert "fid" not in R.compare(a, b, RealismConfig(min_images=2), 0, "reference")
