@@ -23,7 +23,7 @@ from typing import Callable
 import click
 
 from mammosynth.builders.core import atomic, progress
-from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core.run_layout import REPORT_MD
 from mammosynth.builders.core.shard_writer import ShardWriter
 
@@ -193,14 +193,19 @@ def run_demo(
         _step(echo, 3, total, "build: generate -> validate -> card -> package -> load_dataset round trip")
         spec = load_spec(spec_path)
         # the step line names build's stages; their bars (on a terminal) show which one runs
-        built = build(
-            spec, drop_failed=True, validate_fn=_validate, progress=progress.bars_shown(), echo=lambda s: None
-        )
+        try:
+            release = build(
+                spec, drop_failed=True, validate_fn=_validate, progress=progress.bars_shown(), echo=lambda s: None
+            ).release
+        except GateFailed:  # expected: a few rows of untrained models fail the distribution gates
+            release = spec.layout.release
+            if not (release / "README.md").is_file():
+                raise
     _step(echo, 4, total, "summary")
 
     report = ValidationReport.read(spec.layout.report_json)
     failed = report.failed_ids()
-    result = DemoResult(out=out, release=built.release, spec=spec_path, report_md=spec.layout.validation / REPORT_MD)
+    result = DemoResult(out=out, release=release, spec=spec_path, report_md=spec.layout.validation / REPORT_MD)
     result.gates = {name: g.status for name, g in report.gates.items()}
     for flag in report.flagged:
         if flag.image_id in failed:
@@ -213,7 +218,7 @@ def run_demo(
         ids = [i for f in files for i in pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist()]
         result.generated[method] = len(ids)
         result.failed_by_method[method] = sum(1 for i in ids if i in failed)
-    result.packaged = _round_trip_counts(built.release, list(spec.methods))
+    result.packaged = _round_trip_counts(release, list(spec.methods))
     result.grid = sample_grid(generated, failed, out / "sample-grid.png")
     result.seconds = time.perf_counter() - t0
     return result

@@ -62,3 +62,21 @@ def test_demo_refuses_a_file_as_output(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "must be a folder" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_output_fits_on_one_screen(tmp_path: Path) -> None:
+    """stdout + stderr of a fresh `mammosynth demo`: about 25 lines, no library bars or warnings."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mammosynth.builders.cli", "demo", "--out", str(tmp_path / "d"), "--studies", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) <= 25, proc.stdout
+    for noise in ("Loading pipeline components", "Generating train split", "Warning", "kept in float32", "it/s]"):
+        assert noise not in proc.stdout, noise
+    assert lines[-1].startswith("  load it: datasets.load_dataset(")
