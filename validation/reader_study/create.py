@@ -327,6 +327,12 @@ def _training_set_note(loaded: LoadedRelease, real: str | Path, real_ds: Any) ->
             fingerprint = ingest_fingerprint(real)
             if same or (fingerprint is not None and fingerprint == ingest_fingerprint(trained_on)):
                 return "the real set is the generators' training set (the release spec's source.prepared)"
+        elif trained_on is not None and Path(trained_on).name == Path(real).resolve().name:
+            # a packaged release's spec keeps only the folder's name (no machine path ships)
+            return (
+                "the real set is probably the generators' training set: the release spec's source.prepared "
+                f"is named {Path(trained_on).name!r} too"
+            )
     shared = _source_ids(loaded) & set(real_ds["image_id"])
     if shared:
         return (

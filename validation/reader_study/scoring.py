@@ -16,6 +16,7 @@ proportion correct is their AUROC (the 2AFC identity), so ``auroc`` holds those.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -385,3 +386,37 @@ def _roc_plot(reads: list[Read], scores: dict[str, Any], path: Path) -> None:
             fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     finally:
         plt.close(fig)
+
+
+def read_scores(folder: str | Path) -> dict[str, Any]:
+    """``scores.json`` of a scored study folder; InputError naming the file and the first missing
+    or malformed field."""
+    path = Path(folder) / SCORES_JSON
+    if not path.is_file():
+        raise InputError(
+            "no scores.json: score the study first (mammosynth reader-study score STUDY --out DIR)", file=path
+        )
+    try:
+        scores = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read JSON ({exc})".splitlines()[0], file=path) from None
+    if not isinstance(scores, dict) or scores.get("version") != SCORES_VERSION:
+        raise InputError(f"not scores of format version {SCORES_VERSION}", file=path, field="version")
+    required = {
+        "study": ("mode", "cases", "readers", "reads"),
+        "table1": ("real", "synthetic"),
+        "table2": (),
+        "auroc": ("per_reader", "mean"),
+        "judged_real": ("method",),
+    }
+    for section, keys in required.items():
+        if not isinstance(scores.get(section), dict):
+            raise InputError("missing or not an object", file=path, field=section)
+        for k in keys:
+            if k not in scores[section]:
+                raise InputError("missing", file=path, field=f"{section}.{k}")
+    for truth in ("real", "synthetic"):
+        for k in ("n", "correct", "misclassified"):
+            if not isinstance(scores["table1"][truth].get(k), int):
+                raise InputError("must be an integer", file=path, field=f"table1.{truth}.{k}")
+    return scores

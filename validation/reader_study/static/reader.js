@@ -310,6 +310,7 @@ window.addEventListener("resize", () => viewers.forEach((x) => x.source && (x.fi
 // --- survey ------------------------------------------------------------------------------------
 
 async function showSurvey() {
+  document.body.dataset.trial = "";
   $("reading").hidden = true;
   $("survey").hidden = false;
   $("count").textContent = "Survey";
