@@ -24,7 +24,7 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.provenance import strip_local_paths
 from mammosynth.builders.core.release_data import ReleaseData
 from mammosynth.builders.core.schema import BIRADS_NAMES, LATERALITIES, METHODS, VIEWS, release_features
-from mammosynth.builders.core.spec import PoissonParams, ReleaseSpec
+from mammosynth.builders.core.spec import REPO_ID, PoissonParams, ReleaseSpec
 from mammosynth.dataset_cards.citations import SOURCE_PAPERS, release_bibtex
 from mammosynth.validation.checks import MEMORIZATION_CHECKS
 from mammosynth.validation.report import ValidationReport
@@ -223,31 +223,96 @@ def changes_text(spec: ReleaseSpec, data: ReleaseData, previous: dict[str, Any] 
 
 
 def previous_release_info(ref: str | Path | None) -> dict[str, Any] | None:
-    """Version and rows per config of a previous release folder (its card's YAML)."""
+    """Version and rows per config of the previous release: a local release folder, or a Hub
+    dataset ``ORG/NAME[@revision]`` read through huggingface_hub (its card's YAML and ``spec.yaml``)
+    at the configured endpoint. Anything unreadable is an InputError naming ``previous_release``."""
     if ref is None:
         return None
-    readme = Path(ref) / "README.md"
-    if not readme.is_file():
-        raise InputError("previous release has no README.md", file=readme, field="previous_release")
+    text = str(ref)
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        readme, spec_file = folder / "README.md", folder / "spec.yaml"
+        if not readme.is_file():
+            raise InputError("previous release has no README.md", file=readme, field="previous_release")
+        spec_text = spec_file.read_text(encoding="utf-8") if spec_file.is_file() else None
+        return _previous_from(readme.read_text(encoding="utf-8"), spec_text, readme, spec_file)
+    repo, _, rev = text.partition("@")
+    if not REPO_ID.match(repo) or text.startswith((".", "/", "~")):
+        raise InputError(
+            "no such folder, and not a Hub repo id (ORG/NAME[@revision])", file=text, field="previous_release"
+        )
+    card_text, spec_text = _hub_release_files(repo, rev or None, text)
+    return _previous_from(card_text, spec_text, f"{text}:README.md", f"{text}:spec.yaml", default_version=rev or None)
+
+
+def _hub_release_files(repo: str, rev: str | None, where: str) -> tuple[str, str | None]:
+    """README.md and spec.yaml (None when the repo has none) of a Hub dataset at ``rev``."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import errors as hub_errors
+
+    endpoint = constants.ENDPOINT  # HF_ENDPOINT as the library read it
+
+    def fetch(name: str) -> str:
+        path = hf_hub_download(repo, name, repo_type="dataset", revision=rev, endpoint=endpoint)
+        return Path(path).read_text(encoding="utf-8")
+
     try:
-        meta = parse_card(readme.read_text(encoding="utf-8"))[0]
+        card_text = fetch("README.md")
+        try:
+            spec_text: str | None = fetch("spec.yaml")
+        except hub_errors.RemoteEntryNotFoundError:  # the Hub says there is none (offline is not "none")
+            spec_text = None
+    except hub_errors.RepositoryNotFoundError:
+        raise InputError(
+            f"no dataset {repo} on {endpoint} (or no access)", file=where, field="previous_release"
+        ) from None
+    except hub_errors.RevisionNotFoundError:
+        raise InputError(f"{repo} has no revision {rev!r}", file=where, field="previous_release") from None
+    except hub_errors.LocalEntryNotFoundError:
+        raise InputError(
+            f"cannot reach {endpoint} and {repo} is not in the cache (offline?)", file=where, field="previous_release"
+        ) from None
+    except hub_errors.RemoteEntryNotFoundError:
+        raise InputError(f"{repo} has no README.md at {rev or 'main'}", file=where, field="previous_release") from None
+    except Exception as exc:
+        # the client's transport errors (its HTTP library's own classes) mean the same as OSError
+        transport = {"TransportError", "ConnectError", "TimeoutException", "HTTPError"}
+        known = (hub_errors.HfHubHTTPError, hub_errors.HFValidationError, OSError)
+        if not isinstance(exc, known) and not transport & {c.__name__ for c in type(exc).__mro__}:
+            raise
+        raise InputError(
+            f"cannot read {repo} from {endpoint} ({type(exc).__name__})", file=where, field="previous_release"
+        ) from None
+    return card_text, spec_text
+
+
+def _previous_from(
+    card_text: str,
+    spec_text: str | None,
+    card_where: str | Path,
+    spec_where: str | Path,
+    default_version: str | None = None,
+) -> dict[str, Any]:
+    try:
+        meta = parse_card(card_text)[0]
         infos = meta.get("dataset_info") or []
         infos = [infos] if isinstance(infos, dict) else infos
         counts = {i.get("config_name", "default"): sum(s["num_examples"] for s in i.get("splits", [])) for i in infos}
-    except (yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError) as exc:
+    except (InputError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise InputError(
             f"previous release's card metadata is malformed ({type(exc).__name__})",
-            file=readme,
+            file=card_where,
             field="previous_release",
         ) from None
-    version = None
-    spec_file = Path(ref) / "spec.yaml"
-    if spec_file.is_file():
+    version = default_version
+    if spec_text is not None:
         try:
-            version = (yaml.safe_load(spec_file.read_text()) or {}).get("version")
+            version = (yaml.safe_load(spec_text) or {}).get("version", version)
         except (yaml.YAMLError, AttributeError) as exc:
             raise InputError(
-                f"previous release's spec is malformed ({type(exc).__name__})", file=spec_file, field="previous_release"
+                f"previous release's spec is malformed ({type(exc).__name__})",
+                file=spec_where,
+                field="previous_release",
             ) from None
     return {"version": version, "num_examples": counts}
 
