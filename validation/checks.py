@@ -45,6 +45,8 @@ EXACT_COPY = "exact_copy"
 MEMORIZATION = "memorization"  # a text2image row close to a training image
 TRAINING_MATCH = "training_match"  # an inpainting/poisson row close to a training image not its own background
 NEAR_DUPLICATE_PHASH = "near_duplicate_phash"
+# an inpainting/poisson row close to another image (another view) of its own background's patient
+SAME_PATIENT_OTHER_VIEW = "same_patient_other_view"
 BACKGROUND_ALTERED = "background_altered"
 SOURCE_MISSING = "source_missing"
 DUPLICATE_IN_RELEASE = "duplicate_in_release"
@@ -55,6 +57,7 @@ MEMORIZATION_CHECKS: frozenset[str] = frozenset(
         MEMORIZATION,
         TRAINING_MATCH,
         NEAR_DUPLICATE_PHASH,
+        SAME_PATIENT_OTHER_VIEW,
         BACKGROUND_ALTERED,
         SOURCE_MISSING,
         DUPLICATE_IN_RELEASE,
@@ -72,6 +75,7 @@ GATE_BOX_SIZE = "box_size"
 GATE_INTENSITY = "intensity"
 GATE_AREA = "area"
 GATE_DIVERSITY = "diversity"
+GATE_CANARIES = "canaries"  # the memorization check's own recall on planted copies
 GATE_DRIFT = "drift"  # only with a baseline
 
 
@@ -94,6 +98,7 @@ __all__ = [
     "MEMORIZATION",
     "TRAINING_MATCH",
     "NEAR_DUPLICATE_PHASH",
+    "SAME_PATIENT_OTHER_VIEW",
     "BACKGROUND_ALTERED",
     "SOURCE_MISSING",
     "DUPLICATE_IN_RELEASE",
@@ -107,5 +112,6 @@ __all__ = [
     "GATE_INTENSITY",
     "GATE_AREA",
     "GATE_DIVERSITY",
+    "GATE_CANARIES",
     "GATE_DRIFT",
 ]

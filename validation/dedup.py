@@ -199,3 +199,36 @@ def background_difference(image: np.ndarray, source: np.ndarray, boxes: list[lis
     if not keep.any():
         return 0.0
     return float(np.abs(a - b)[keep].mean())
+
+
+# --- geometric verification ----------------------------------------------------------------------
+# A grid embedding moves when a copy is cropped, zoomed, rotated or re-windowed; keypoints matched
+# between the two breast crops and a RANSAC affine fit do not: a copy keeps dozens of consistent
+# matches whatever the geometry, two different breasts (even two views of one woman) a handful.
+_RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
+_RANSAC_PX = 4.0  # reprojection error (pixels of the KP_HEIGHT crop) of an inlier
+_RANSAC_ITERS = 500
+_matcher = None
+
+
+def geometric_inliers(a_xy: np.ndarray, a_desc: np.ndarray, b_xy: np.ndarray, b_desc: np.ndarray) -> int:
+    """Keypoint matches of crop ``a`` to crop ``b`` consistent with one affine transform (OpenCV
+    brute-force Hamming matching, ratio test, ``estimateAffine2D`` with RANSAC); 0 when either
+    side has too few keypoints."""
+    import cv2
+
+    global _matcher
+    if len(a_desc) < 4 or len(b_desc) < 4:
+        return 0
+    if _matcher is None:
+        _matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = _matcher.knnMatch(np.ascontiguousarray(a_desc), np.ascontiguousarray(b_desc), k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < _RATIO * p[1].distance]
+    if len(good) < 4:
+        return 0
+    src = a_xy[[g.queryIdx for g in good]].astype(np.float32)
+    dst = b_xy[[g.trainIdx for g in good]].astype(np.float32)
+    _, inliers = cv2.estimateAffine2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=_RANSAC_PX, maxIters=_RANSAC_ITERS, refineIters=0
+    )
+    return int(inliers.sum()) if inliers is not None else 0

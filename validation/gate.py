@@ -31,13 +31,16 @@ from mammosynth.builders.core.spec import ReleaseSpec, load_spec
 from mammosynth.validation import checks as C
 from mammosynth.validation import dedup, rules, stats
 from mammosynth.validation.analysis import Rows, analyse_rows, analysis_pool
+from mammosynth.validation.canaries import CanaryRun, canary_gate, perturbation_names
 from mammosynth.validation.distribution import distribution_gates, diversity_gate, drift_gate, thumb_rows
-from mammosynth.validation.image_features import PIXEL_HASH
+from mammosynth.validation.image_features import KP_COUNT, KP_HEIGHT, PIXEL_HASH
 from mammosynth.validation.memorization import memorization_flags, memorization_gate
+from mammosynth.validation.patients import patient_audit, per_density
 from mammosynth.validation.reference import ReferenceIndex, reference_index
 from mammosynth.validation.release_io import LoadedRelease, load_release, shipped_name
 from mammosynth.validation.report import (
     LOCAL_MARKER,
+    REPORT_VERSION,
     DataPlots,
     Gate,
     ValidationReport,
@@ -79,6 +82,13 @@ def _implementations(th: Thresholds) -> dict[str, str]:
         "breast mask": "mammosynth.builders.core.breast_mask.breast_mask (Otsu)",
         "embedding": f"{size}x{size} standardized, one-cell-blurred grid of the stable breast crop, chest wall left; "
         f"training-set candidates under {dedup.PRESCORE_FACTOR:g}x the threshold re-scored over small grid shifts and scales",
+        "geometric verification": f"opencv-python-headless=={v('opencv-python-headless')} ORB ({KP_COUNT} keypoints "
+        f"on the breast crop at {KP_HEIGHT} px), brute-force Hamming matches with ratio test, RANSAC affine "
+        f"(cv2.estimateAffine2D); the {th.dedup.geometric_candidates} nearest candidates under "
+        f"{th.dedup.geometric_bound_factor:g}x the threshold, a copy from {th.dedup.geometric_min_inliers} inliers",
+        "canaries": f"{th.canaries.images} seeded reference images x {len(perturbation_names(th))} perturbations "
+        "(mammosynth.validation.perturbations) searched by the same check; held-out patients searched against "
+        "the index without them",
     }
 
 
@@ -171,6 +181,10 @@ def _validate(
         reference, embed_size=th.dedup.embed_size, bins=th.stats.histogram_bins, progress=progress
     )
     timings["reference_index"] = time.perf_counter() - t
+    # the planted copies are analysed on the pool ahead of the release rows (cached per reference)
+    t = time.perf_counter()
+    canaries = CanaryRun(index, ref_ds, th, analysis_pool(th.canaries.images * len(perturbation_names(th))))
+    canary_s = time.perf_counter() - t
 
     t = time.perf_counter()
     rows = Rows.of(rel)
@@ -198,14 +212,31 @@ def _validate(
         div_future = ex.submit(stats.diversity, an.thumbs, div_pairs)
         stats_s = time.perf_counter() - t
         t = time.perf_counter()
-        memo, memo_figures = memorization_flags(rows, an, rel, index, ref_ds, th, progress)
+        result = memorization_flags(rows, an, rel, index, ref_ds, th, progress)
+        memo, memo_figures = result.flags, result.figures
         timings["per_image_checks"] = checks_s + time.perf_counter() - t
+        t = time.perf_counter()
+        canary_gate_ = canary_gate(canaries.figures(), th)
+        timings["canaries"] = canary_s + time.perf_counter() - t
         t = time.perf_counter()
         diversity = diversity_gate(div_future.result(), th)
 
+    audit = patient_audit(
+        result.queries,
+        result.search,
+        index,
+        memo,
+        dedup.PRESCORE_FACTOR * memo_figures["nn_threshold"],
+        rows.method,
+        rows.source,
+    )
+    memo_figures["per_density"] = per_density(rows.density, memo, C.MEMORIZATION_CHECKS, rows.ids)
     gates: dict[str, Gate] = {
-        C.GATE_SANITY: sanity_gate(sanity, len(rows.ids), th),
+        C.GATE_SANITY: sanity_gate(
+            sanity, len(rows.ids), th, per_density(rows.density, sanity, C.SANITY_CHECKS, rows.ids)
+        ),
         C.GATE_MEMORIZATION: memorization_gate(memo, memo_figures, len(rows.ids), th),
+        C.GATE_CANARIES: canary_gate_,
         **dist_gates,
         C.GATE_DIVERSITY: diversity,
     }
@@ -219,6 +250,7 @@ def _validate(
     flags = sanity + memo
     report = ValidationReport(
         passed=rules.overall(g.status for g in gates.values()),
+        report_version=REPORT_VERSION,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         release={
             "source": rel.name,
@@ -238,6 +270,7 @@ def _validate(
         failed_image_ids=sorted({f.image_id for f in flags}),
         timings_s={k: round(v, 3) for k, v in timings.items()},
         row_hashes=row_hashes,
+        patients=audit,
     )
     # names only: no machine paths in a report that ships (the sources above are names already)
     report = ValidationReport.model_validate(strip_local_paths(report.model_dump(mode="json")))

@@ -25,6 +25,13 @@ PHASH_BYTES = PHASH_BITS // 8
 # hashes of two algorithms are never compared. xxh3 is ~30x faster than blake2b; collisions among
 # honest images are what matters here (128 bits), not resistance to a forger.
 PIXEL_HASH = "xxh3_128"
+# Keypoints for the geometric verification of near candidates: ORB on the breast crop (chest wall
+# left) at a fixed height, so that half-size, cropped or stretched copies are described at the
+# same scale as their originals. 192 keypoints at 320 px separate copies (>= 40 RANSAC inliers for
+# every canary perturbation, phantom and CBIS-DDSM) from other patients (<= 20).
+KP_COUNT = 192
+KP_HEIGHT = 320
+_ORB = None
 
 
 @dataclass
@@ -49,6 +56,8 @@ class ImageFeatures:
     # position in [p1, p99.9]); the breast percentiles leave the boxes out. None = empty box or no breast
     box_tissue: list[tuple[float, float, float] | None] = field(default_factory=list)
     thumb: np.ndarray | None = None  # (thumb_side, thumb_side) uint8, for MS-SSIM diversity
+    kp_xy: np.ndarray | None = None  # (m, 2) float16 ORB keypoint positions in the KP_HEIGHT crop
+    kp_desc: np.ndarray | None = None  # (m, 32) uint8 ORB descriptors
 
 
 def pixel_hash(arr: np.ndarray) -> str:
@@ -114,6 +123,28 @@ def breast_embedding(crop: np.ndarray, crop_mask: np.ndarray, size: int) -> np.n
     z = cv2.GaussianBlur((small - vals.mean()) / (vals.std() + 1e-6), (0, 0), size / 32.0)
     z = z.astype(np.float32).ravel()
     return z / (np.linalg.norm(z) + 1e-12)
+
+
+def crop_keypoints(crop: np.ndarray, crop_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints ((m, 2) float16 positions, (m, 32) uint8 descriptors) of the breast crop,
+    standardized with the breast's mean/std (gain, bias and windowing cancel) and resized to
+    ``KP_HEIGHT`` rows."""
+    global _ORB
+    if _ORB is None:  # one per process; ORB objects are not picklable
+        _ORB = cv2.ORB_create(
+            nfeatures=KP_COUNT, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5
+        )
+    crop = np.ascontiguousarray(crop, np.float32)
+    mean, std = cv2.meanStdDev(crop, mask=np.ascontiguousarray(crop_mask, np.uint8))
+    gain = 40.0 / max(float(std[0, 0]), 1e-6)  # breast mean at 128, +-3.2 std inside 0..255
+    c8 = cv2.convertScaleAbs(crop, alpha=gain, beta=128.0 - gain * float(mean[0, 0]))
+    scale = KP_HEIGHT / c8.shape[0]
+    size = (max(16, round(c8.shape[1] * scale)), KP_HEIGHT)
+    c8 = cv2.resize(c8, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    kp, desc = _ORB.detectAndCompute(c8, None)
+    if desc is None or not kp:
+        return np.zeros((0, 2), np.float16), np.zeros((0, 32), np.uint8)
+    return np.array([k.pt for k in kp], np.float16), desc
 
 
 def _box_tissue(
@@ -195,6 +226,7 @@ def analyse(
     embed_size: int = 64,
     bins: int = 64,
     thumb_side: int = 0,
+    keypoints: bool = True,
 ) -> ImageFeatures:
     """All per-image figures. ``boxes`` are [xmin, ymin, xmax, ymax] in full-image pixels."""
     raw = decode(image)
@@ -232,9 +264,11 @@ def analyse(
         crop, crop_mask = dedup_crop(unit, mask, side)
         emb = breast_embedding(crop, crop_mask, embed_size)
         ph = phash256(crop)
+        kp_xy, kp_desc = crop_keypoints(crop, crop_mask) if keypoints else (None, None)
     else:
         emb = np.zeros(embed_size * embed_size, np.float32)
         ph = phash256(unit)
+        kp_xy = kp_desc = None
 
     background_ratio = 1.0
     if has_breast and not mask.all():
@@ -274,4 +308,6 @@ def analyse(
         box_inside=inside,
         box_tissue=tissue,
         thumb=th,
+        kp_xy=kp_xy,
+        kp_desc=kp_desc,
     )

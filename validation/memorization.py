@@ -59,81 +59,168 @@ def searchable_rows(rows: Rows, an: Analysed) -> np.ndarray:
 
 
 @dataclass
-class TrainingSearch:
-    """The nearest training image of each searched row, and what the search cost."""
+class Queries:
+    """Images searched against the training set: release rows, or the canary self-test's planted
+    copies and held-out real images. Both go through ``training_matches``, so the canaries measure
+    the very check the release is judged by."""
 
-    nearest: np.ndarray  # per release row: embedding distance to its nearest allowed training image (inf = none)
+    ids: list[str]
+    methods: list[str]
+    own: list[str | None]  # the row's own background (a training image id it may match), or None
+    emb: np.ndarray  # (q, d)
+    phash: np.ndarray  # (q, PHASH_BYTES)
+    keypoints: list[tuple[np.ndarray, np.ndarray] | None]
+    pixel_hashes: list[str]
+    densities: list[str | None]
+
+    @classmethod
+    def of_release(cls, rows: Rows, an: Analysed, q: np.ndarray) -> "Queries":
+        """The searchable rows ``q`` of the release."""
+        feats = [an.feats[k] for k in q]
+        return cls(
+            ids=[rows.ids[k] for k in q],
+            methods=[rows.method[k] for k in q],
+            own=[rows.source[k] if rows.method[k] in ON_OWN_BACKGROUND else None for k in q],
+            emb=an.emb[q],
+            phash=an.phash[q],
+            keypoints=[(f.kp_xy, f.kp_desc) if f is not None and f.kp_desc is not None else None for f in feats],
+            pixel_hashes=[f.pixel_hash if f is not None else "" for f in feats],
+            densities=[rows.density[k] for k in q],
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class TrainingSearch:
+    """Per query: its nearest allowed training image and what matched; and what the search cost."""
+
+    nearest: np.ndarray  # embedding distance to the nearest allowed training image (inf = none)
+    nearest_row: np.ndarray  # its index row (-1 = none)
+    matched_row: np.ndarray  # index row of the training image it was flagged against (-1 = none)
+    inliers: np.ndarray  # most RANSAC inliers of a verified candidate (-1 = none verified)
+    verified: int  # candidate pairs geometrically verified
     reference_rows: int
     seconds: float
 
 
-def _nearest_allowed(
-    dist: np.ndarray, idx: np.ndarray, ref_rows: np.ndarray, ref_ids: np.ndarray, own: str | None
-) -> tuple[float, int]:
-    """Nearest training image that is not the row's own background."""
-    cand = ref_rows[np.maximum(idx, 0)]
-    allowed = np.array([own is None or ref_ids[c] != own for c in cand]) & (idx >= 0)
-    return dedup.first_allowed(dist, cand, allowed)
+def _allowed(
+    idx: np.ndarray, db_rows: np.ndarray, ref_ids: np.ndarray, own: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index rows of the candidate columns, and which of them are not the query's own background."""
+    cand = db_rows[np.maximum(idx, 0)]
+    ok = (idx >= 0) & np.array([own is None or ref_ids[c] != own for c in cand], bool)
+    return cand, ok
+
+
+def _verify(query_kp: tuple[np.ndarray, np.ndarray] | None, rows: list[int], index: ReferenceIndex) -> tuple[int, int]:
+    """(most inliers, its index row) over the candidate ``rows``; (-1, -1) when nothing verified."""
+    best, best_row = -1, -1
+    if query_kp is None:
+        return best, best_row
+    for r in rows:
+        n = dedup.geometric_inliers(*query_kp, *index.keypoints(r))
+        if n > best:
+            best, best_row = n, r
+    return best, best_row
 
 
 def training_matches(
-    rows: Rows, an: Analysed, q: np.ndarray, index: ReferenceIndex, limits: MatchLimits, flags: list[Flag]
+    queries: Queries,
+    index: ReferenceIndex,
+    limits: MatchLimits,
+    dd: DedupThresholds,
+    flags: list[Flag],
+    db_rows: np.ndarray | None = None,
 ) -> TrainingSearch:
-    """Rows ``q`` closer to a training image than the limits: by embedding (shift-tolerant), else by pHash."""
+    """Queries closer to a training image (of ``db_rows``; default every image with a breast) than
+    the limits: by embedding (shift-tolerant), by pHash, or, for near candidates, by geometric
+    verification (keypoints + RANSAC)."""
     t0 = time.perf_counter()
-    ref_rows = np.nonzero(index.side != "")[0]
-    ref_ids = index.image_ids
-    every = len(ref_rows) == index.n  # then skip copying the (n, d) embeddings for the search
-    db_emb, db_phash = (index.emb, index.phash) if every else (index.emb[ref_rows], index.phash[ref_rows])
-    nb = dedup.search(an.emb[q], an.phash[q], db_emb, db_phash, k=4)
+    if db_rows is None:
+        db_rows = np.nonzero(index.side != "")[0]
+    ref_ids, patients = index.image_ids, index.patients
+    every = len(db_rows) == index.n  # then skip copying the (n, d) embeddings for the search
+    db_emb, db_phash = (index.emb, index.phash) if every else (index.emb[db_rows], index.phash[db_rows])
+    n = len(queries)
+    nb = dedup.search(queries.emb, queries.phash, db_emb, db_phash, k=4)
     # shifted or cropped copies: near candidates re-scored over small grid shifts and scales
-    nb = dedup.rescore(nb, an.emb[q], db_emb, dedup.PRESCORE_FACTOR * limits.nn_distance)
-    seconds = time.perf_counter() - t0
-    nearest = np.full(len(rows.ids), np.inf)
-    for j, k in enumerate(q):
-        image_id, method = rows.ids[k], rows.method[k]
-        own = rows.source[k] if method in ON_OWN_BACKGROUND else None
-        d, i = _nearest_allowed(nb.dist[j], nb.idx[j], ref_rows, ref_ids, own)
-        nearest[k] = d
-        hd, hi = _nearest_allowed(nb.ham[j].astype(np.float64), nb.hidx[j], ref_rows, ref_ids, own)
+    nb = dedup.rescore(nb, queries.emb, db_emb, dedup.PRESCORE_FACTOR * limits.nn_distance)
+    nearest, nearest_row = np.full(n, np.inf), np.full(n, -1, np.int64)
+    matched, inliers = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    bound = dd.geometric_bound_factor * limits.nn_distance
+    verified = 0
+    own_patient = {str(ref_ids[r]): str(patients[r]) for r in range(index.n)} if any(queries.own) else {}
+    for j in range(n):
+        image_id, method, own = queries.ids[j], queries.methods[j], queries.own[j]
+        cand, ok = _allowed(nb.idx[j], db_rows, ref_ids, own)
+        d, i = dedup.first_allowed(nb.dist[j], cand, ok)
+        hcand, hok = _allowed(nb.hidx[j], db_rows, ref_ids, own)
+        hd, hi = dedup.first_allowed(nb.ham[j].astype(np.float64), hcand, hok)
+        nearest[j], nearest_row[j] = d, i
         check = C.MEMORIZATION if method == "text2image" else C.TRAINING_MATCH
+        hit: tuple[int, str, float, str] | None = None  # (row, check, distance, reason)
         if d < limits.nn_distance:
-            flags.append(
-                Flag(
-                    image_id=image_id,
-                    check=check,
-                    method=method,
-                    nearest_training_id=str(ref_ids[i]),
-                    distance=round(d, 4),
-                    reason=f"embedding distance {d:.3f} to training image < threshold {limits.nn_distance:.3f}",
-                )
-            )
+            hit = (i, check, d, f"embedding distance {d:.3f} to training image < threshold {limits.nn_distance:.3f}")
         elif hd <= limits.phash_radius:
-            flags.append(
-                Flag(
-                    image_id=image_id,
-                    check=C.NEAR_DUPLICATE_PHASH,
-                    method=method,
-                    nearest_training_id=str(ref_ids[hi]),
-                    distance=float(hd),
-                    reason=f"pHash Hamming distance {int(hd)} to training image <= radius {limits.phash_radius}",
-                )
+            hit = (
+                hi,
+                C.NEAR_DUPLICATE_PHASH,
+                hd,
+                f"pHash Hamming distance {int(hd)} to training image <= radius {limits.phash_radius}",
             )
-    return TrainingSearch(nearest, len(ref_rows), seconds)
+        elif dd.geometric_verification:
+            near = [int(c) for c, good, dist in zip(cand, ok, nb.dist[j]) if good and dist < bound]
+            near = near[: dd.geometric_candidates]
+            if hi >= 0 and hd <= 2 * limits.phash_radius and hi not in near:
+                near.append(hi)
+            verified += len(near)
+            inliers[j], r = _verify(queries.keypoints[j], near, index)
+            if inliers[j] >= dd.geometric_min_inliers:
+                dist = float(np.linalg.norm(queries.emb[j] - index.emb[r]))
+                hit = (
+                    r,
+                    check,
+                    dist,
+                    f"{inliers[j]} keypoint matches consistent with one affine transform (>= "
+                    f"{dd.geometric_min_inliers}) to training image at embedding distance {dist:.3f}",
+                )
+        if hit is None:
+            continue
+        r, chk, dist, reason = hit
+        if own is not None and own_patient.get(own) == str(patients[r]):
+            chk = C.SAME_PATIENT_OTHER_VIEW
+            reason += "; another image of the patient whose image is this row's background"
+        matched[j] = r
+        flags.append(
+            Flag(
+                image_id=image_id,
+                check=chk,
+                method=method,
+                nearest_training_id=str(ref_ids[r]),
+                nearest_training_patient=str(patients[r]),
+                distance=round(float(dist), 4),
+                reason=reason,
+            )
+        )
+    return TrainingSearch(nearest, nearest_row, matched, inliers, verified, len(db_rows), time.perf_counter() - t0)
 
 
-def exact_copies(rows: Rows, an: Analysed, index: ReferenceIndex, flags: list[Flag]) -> None:
-    """Pixel-identical copies of training images, whatever the method."""
-    by_hash: dict[str, int] = {str(h): i for i, h in enumerate(index.pixel_hashes) if h}
-    for k, image_id in enumerate(rows.ids):
-        f = an.feats[k]
-        if f is not None and f.pixel_hash in by_hash:
+def exact_copies(queries: Queries, index: ReferenceIndex, flags: list[Flag], db_rows: np.ndarray | None = None) -> None:
+    """Pixel-identical copies of training images (of ``db_rows``; default all), whatever the method."""
+    rows = range(index.n) if db_rows is None else db_rows
+    by_hash: dict[str, int] = {str(index.pixel_hashes[i]): int(i) for i in rows if index.pixel_hashes[i]}
+    for j, image_id in enumerate(queries.ids):
+        r = by_hash.get(queries.pixel_hashes[j])
+        if r is not None:
             flags.append(
                 Flag(
                     image_id=image_id,
                     check=C.EXACT_COPY,
-                    method=rows.method[k],
-                    nearest_training_id=str(index.image_ids[by_hash[f.pixel_hash]]),
+                    method=queries.methods[j],
+                    nearest_training_id=str(index.image_ids[r]),
+                    nearest_training_patient=str(index.patients[r]),
                     distance=0.0,
                     reason="pixel-identical to a training image",
                 )
@@ -233,6 +320,28 @@ def release_duplicates(rows: Rows, an: Analysed, q: np.ndarray, limits: MatchLim
     return within
 
 
+@dataclass
+class MemorizationResult:
+    flags: list[Flag]
+    figures: dict[str, Any]  # the memorization gate's
+    queries: Queries  # the searched release rows
+    search: TrainingSearch
+
+
+def match_figures(limits: MatchLimits, dd: DedupThresholds) -> dict[str, Any]:
+    """How a match is decided: limits and geometric verification settings, as the report keeps them."""
+    return {
+        "nn_threshold": round(limits.nn_distance, 4),
+        "phash_radius": limits.phash_radius,
+        "geometric_verification": {
+            "enabled": dd.geometric_verification,
+            "min_inliers": dd.geometric_min_inliers,
+            "candidates": dd.geometric_candidates,
+            "bound": round(dd.geometric_bound_factor * limits.nn_distance, 4),
+        },
+    }
+
+
 def memorization_flags(
     rows: Rows,
     an: Analysed,
@@ -241,19 +350,20 @@ def memorization_flags(
     ref_ds: datasets.Dataset,
     th: Thresholds,
     progress: bool,
-) -> tuple[list[Flag], dict[str, Any]]:
+) -> MemorizationResult:
     """Every de-duplication finding, and the figures the memorization gate reports."""
     dd = th.dedup
     limits = match_limits(index, dd)
     q = searchable_rows(rows, an)
     flags: list[Flag] = []
-    search = training_matches(rows, an, q, index, limits, flags)
-    exact_copies(rows, an, index, flags)
+    queries = Queries.of_release(rows, an, q)
+    search = training_matches(queries, index, limits, dd, flags)
+    readable = np.array([k for k in range(len(rows.ids)) if an.feats[k] is not None], np.int64)
+    exact_copies(Queries.of_release(rows, an, readable), index, flags)
     bg_values = background_checks(rows, an, rel, index, ref_ds, dd, progress, flags)
     within = release_duplicates(rows, an, q, limits, flags) if dd.within_release else 0
     figures = {
-        "nn_threshold": round(limits.nn_distance, 4),
-        "phash_radius": limits.phash_radius,
+        **match_figures(limits, dd),
         "calibration": {
             "quantile": dd.calibration_quantile,
             "factor": dd.calibration_factor,
@@ -265,9 +375,13 @@ def memorization_flags(
         "background_mad": quantiles(np.array(bg_values)),
         "within_release_duplicates": within,
         "search_seconds": round(search.seconds, 3),
-        "searched": {"release": int(len(q)), "reference": int(search.reference_rows)},
+        "searched": {
+            "release": int(len(q)),
+            "reference": int(search.reference_rows),
+            "geometric_pairs": int(search.verified),
+        },
     }
-    return flags, figures
+    return MemorizationResult(flags, figures, queries, search)
 
 
 def memorization_gate(flags: list[Flag], figures: dict[str, Any], n_rows: int, th: Thresholds) -> Gate:
@@ -284,8 +398,11 @@ __all__ = [
     "MatchLimits",
     "match_limits",
     "searchable_rows",
+    "Queries",
     "TrainingSearch",
     "training_matches",
+    "MemorizationResult",
+    "match_figures",
     "exact_copies",
     "background_checks",
     "release_duplicates",

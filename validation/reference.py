@@ -23,9 +23,9 @@ from mammosynth.builders.core.imageio import UnreadableImage, decode
 from mammosynth.builders.core.prepared import open_prepared
 from mammosynth.builders.core.schema import prepared_features
 from mammosynth.validation.dedup import tolerant_distance
-from mammosynth.validation.image_features import PHASH_BYTES, PIXEL_HASH, analyse
+from mammosynth.validation.image_features import KP_COUNT, PHASH_BYTES, PIXEL_HASH, analyse
 
-INDEX_VERSION = 3  # bump when the features change: stale cached indexes rebuild
+INDEX_VERSION = 4  # bump when the features change: stale cached indexes rebuild
 CACHE_DIR_NAME = ".validation-cache"
 _K = 64  # neighbours fetched when looking for the nearest image of another patient
 _RESCORE = 4  # nearest other-patient neighbours re-scored with the gate's shift-tolerant distance
@@ -55,6 +55,9 @@ class ReferenceIndex:
     box_h: np.ndarray
     nn_other: np.ndarray  # per image: embedding distance to the nearest image of another patient
     phash_other: np.ndarray  # per image: Hamming distance to the nearest image of another patient
+    kp_xy: np.ndarray  # (n, KP_COUNT, 2) float16 ORB keypoint positions (first kp_n[i] valid)
+    kp_desc: np.ndarray  # (n, KP_COUNT, 32) uint8 ORB descriptors
+    kp_n: np.ndarray  # (n,) int16 keypoints per image
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,6 +66,17 @@ class ReferenceIndex:
 
     def row_of(self) -> dict[str, int]:
         return {str(i): k for k, i in enumerate(self.image_ids)}
+
+    @property
+    def patients(self) -> np.ndarray:
+        """Per image, its patient: the prepared set's pseudonymous ``study_id`` (ingest stores the
+        patient there, so that two views of one woman are never taken for two people)."""
+        return self.study_ids
+
+    def keypoints(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, descriptors) of one image's keypoints."""
+        m = int(self.kp_n[row])
+        return self.kp_xy[row, :m], self.kp_desc[row, :m]
 
     # ---- derived figures --------------------------------------------------------------------
 
@@ -151,6 +165,9 @@ _ARRAYS = [
     "box_h",
     "nn_other",
     "phash_other",
+    "kp_xy",
+    "kp_desc",
+    "kp_n",
 ]
 
 
@@ -209,6 +226,11 @@ def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, p
     emb = np.zeros((n, d), np.float32)
     hist = np.zeros((n, bins), np.float64)
     box_b, box_w, box_h = [], [], []
+    kp_xy, kp_desc, kp_n = (
+        np.zeros((n, KP_COUNT, 2), np.float16),
+        np.zeros((n, KP_COUNT, 32), np.uint8),
+        np.zeros(n, np.int16),
+    )
     meta_cols = ["image_id", "study_id", "view", "laterality", "birads", "density", "manufacturer", "findings"]
     unreadable = []
     k = 0
@@ -230,6 +252,9 @@ def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, p
                 continue
             heights[k], widths[k], area[k] = f.height, f.width, f.area_fraction
             side[k], hashes[k], phash[k], emb[k], hist[k] = f.side or "", f.pixel_hash, f.phash, f.embedding, f.hist
+            if f.kp_desc is not None:
+                m = kp_n[k] = len(f.kp_desc)
+                kp_xy[k, :m], kp_desc[k, :m] = f.kp_xy, f.kp_desc
             for finding in row["findings"] or []:
                 x0, y0, x1, y1 = finding["bbox"]
                 b = finding.get("finding_birads") or row["birads"]
@@ -254,6 +279,9 @@ def build_index(ds: datasets.Dataset, *, embed_size: int = 64, bins: int = 64, p
         box_h=np.array(box_h, np.float32),
         nn_other=np.zeros(0, np.float32),
         phash_other=np.zeros(0, np.int32),
+        kp_xy=kp_xy,
+        kp_desc=kp_desc,
+        kp_n=kp_n,
         meta={"n": n, "embed_size": embed_size, "bins": bins, "unreadable": unreadable, "index_version": INDEX_VERSION},
     )
     index.nn_other, index.phash_other = calibrate(index)

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
     from mammosynth.validation.release_io import LoadedRelease
 
 Status = Literal["pass", "warn", "fail"]
+# report.json's format: 2 adds the canary self-test gate (required from then on), the patient-level
+# audit, per-density figures and the (not yet measured) realism section. Reports without the field
+# are version 1.
+REPORT_VERSION = 2
 
 # --- the two output folders ----------------------------------------------------------------------
 
@@ -86,6 +90,7 @@ class Flag(pydantic.BaseModel):
     reason: str
     method: str | None = None
     nearest_training_id: str | None = None
+    nearest_training_patient: str | None = None  # the pseudonymous patient (study_id) of that image
     nearest_release_id: str | None = None
     distance: float | None = None
 
@@ -95,6 +100,7 @@ class ValidationReport(pydantic.BaseModel):
     older versions (and hand-written ones) still read."""
 
     passed: bool
+    report_version: int = 1
     created: str = ""
     release: dict[str, Any] = {}
     reference: dict[str, Any] = {}
@@ -109,6 +115,12 @@ class ValidationReport(pydantic.BaseModel):
     plots: list[str] = []  # file names in the report folder
     local_plots: list[str] = []  # file names in ``local_dir(report folder)``: not shipped
     row_hashes: dict[str, str] = {}  # image_id -> sha256 of the validated image bytes
+    # patient-level memorization audit (``patients.patient_audit``): nearest training patient per
+    # image, exposure per patient
+    patients: dict[str, Any] | None = None
+    # distribution realism metrics (FID, KID, precision/recall), filled by the realism module; None =
+    # not measured by this version. A dict may carry "markdown" (tables only) for report.md.
+    realism: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> "ValidationReport":
@@ -166,8 +178,132 @@ def write_json(report: ValidationReport, path: Path) -> None:
 _ICON = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail"}
 
 
-def render_markdown(report: ValidationReport, plots_rel: str = "") -> str:
-    """Compact summary for the dataset card and the CI page."""
+def canary_sentence(report: ValidationReport) -> str:
+    """One sentence for the dataset card: what the memorization check caught of the copies it
+    planted of training images, and what it flagged of real images of patients held out of the
+    index (or that the report predates the self-test)."""
+    gate = report.gates.get("canaries")
+    if gate is None:
+        return (
+            "This validation report has no canary self-test (it predates it): the memorization check's "
+            "recall is not measured."
+        )
+    fig = gate.model_dump()
+    held = fig.get("held_out", {})
+    per = fig.get("per_perturbation", {})
+    text = (
+        f"This check caught {fig['caught']}/{fig['planted']} planted copies of {fig['images']} training "
+        f"images ({len(per)} perturbations: shifts, crops and zooms, stretching, half size, rotation, intensity "
+        "and windowing changes, JPEG, noise, flips and pasted boxes"
+    )
+    weak = sorted((v["recall"], k) for k, v in per.items() if v["recall"] < 1)
+    if weak:
+        k = weak[0][1]
+        text += f"; weakest: {k} {per[k]['caught']}/{per[k]['planted']}"
+    text += ")"
+    if held.get("images"):
+        text += (
+            f" and flagged {held['false_positives']} of {held['images']} real images of {held['patients']} "
+            "patients held out of the index"
+        )
+    else:
+        text += "; its false-positive rate is not measured (the reference holds a single patient)"
+    return text + f": self-test {gate.status}."
+
+
+def _canary_lines(report: ValidationReport) -> list[str]:
+    gate = report.gates.get("canaries")
+    if gate is None:
+        return []
+    fig = gate.model_dump()
+    lines = [
+        "",
+        "### Canary self-test",
+        "",
+        canary_sentence(report),
+        "",
+        "| perturbation | caught | recall |",
+        "|---|---|---|",
+    ]
+    for name, v in fig.get("per_perturbation", {}).items():
+        lines.append(f"| {name} | {v['caught']}/{v['planted']} | {v['recall']:.0%} |")
+    lines.append(
+        f"| **all** | **{fig['caught']}/{fig['planted']}** | **{(fig['recall'] or 0):.1%}** (minimum {fig['min_recall']:.0%}) |"
+    )
+    held = fig.get("held_out", {})
+    if held.get("images"):
+        lines += [
+            "",
+            f"False-positive rate on {held['images']} real images of {held['patients']} patients held out of the "
+            f"index: {held['false_positive_rate']:.1%} (maximum {fig['max_false_positive_rate']:.0%}); most keypoint "
+            f"inliers to another patient: {held.get('max_inliers')} (a copy needs "
+            f"{fig['geometric_verification']['min_inliers']}).",
+        ]
+    return lines
+
+
+def _patient_lines(report: ValidationReport) -> list[str]:
+    p = report.patients
+    if not p:
+        return []
+    lines = [
+        "",
+        "### Patient-level audit",
+        "",
+        f"{p['patients_matched']} of {p['patients_in_reference']} training patients have a released image flagged "
+        f"against one of their images; {p['patients_near']} have released images within distance "
+        f"{p['near_distance']} of one of their views (at most {p['max_near']} per patient); "
+        f"{p['same_patient_other_view']} inpainted/blended image(s) match another view of their own background's patient.",
+    ]
+    shown = [e for e in p.get("exposure", []) if e["matched"] or e["near"]][:10]
+    if shown:
+        lines += ["", "| patient | released images matched | near | used as background |", "|---|---|---|---|"]
+        lines += [f"| {e['patient']} | {e['matched']} | {e['near']} | {e['backgrounds']} |" for e in shown]
+    return lines
+
+
+def _equity_lines(report: ValidationReport) -> list[str]:
+    """Sanity rejections, memorization flags and canary recall per density category."""
+    cols = {
+        "sanity": report.gates.get("sanity"),
+        "memorization": report.gates.get("memorization"),
+        "canaries": report.gates.get("canaries"),
+    }
+    per = {k: (g.model_dump().get("per_density") if g is not None else None) or {} for k, g in cols.items()}
+    cats = sorted(set(per["sanity"]) | set(per["memorization"]) | set(per["canaries"]))
+    if not cats:
+        return []
+    lines = [
+        "",
+        "### Per density category",
+        "",
+        "| density | rows | sanity rejections | memorization flags | canary recall |",
+        "|---|---|---|---|---|",
+    ]
+    for c in cats:
+        s, m, k = per["sanity"].get(c), per["memorization"].get(c), per["canaries"].get(c)
+        rows = (s or m or {}).get("rows", 0)
+        lines.append(
+            f"| {c} | {rows} | {s['flagged'] if s else 0} | {m['flagged'] if m else 0} | "
+            + (f"{k['caught']}/{k['planted']}" if k else "–")
+            + " |"
+        )
+    return lines
+
+
+def _realism_lines(report: ValidationReport) -> list[str]:
+    """The realism section (``realism.render_realism_markdown``: tables only), or a line saying
+    that the report has none."""
+    if report.realism is None:
+        return ["", "### Realism metrics", "", "FID, KID and precision/recall: not part of this report."]
+    from mammosynth.validation.realism import render_realism_markdown  # scipy, faiss: only when there
+
+    return ["", render_realism_markdown(report.realism).rstrip("\n")]
+
+
+def render_markdown(report: ValidationReport, plots_rel: str = "", *, images: bool = True) -> str:
+    """Compact summary for the dataset card and the CI page; ``images=False`` leaves out the plot
+    links (tables only: the CI summary page cannot show the report folder's files)."""
     lines = [
         f"## Validation: {'PASSED' if report.passed else 'FAILED'}",
         "",
@@ -189,13 +325,16 @@ def render_markdown(report: ValidationReport, plots_rel: str = "") -> str:
             lines.append(f"| {f.image_id} | {f.check} | {f.reason.replace('|', '/')} | {f.nearest_training_id or ''} |")
         if len(report.flagged) > 25:
             lines.append(f"| … | | {len(report.flagged) - 25} more in {REPORT_JSON} | |")
+    lines += _canary_lines(report) + _patient_lines(report) + _equity_lines(report) + _realism_lines(report)
     lines += [
         "",
         "Implementations: " + ", ".join(f"{k}: {v}" for k, v in report.implementations.items()) + ".",
         "Effect sizes are judged above a bootstrap noise floor of the reference against itself.",
     ]
-    if report.plots:
+    if report.plots and images:
         lines += ["", " ".join(f"![{Path(p).stem}]({plots_rel}{Path(p).name})" for p in report.plots)]
+    elif report.plots:
+        lines += ["", f"Plots ({', '.join(Path(p).name for p in report.plots)}) are in the report folder."]
     if report.local_plots:
         lines += [
             "",
@@ -206,13 +345,14 @@ def render_markdown(report: ValidationReport, plots_rel: str = "") -> str:
 
 
 def write_markdown(report: ValidationReport, path: Path) -> str:
-    """report.md; also appended to the CI job's summary page when there is one."""
+    """report.md; also appended to the CI job's summary page when there is one, as tables only
+    (the page cannot show the plots, which stay in the report folder)."""
     text = render_markdown(report)
     atomic.write_text(path, text)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as fh:
-            fh.write(text)
+            fh.write(render_markdown(report, images=False))
     return text
 
 
@@ -366,6 +506,8 @@ __all__ = [
     "Status",
     "write_json",
     "render_markdown",
+    "canary_sentence",
+    "REPORT_VERSION",
     "write_markdown",
     "DataPlots",
     "write_reports",

@@ -128,6 +128,19 @@ def _diversity(fig: dict[str, Any], th: Thresholds) -> str:
     raise KeyError("mean_msssim")
 
 
+def _canaries(fig: dict[str, Any], th: Thresholds) -> str:
+    """The memorization check's own recall on planted copies (from the integer counts) under the
+    minimum, or its false-positive rate on held-out real images over the maximum, fails; no copy
+    planted fails (the check's recall is unknown); no patient to hold out warns."""
+    c = th.canaries
+    if not fig["planted"] or fig["caught"] / fig["planted"] < c.min_recall:
+        return "fail"
+    held = fig["held_out"]
+    if not held["images"]:
+        return "warn"
+    return "fail" if held["false_positives"] / held["images"] > c.max_false_positive_rate else "pass"
+
+
 DRIFT_GATED = ("intensity", "area", "box_width")  # category shares are reported, not gated
 
 
@@ -146,10 +159,18 @@ JUDGES: dict[str, Judge] = {
     C.GATE_INTENSITY: _intensity,
     C.GATE_AREA: _area,
     C.GATE_DIVERSITY: _diversity,
+    C.GATE_CANARIES: _canaries,
     C.GATE_DRIFT: _drift,
 }
-# every report has these gates; drift only with a baseline
+# every report has these gates; drift only with a baseline, canaries from report version 2 on
 REQUIRED_GATES: tuple[str, ...] = tuple(g for g in JUDGES if g != C.GATE_DRIFT)
+GATES_SINCE: dict[str, int] = {C.GATE_CANARIES: 2}
+
+
+def required_gates(report_version: int, baseline: bool) -> set[str]:
+    """The gates a report of ``report_version`` must have."""
+    want = {g for g in REQUIRED_GATES if GATES_SINCE.get(g, 1) <= report_version}
+    return want | ({C.GATE_DRIFT} if baseline else set())
 
 
 def judge(gate: str, figures: dict[str, Any], th: Thresholds) -> str:
@@ -206,6 +227,8 @@ __all__ = [
     "DRIFT_GATED",
     "JUDGES",
     "REQUIRED_GATES",
+    "GATES_SINCE",
+    "required_gates",
     "judge",
     "judged_gate",
     "flagged_gate",

@@ -8,6 +8,7 @@ laterality) and the spec (bit depth, resolution).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.validation import checks as C
@@ -139,8 +140,10 @@ def sanity_flags(
     return flags
 
 
-def sanity_gate(flags: list[Flag], n_rows: int, th: Thresholds) -> Gate:
-    return rules.flagged_gate(C.GATE_SANITY, flags, C.SANITY_CHECKS, n_rows, th)
+def sanity_gate(flags: list[Flag], n_rows: int, th: Thresholds, per_density: dict[str, Any] | None = None) -> Gate:
+    """The per-image sanity gate; ``per_density``: rows and rejections per density category."""
+    figures = {"per_density": per_density} if per_density is not None else {}
+    return rules.flagged_gate(C.GATE_SANITY, flags, C.SANITY_CHECKS, n_rows, th, **figures)
 
 
 __all__ = ["sanity_flags", "sanity_gate"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mammosynth.builders.core.config_io import StrictModel, load_model, validate_model
 
@@ -88,6 +88,49 @@ class DedupThresholds(StrictModel):
         0.1, ge=0, description="box margin (fraction of box size) excluded from the background comparison"
     )
     within_release: bool = True
+    geometric_verification: bool = Field(
+        True,
+        description="re-score near training candidates by keypoint matching (ORB + RANSAC): catches cropped, "
+        "zoomed, rotated, stretched and re-windowed copies the embedding distance misses",
+    )
+    geometric_min_inliers: int = Field(
+        25, ge=4, description="RANSAC inliers from which a candidate is a copy (other patients measure <= 20)"
+    )
+    geometric_candidates: int = Field(2, ge=1, le=4, description="nearest training candidates verified per image")
+    geometric_bound_factor: float = Field(
+        4.0, gt=0, description="candidates verified when closer than this factor x the embedding threshold"
+    )
+
+
+class CanaryThresholds(StrictModel):
+    """The canary self-test: planted copies of reference images run through the memorization check."""
+
+    images: int = Field(6, ge=1, description="reference images drawn (seeded) and perturbed")
+    perturbations: list[str] | None = Field(
+        None, description="names of the perturbations planted (validation/perturbations.py); None = all"
+    )
+    held_out_patients: int = Field(
+        8, ge=1, description="patients held out of the index whose real images must not be flagged"
+    )
+    held_out_images: int = Field(16, ge=1, description="at most this many of their images are queried")
+    min_recall: float = Field(0.95, ge=0, le=1, description="the gate fails when fewer planted copies are caught")
+    max_false_positive_rate: float = Field(
+        0.01, ge=0, le=1, description="the gate fails when more held-out real images are flagged"
+    )
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known(cls, names: list[str] | None) -> list[str] | None:
+        from mammosynth.validation.perturbations import PERTURBATIONS  # OpenCV: only when named
+
+        if names is None:
+            return None
+        unknown = sorted(set(names) - set(PERTURBATIONS))
+        if unknown:
+            raise ValueError(f"unknown perturbation(s) {unknown}; known: {list(PERTURBATIONS)}")
+        if not names:
+            raise ValueError("name at least one perturbation (or leave it unset for all)")
+        return names
 
 
 class StatsThresholds(StrictModel):
@@ -116,6 +159,7 @@ class Thresholds(StrictModel):
     sanity: SanityThresholds = SanityThresholds()
     dedup: DedupThresholds = DedupThresholds()
     stats: StatsThresholds = StatsThresholds()
+    canaries: CanaryThresholds = CanaryThresholds()
     max_flagged_fraction: float = Field(
         0.0, ge=0, le=1, description="share of rows that may be flagged before the per-image gates fail"
     )

@@ -96,6 +96,25 @@ def _flagged_paths(report: ValidationReport, name: str, fig: dict[str, Any]) -> 
     return out
 
 
+def _canary_paths(fig: dict[str, Any]) -> list[Disagreement]:
+    """The canaries' totals against their per-perturbation counts, and the recall and
+    false-positive rate against the counts they derive from."""
+    path = f"gates.{C.GATE_CANARIES}"
+    out = []
+    per = fig["per_perturbation"].values()
+    for key in ("caught", "planted"):
+        total = sum(int(v[key]) for v in per)
+        if fig[key] != total:
+            out.append(Disagreement(f"{path}.{key}", fig[key], total))
+    if fig["planted"] and fig["recall"] != round(fig["caught"] / fig["planted"], 4):
+        out.append(Disagreement(f"{path}.recall", fig["recall"], round(fig["caught"] / fig["planted"], 4)))
+    held = fig["held_out"]
+    if held["images"] and held["false_positive_rate"] != round(held["false_positives"] / held["images"], 4):
+        want = round(held["false_positives"] / held["images"], 4)
+        out.append(Disagreement(f"{path}.held_out.false_positive_rate", held["false_positive_rate"], want))
+    return out
+
+
 def thresholds_of(report: ValidationReport, source: str | Path | None = None) -> Thresholds:
     """The thresholds the report was judged with, as it records them."""
     try:
@@ -112,7 +131,9 @@ def disagreements(report: ValidationReport, source: str | Path | None = None) ->
         return [Disagreement("thresholds", {}, "the thresholds the gates were judged with")]
     th = thresholds_of(report, source)
     out: list[Disagreement] = []
-    want_gates = set(rules.REQUIRED_GATES) | ({C.GATE_DRIFT} if report.baseline is not None else set())
+    want_gates = rules.required_gates(report.report_version, report.baseline is not None)
+    if C.GATE_CANARIES in report.gates:  # an older report may have it; then it is judged too
+        want_gates.add(C.GATE_CANARIES)
     for name in sorted(want_gates - set(report.gates)):
         out.append(Disagreement(f"gates.{name}", None, "a gate every report has"))
     for name in sorted(set(report.gates) - want_gates):
@@ -147,6 +168,13 @@ def disagreements(report: ValidationReport, source: str | Path | None = None) ->
             out += _flagged_paths(report, name, stored[name])
         except (KeyError, TypeError) as exc:
             raise InputError(f"per-image figures missing ({exc!r})", file=source, field=f"gates.{name}") from None
+    if C.GATE_CANARIES in stored:
+        try:
+            out += _canary_paths(stored[C.GATE_CANARIES])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InputError(
+                f"canary figures missing ({exc!r})", file=source, field=f"gates.{C.GATE_CANARIES}"
+            ) from None
     failed = sorted({f.image_id for f in report.flagged})
     if sorted(report.failed_image_ids) != failed:
         out.append(Disagreement("failed_image_ids", report.failed_image_ids, failed))
