@@ -99,7 +99,7 @@ def test_a_reader_reads_reloads_resumes_and_finishes_the_survey(study, browser):
             keys(browser, text + Keys.ENTER)
             trial = shown_trial(browser, trial)
             assert trial == order[n + 3]
-        for i in range(4, len(order)):
+        for _ in range(4, len(order)):
             keys(browser, "r11" + Keys.ENTER)
             trial = shown_trial(browser, trial)
         assert trial == ""  # no case left: the survey

@@ -235,3 +235,18 @@ def test_create_from_the_cli_prints_where_the_tokens_are(study_inputs, tmp_path)
     assert result.exit_code == 0, result.output
     assert "readers.csv" in result.output
     assert Path(out / "key.csv").is_file()
+
+
+def test_parallel_writers_write_the_same_study(study_inputs, tmp_path):
+    """Two worker processes (forked, reading the shared datasets) write byte for byte what one
+    process writes for the same seed; tokens are the only difference (they are never seeded)."""
+    release, real = study_inputs
+    for name, workers in (("one", 1), ("two", 2)):
+        create_study(release, real, tmp_path / name, CreateOptions(16, 16, 2, seed=9, workers=workers))
+    one, two = StudyLayout(tmp_path / "one"), StudyLayout(tmp_path / "two")
+    assert one.key_csv.read_bytes() == two.key_csv.read_bytes()
+    assert one.order_csv.read_bytes() == two.order_csv.read_bytes()
+    files = sorted(p.name for p in one.cases.iterdir())
+    assert len(files) == 32 and files == sorted(p.name for p in two.cases.iterdir())
+    assert all((one.cases / f).read_bytes() == (two.cases / f).read_bytes() for f in files)
+    assert one.readers() != two.readers()

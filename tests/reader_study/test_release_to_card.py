@@ -7,9 +7,9 @@ from __future__ import annotations
 import csv
 
 import pytest
+
 from helpers.release_helpers import spec_dict, write_report, write_spec
 from helpers.synthetic import generate_fake, write_reference_set
-
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.spec import load_spec
 from mammosynth.builders.release.build import build

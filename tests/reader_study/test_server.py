@@ -205,3 +205,16 @@ def test_malformed_posts_are_refused(study):
                 urllib.request.urlopen(req, timeout=10)
             assert err.value.code in (400, 422), body
     assert db_rows(study) == []
+
+
+def test_serve_refuses_half_a_certificate_and_a_folder_that_is_no_study(made_study, tmp_path, capsys):
+    from mammosynth.builders.cli import main
+
+    for args, needle in (
+        ([str(made_study), "--ssl-certfile", str(tmp_path / "c.pem")], "field '--ssl-keyfile'"),
+        ([str(tmp_path)], "study.json"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(["reader-study", "serve", *args])
+        assert done.value.code == 2
+        assert needle in capsys.readouterr().err

@@ -195,12 +195,16 @@ def create_app(root: str | Path) -> Starlette:
     async def index(request: Request) -> Response:
         return PlainTextResponse("Reader study: open the link you were given.\n")
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask for one; an empty answer keeps logs quiet
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return PlainTextResponse(f"{exc.status_code} {exc.detail}\n", status_code=exc.status_code)
 
     study_cases = {c for t in study.trials.values() for c in t.cases}
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/r/{token}", reading_page),
         Route("/r/{token}/state", state),
         Route("/r/{token}/answer", answer, methods=["POST"]),

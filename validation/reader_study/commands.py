@@ -49,11 +49,13 @@ def create_cmd(release, real, out, n_real, n_synthetic, readers, stratify, seed,
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve the local network")
 @click.option("--port", type=int, default=8000, show_default=True)
-def serve_cmd(study, host, port) -> None:
+@click.option("--ssl-certfile", type=click.Path(path_type=Path), default=None, help="serve HTTPS with this certificate")
+@click.option("--ssl-keyfile", type=click.Path(path_type=Path), default=None, help="the certificate's private key")
+def serve_cmd(study, host, port, ssl_certfile, ssl_keyfile) -> None:
     """Serve STUDY to its readers (answers in STUDY/answers.sqlite)."""
     from mammosynth.validation.reader_study.serve import serve
 
-    serve(study, host, port, echo=click.echo)
+    serve(study, host, port, certfile=ssl_certfile, keyfile=ssl_keyfile, echo=click.echo)
 
 
 @reader_study.command("import")

@@ -97,8 +97,9 @@ def create_study(
     match = {"exact": levels[0], "view_laterality": levels[1], "view": levels[2], "unmatched": levels[3]}
 
     sampled = [*synthetic, *real_cases]
-    heads = [_image(loaded.dataset, c.row) if c.method else _image(real_ds, c.row) for c in sampled]
-    sizes = [image_size(h) for h in heads]
+    sources = {"synthetic": loaded.dataset, "real": real_ds}
+    which = ["synthetic" if c.method else "real" for c in sampled]
+    sizes = [image_size(_image(sources[w], c.row)) for w, c in zip(which, sampled)]
     size = options.size or min(max(s) for s in sizes)
     if options.size is None and len({max(s) for s in sizes}) > 1:
         notes.append(f"cases come in several sizes; all were scaled to a {size}-pixel square (the smallest long side)")
@@ -129,7 +130,8 @@ def create_study(
     with atomic_dir(out) as tmp:
         layout = StudyLayout(tmp)
         layout.cases.mkdir()
-        _write_cases(layout, case_ids, heads, [c.mirrored for c in sampled], size, options.workers)
+        jobs = [(w, c.row, c.mirrored, size, layout.case_png(cid)) for w, c, cid in zip(which, sampled, case_ids)]
+        _write_cases(sources, jobs, options.workers)
         _refuse_identical(layout, key)
         layout.write_key(sorted(key, key=lambda c: c.case_id))
         layout.write_readers(readers)
@@ -391,24 +393,29 @@ def _trials(
     return trials
 
 
-def _prepare_one(job: tuple[bytes, bool, int]) -> bytes:
-    data, mirrored, size = job
-    return prepare_case(data, size=size, mirrored=mirrored)
+# The datasets the case writers read from; set before the pool forks (memory-mapped arrow and
+# in-memory tables are shared, not copied), so no image bytes travel through the task queue.
+_SOURCES: dict[str, Any] = {}
 
 
-def _write_cases(
-    layout: StudyLayout, case_ids: list[str], heads: list[bytes], mirrored: list[bool], size: int, workers: int | None
-) -> None:
+def _prepare_one(job: tuple[str, int, bool, int, Path]) -> None:
+    source, row, mirrored, size, path = job
+    path.write_bytes(prepare_case(_image(_SOURCES[source], row), size=size, mirrored=mirrored))
+
+
+def _write_cases(sources: dict[str, Any], jobs: list[tuple[str, int, bool, int, Path]], workers: int | None) -> None:
     # written in case-id order (random): file times must not follow real-then-synthetic
-    ordered = sorted(range(len(case_ids)), key=lambda i: case_ids[i])
-    case_ids = [case_ids[i] for i in ordered]
-    jobs = [(heads[i], mirrored[i], size) for i in ordered]
-    n = min(workers or cpu_count(), max(1, len(jobs) // 16))
-    if n <= 1:
-        results = map(_prepare_one, jobs)
-        for cid, png in zip(case_ids, results):
-            layout.case_png(cid).write_bytes(png)
-        return
-    with worker_pool(n) as pool:
-        for cid, png in zip(case_ids, pool.map(_prepare_one, jobs, chunksize=8)):
-            layout.case_png(cid).write_bytes(png)
+    jobs = sorted(jobs, key=lambda j: j[4].name)
+    _SOURCES.clear()
+    _SOURCES.update(sources)
+    try:
+        n = min(workers or cpu_count(), max(1, len(jobs) // 16))
+        if n <= 1:
+            for job in jobs:
+                _prepare_one(job)
+            return
+        with worker_pool(n) as pool:
+            for _ in pool.map(_prepare_one, jobs, chunksize=8):
+                pass
+    finally:
+        _SOURCES.clear()
