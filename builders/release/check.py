@@ -38,10 +38,13 @@ class Checkpoint:
     kind: str  # "pipeline" or "adapter"
     where: str  # "local" or "hub"
     found: bool | None  # None: a Hub id, not fetched by a check
+    cached: bool = False  # a Hub id whose files are in the local huggingface_hub cache
 
     @property
     def status(self) -> str:
-        return "hub id (not fetched)" if self.found is None else "found" if self.found else "MISSING"
+        if self.found is None:
+            return "hub id, in the local cache" if self.cached else "hub id, not in the local cache (fetched when used)"
+        return "found" if self.found else "MISSING"
 
 
 @dataclass
@@ -92,7 +95,7 @@ def _checkpoints(spec: ReleaseSpec, spec_file: Path) -> tuple[list[Checkpoint], 
                 refs.append((f"methods.{method}.inpainting.checkpoints.{b}", p, "pipeline"))
     for name, ref, kind in refs:
         if name not in local:
-            found.append(Checkpoint(name, ref, kind, "hub", None))
+            found.append(Checkpoint(name, ref, kind, "hub", None, cached=_in_hub_cache(ref, kind)))
             continue
         folder = Path(ref).expanduser()
         wanted = (PIPELINE_FILE,) if kind == "pipeline" else ADAPTER_FILES
@@ -102,6 +105,14 @@ def _checkpoints(spec: ReleaseSpec, spec_file: Path) -> tuple[list[Checkpoint], 
             what = "no such folder" if not folder.is_dir() else f"not a {kind} folder (no {' or '.join(wanted)})"
             problems.append(InputError(f"checkpoint {ref}: {what}", file=spec_file, field=name))
     return found, problems
+
+
+def _in_hub_cache(repo_id: str, kind: str) -> bool:
+    """Whether the checkpoint's index file is in the local cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    name = PIPELINE_FILE if kind == "pipeline" else ADAPTER_FILES[0]
+    return isinstance(try_to_load_from_cache(repo_id, name), str)
 
 
 def _available(prepared_path: Path) -> tuple[int, Counter, Counter]:

@@ -118,3 +118,21 @@ def test_known_warnings_are_dropped_and_unknown_ones_shown() -> None:
             warnings.warn("No LoRA keys associated to CLIPTextModelWithProjection found", UserWarning, stacklevel=1)
             warnings.warn("something nobody has seen before", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something nobody has seen before"]
+
+
+def test_a_real_command_under_quiet_prints_its_result_only(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mammosynth phantom` and `mammosynth ingest vindr` on a terminal: --quiet leaves one result line each."""
+    from mammosynth.builders.sources.commands import ingest, phantom
+
+    monkeypatch.setattr(progress, "_interactive", lambda: True)
+    runner = CliRunner()
+    made = runner.invoke(phantom, [str(tmp_path / "src"), "--studies", "1", "--scale", "0.05", "--quiet"])
+    assert made.exit_code == 0, made.output
+    assert made.stderr == "" and made.stdout == f"wrote 1 studies (4 images) to {tmp_path / 'src'}\n"
+    args = ["vindr", str(tmp_path / "src"), str(tmp_path / "prep"), "--size", "64", "--bit-depth", "8", "--quiet"]
+    ingested = runner.invoke(ingest, args)
+    assert ingested.exit_code == 0, ingested.output
+    assert ingested.stderr == "" and len(ingested.stdout.splitlines()) == 1
+    assert ingested.stdout.startswith("4 images -> ")
+    loud = runner.invoke(phantom, [str(tmp_path / "src2"), "--studies", "1", "--scale", "0.05"])
+    assert "phantom" in loud.stderr and "1/1" in loud.stderr  # the same command draws its bar on a terminal

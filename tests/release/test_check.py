@@ -158,3 +158,11 @@ def test_only_gpu_benchmarks_estimate_gpu_hours(tmp_path: Path, prepared_set: Pa
     # 8 text-to-image + 8 inpainting rows at 13.5 s; poisson has no GPU figure
     assert plan.gpu_hours == pytest.approx(16 * 13.5 / 3600)
     assert "no GPU figure for poisson" in plan.estimate
+
+
+def test_a_hub_checkpoint_is_listed_without_fetching(tmp_path: Path, prepared_set: Path) -> None:
+    spec = _spec(tmp_path, prepared_set, **{"methods.text2image.text2image": {"base_model": "org/sd35-never-cached"}})
+    plan = check_spec(spec)
+    assert plan.problems == []
+    ck = next(c for c in plan.checkpoints if c.field == "methods.text2image.text2image.base_model")
+    assert ck.where == "hub" and ck.status == "hub id, not in the local cache (fetched when used)"
