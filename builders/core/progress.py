@@ -10,8 +10,9 @@ Three modes, set once per command by the ``console_options`` decorator (``--quie
 - ``--quiet``: no bars and no lines: only errors and the command's final one-line result.
 
 Under ``accelerate launch``/``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) only rank 0
-draws bars, since several processes redrawing one terminal garble it; every rank's summary lines
-carry ``[rank R/N]`` so a log of all ranks says which process wrote what.
+draws bars, since several processes redrawing one terminal garble it; the other ranks end each
+stage with a summary line. Bars and lines carry ``[rank R/N]`` so a log of all ranks says which
+process wrote what.
 
 ``quiet_libraries`` silences what the libraries print on their own (datasets' "Generating split"
 bars, huggingface_hub's bars, diffusers/transformers info and warnings) and the known harmless
@@ -228,7 +229,7 @@ def bars_shown(rank: Rank | None = None) -> bool:
 # Their progress-bar switches are not set this way: once read, those env variables win over the
 # libraries' own enable/disable calls, which then warn.
 _QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
-_NOISY_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "datasets", "accelerate", "peft")
+_NOISY_LOGGERS = ("diffusers", "transformers")  # info and advisory warnings on every load; others keep theirs
 
 # Known harmless warnings (``warnings`` module), by the start of their message.
 KNOWN_WARNINGS = (
