@@ -12,10 +12,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.imageio import UnreadableImage
+from mammosynth.builders.core.progress import bar as progress_bar
 from mammosynth.builders.core.schema import parse_birads
 from mammosynth.builders.core.workers import worker_pool
 from mammosynth.validation.image_features import PHASH_BYTES, ImageFeatures, analyse
@@ -134,7 +134,7 @@ def analyse_rows(
     feats: list[ImageFeatures | None] = [None] * n
     errors: dict[int, str] = {}
     thumbs: dict[str, np.ndarray] = {}
-    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress)
+    bar = progress_bar(total=n, desc=desc, unit="img", enabled=progress)
     pool = analysis_pool(n)
     pending: deque[Future] = deque()  # chunks in flight, in row order
     k = 0

@@ -113,7 +113,10 @@ def ref(tmp_path_factory):
     return S.write_reference_set(tmp_path_factory.mktemp("ref") / "prep", n_studies=6, seed=0)
 
 
-def test_hub_release_reads_spec_and_every_config_not_all(hub, shards):
+def test_hub_release_reads_spec_and_every_config_not_all(hub, shards, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
     files = {f"data/{c}/{SHARD}": b for c, b in shards.items()}
     _push(hub, "org/rel", {**files, "spec.yaml": _spec_yaml(1), "README.md": b"---\n---\n"})
     rel = load_release("org/rel@v1.0")
@@ -125,6 +128,7 @@ def test_hub_release_reads_spec_and_every_config_not_all(hub, shards):
     assert Path(os.path.realpath(rel.data_paths[0])).is_relative_to(Path(hub_cache()).resolve())
     fetched = [p for m, p in hub.state.requests if m == "GET" and "/resolve/" in p]
     assert fetched and not any("/data/all/" in p for p in fetched)
+    assert rel.row_hashes() and not (tmp_path / "datasets-cache").exists()  # no copy into the datasets cache
     # a repo that holds only ``all`` is read from it
     _push(hub, "org/only-all", {f"data/all/{SHARD}": shards["all"]})
     assert load_release("org/only-all@v1.0").num_rows == 16

@@ -188,6 +188,23 @@ def test_cli_exit_codes_reports_and_step_summary(ref, counted_release, tmp_path,
         assert field in capsys.readouterr().err
 
 
+def test_cli_quiet_prints_the_result_only_and_no_progress_draws_no_bar(ref, counted_release, tmp_path, capsys):
+    rel = S.write_generated(tmp_path / "gen", {"text2image": counted_release})
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(rel), "--reference", str(ref), "--report", str(tmp_path / "r"), "--quiet"])
+    out, err = capsys.readouterr()
+    verdict = "passed" if e.value.code == 0 else "failed"
+    assert e.value.code in (0, 1) and err == ""
+    assert out.splitlines() == [f"{verdict}; report: {tmp_path / 'r' / 'report.json'}"]
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(rel), "--reference", str(ref), "--report", str(tmp_path / "r"), "--no-progress"])
+    out, err = capsys.readouterr()
+    gates = json.loads((tmp_path / "r" / "report.json").read_text())["gates"]
+    assert [line.split(":")[0].split()[-1] for line in out.splitlines()[:-1]] == list(gates)
+    assert out.splitlines()[-1].endswith("report.json") and "\r" not in err and "img/s]" not in err
+
+
 def test_reference_index_cached_and_invalidated(tmp_path):
     ref = S.write_reference_set(tmp_path / "prep", n_studies=2, seed=5)
     a, _ = reference_index(ref, progress=False)
