@@ -15,6 +15,7 @@ GateFailed (exit 1) instead of publishing, unless ``--force --reason`` records a
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -115,18 +116,18 @@ def _default_validate(spec: ReleaseSpec, report_dir: Path) -> Any:
     return validate_release(spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir)
 
 
-def _default_validate_shipped(spec: ReleaseSpec, rows: Path, report_dir: Path) -> Any:
+def _default_validate_shipped(spec: ReleaseSpec, rows: Path, report_dir: Path, *, progress: bool = True) -> Any:
     from mammosynth.validation.gate import validate_release
     from mammosynth.validation.release_io import load_release
 
     loaded = load_release(rows)
     # the generator's recorded skips explain missing rows of the shipped set too; dropped rows do not
     loaded.skipped = [s for m in spec.methods for s in ShardWriter(spec.layout.generated(m)).skipped()]
-    return validate_release(loaded, spec.source.prepared, spec=spec, report_dir=report_dir)
+    return validate_release(loaded, spec.source.prepared, spec=spec, report_dir=report_dir, progress=progress)
 
 
 def _validate_shipped(
-    spec: ReleaseSpec, data: ReleaseData, key: str, fn: ValidateShippedFn | None, result: BuildResult
+    spec: ReleaseSpec, data: ReleaseData, key: str, fn: ValidateShippedFn, result: BuildResult
 ) -> Path:
     """Validate exactly the rows ``data`` holds (the candidate less the dropped rows); returns the
     report folder. The rows are written as the release will hold them, validated, then removed."""
@@ -141,7 +142,7 @@ def _validate_shipped(
         max_bytes = int(spec.output.max_shard_mb * 1_000_000)
         for m in data.methods:
             write_parquet_shards(data, m, rows / "data" / m, max_bytes)
-        (fn or _default_validate_shipped)(spec, rows, report_dir)
+        fn(spec, rows, report_dir)
     finally:
         shutil.rmtree(rows, ignore_errors=True)
     if not report.is_file():
@@ -277,9 +278,8 @@ def _run_stages(
     if result.dropped:
         echo(f"dropping {result.dropped} row(s) that failed validation; validating the rows left ...")
         candidate = report
-        report_dir = _validate_shipped(
-            spec, data, sha256_json(gen_key, data.fingerprint()), validate_shipped_fn, result
-        )
+        shipped_fn = validate_shipped_fn or functools.partial(_default_validate_shipped, progress=progress)
+        report_dir = _validate_shipped(spec, data, sha256_json(gen_key, data.fingerprint()), shipped_fn, result)
         report = ValidationReport.read_verified(report_dir / REPORT_JSON)
     _check_describes(report, data, report_dir / REPORT_JSON)
     overrides: list[Override] = []

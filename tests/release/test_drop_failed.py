@@ -199,3 +199,46 @@ def test_failing_gate_without_flagged_rows_exits_1_under_drop_failed(tmp_path: P
             **QUIET,
         )
     assert pq.read_metadata(next(spec.layout.release.glob("data/poisson/*.parquet"))).num_rows == 4
+
+
+@pytest.mark.slow
+def test_the_validator_itself_judges_the_rows_left(tmp_path: Path) -> None:
+    """No stand-ins: validate_release on the candidate and again on the rows left after dropping."""
+    import numpy as np
+
+    from helpers import synthetic as S
+    from mammosynth.builders.core.shard_writer import ShardWriter
+    from mammosynth.generators.engine import plan
+
+    S.write_reference_set(tmp_path / "prepared", n_studies=6, seed=0)
+    d = spec_dict(tmp_path)
+    d["methods"] = {
+        "text2image": {
+            "counts": [{"birads": [1, 2], "n": 1}],
+            "text2image": {"base_model": "./ckpt/sd35", "resolution": 320},
+        }
+    }
+    spec = load_spec(write_spec(tmp_path, d))
+    blank = "text2image-b1-cc-l-00000"
+
+    def generate(s) -> None:  # other patients' mammogram-like images, one of them blank
+        refs = {(r["birads"], r["view"], r["laterality"]): r for r in S.reference_rows(2, 77)}
+        rows = []
+        for task in plan(s, "text2image"):
+            img = refs[(task.birads, task.view, task.laterality)]["image"]["bytes"]
+            if task.image_id == blank:
+                img = np.zeros((320, 256), np.uint8)
+            rows.append(S.release_row(img, task.image_id, "text2image", task.birads, task.view, task.laterality))
+        size = s.output.shard_size
+        for k in range(0, len(rows), size):
+            ShardWriter(s.layout.generated("text2image")).write(k // size, rows[k : k + size], [], 0.0)
+
+    with pytest.raises(GateFailed, match="counts"):
+        build(spec, generate_fn=generate, drop_failed=True, **QUIET)
+    candidate = ValidationReport.read_verified(spec.layout.report_json)
+    assert blank in candidate.failed_ids() and candidate.gates["sanity"].status == "fail"
+    release = Release(spec.layout.release)
+    shipped = release.report
+    assert shipped.row_hashes == release.row_hashes() and blank not in shipped.row_hashes
+    assert shipped.gates["sanity"].status == "pass" and shipped.gates["counts"].status == "fail"
+    assert shipped.n_rows == 7 == candidate.n_rows - 1
