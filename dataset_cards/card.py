@@ -185,6 +185,27 @@ def dropped_rows(data: ReleaseData, candidate: ValidationReport | None) -> list[
     return out
 
 
+def _source_text(sources: dict[str, Any], extra: list[str]) -> str:
+    """Each source's licence and the attribution its record asks for, then the citations of the
+    records and ``extra`` (the spec's): BibTeX entries in one block, plain references as lines."""
+    lines, cites = [], []
+    for name, use in sources.items():
+        lic = use.licence
+        line = f"- **{name}** (licence `{lic.licence}`" + (f", {lic.url}" if lic.url else "") + ")."
+        if lic.attribution:
+            line += f" Attribution it asks for: {lic.attribution.strip()}"
+        else:
+            line += f" Its record names no attribution text; credit it as {name}."
+        lines.append(line)
+        cites.append((lic.citation or "").strip())
+    cites = list(dict.fromkeys(c for c in [*cites, *(e.strip() for e in extra)] if c))
+    lines += [f"- Cite: {c}" for c in cites if not c.startswith("@")]
+    bibtex = [c for c in cites if c.startswith("@")]
+    if bibtex:
+        lines += ["", "```bibtex", "\n\n".join(bibtex), "```"]
+    return "\n".join(lines)
+
+
 def _count_table(data: ReleaseData) -> dict[str, dict[str, dict[str, int]]]:
     out: dict[str, dict[str, dict[str, int]]] = {}
     for m in data.methods:
@@ -345,9 +366,8 @@ def render_card(
     features = release_features()
     sources = source_uses(spec, data.tables)
     citations = [SOURCE_PAPERS["methods"], SOURCE_PAPERS["mam-e"], *(c.strip() for c in spec.citations)]
-    source_bibtex = [u.licence.citation.strip() for u in sources.values() if u.licence.citation]
-    if spec.source.citation and spec.source.citation.strip() not in source_bibtex:
-        source_bibtex.append(spec.source.citation.strip())
+    # the spec's own source citation, when the prepared set's record carries none
+    source_bibtex = [spec.source.citation.strip()] if spec.source.citation else []
     status = "unvalidated" if report is None else "passed" if report.passed else "failed"
     text = env.get_template("README.md.j2").render(
         yaml_metadata=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
@@ -374,7 +394,7 @@ def render_card(
         release_bibtex=release_bibtex(spec),
         extra_sections=list(extra_sections),
         citations=citations,
-        source_bibtex=source_bibtex,
+        source_text=_source_text(sources, source_bibtex),
         sources=sources,
     )
     if not spec.hub.repo_id:
