@@ -173,13 +173,13 @@ def compare(release: np.ndarray, other: np.ndarray, cfg: RealismConfig, seed: in
     if not reliable:
         warnings.append("sqrtm(S1 S2) has a large imaginary part: FID is numerically unreliable")
     rng = np.random.default_rng([seed, zlib.crc32(other_name.encode())])
-    k = kid(release, other, cfg.kid_subsets, cfg.kid_subset_size, rng)
-    precision, recall = precision_recall(other, release, cfg.k)
+    kd = kid(release, other, cfg.kid_subsets, cfg.kid_subset_size, rng)
+    precision, recall = precision_recall(other, release, cfg.k)  # the other side is the "real" one
     out.update(
         fid=value,
-        kid=k["mean"],
-        kid_std=k["std"],
-        kid_subset_size=k["subset_size"],
+        kid=kd["mean"],
+        kid_std=kd["std"],
+        kid_subset_size=kd["subset_size"],
         precision=precision,
         recall=recall,
         warnings=warnings,
@@ -240,8 +240,11 @@ def _features(ext: FeatureExtractor, images: ImageSet, cache_dir: Path | None) -
     if cache_dir is not None and images.key:
         cache = Path(cache_dir) / f"realism-{sha256_json(ext.describe(), images.key)[:24]}.npz"
         if cache.is_file():
-            with np.load(cache) as z:
-                return z["features"], z["ok"]
+            try:
+                with np.load(cache) as z:
+                    return z["features"], z["ok"]
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # a damaged cache is recomputed, never trusted
     ok: list[bool] = []
 
     def readable() -> Iterator[np.ndarray]:

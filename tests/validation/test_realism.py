@@ -431,3 +431,13 @@ def test_compare_needs_k_neighbours_and_finite_features():
     a = rng.normal(size=(10, 4))
     a[2, 1] = np.nan
     assert "fid" not in R.compare(a, b, RealismConfig(min_images=2), 0, "reference")
+
+
+def test_a_damaged_feature_cache_is_recomputed(dino_dir, dino, tmp_path):
+    imgs = _images(60, 8)
+    cfg = _cfg(dino_dir, min_images=4)
+    first = R.realism_figures(cfg, R.ImageSet(imgs), R.ImageSet(imgs, key="k1"), extractor=dino, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("realism-*.npz")
+    cached.write_bytes(b"truncated")
+    again = R.realism_figures(cfg, R.ImageSet(imgs), R.ImageSet(imgs, key="k1"), extractor=dino, cache_dir=tmp_path)
+    assert again["strata"] == first["strata"] and np.load(cached)["features"].shape == (8, 16)
