@@ -9,11 +9,12 @@ from __future__ import annotations
 import atexit
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.hashing import sha256_bytes
 from mammosynth.builders.core.imageio import UnreadableImage
 from mammosynth.builders.core.progress import bar as progress_bar
 from mammosynth.builders.core.schema import parse_birads
@@ -68,13 +69,15 @@ class Rows:
 @dataclass
 class Analysed:
     """Per row: its features (None when unreadable, the error text then in ``errors``), and the
-    search vectors as matrices (zero rows for unreadable images)."""
+    search vectors as matrices (zero rows for unreadable images); ``row_hashes`` as
+    ``LoadedRelease.row_hashes`` gives them, taken in the same pass over the bytes."""
 
     feats: list[ImageFeatures | None]
     errors: dict[int, str]
     emb: np.ndarray
     phash: np.ndarray
     thumbs: dict[str, np.ndarray]
+    row_hashes: dict[str, str] = field(default_factory=dict)
 
 
 # --- the process pool ----------------------------------------------------------------------------
@@ -134,6 +137,7 @@ def analyse_rows(
     feats: list[ImageFeatures | None] = [None] * n
     errors: dict[int, str] = {}
     thumbs: dict[str, np.ndarray] = {}
+    hashes: dict[str, str] = {}
     bar = progress_bar(total=n, desc=desc, unit="img", enabled=progress)
     pool = analysis_pool(n)
     pending: deque[Future] = deque()  # chunks in flight, in row order
@@ -164,20 +168,24 @@ def analyse_rows(
             )
             for j, img in enumerate(batch.column("image").to_pylist())
         ]
-        start += len(jobs)
+        first, start = start, start + len(jobs)
+        if pool is not None:
+            # Keep the workers fed while the next batch is read: collect only the oldest chunks, and
+            # only once about two batches are in flight (bounded memory, no stall between batches).
+            for c in range(0, len(jobs), _CHUNK):
+                pending.append(pool.submit(_analyse_chunk, jobs[c : c + _CHUNK]))
+        for j, job in enumerate(jobs):  # the bytes' hashes, while the workers analyse them
+            data = job[0]["bytes"]
+            hashes[rows.ids[first + j]] = sha256_bytes(data) if data else ""
         if pool is None:
             collect(_analyse_chunk(jobs))
             continue
-        # Keep the workers fed while the next batch is read: collect only the oldest chunks, and
-        # only once about two batches are in flight (bounded memory, no stall between batches).
-        for c in range(0, len(jobs), _CHUNK):
-            pending.append(pool.submit(_analyse_chunk, jobs[c : c + _CHUNK]))
         while len(pending) > 2 * _BATCH // _CHUNK:
             collect(pending.popleft().result())
     while pending:
         collect(pending.popleft().result())
     bar.close()
-    return Analysed(feats, errors, emb, ph, thumbs)
+    return Analysed(feats, errors, emb, ph, thumbs, hashes)
 
 
 __all__ = ["Rows", "Analysed", "ANALYSIS_WORKERS", "MIN_ROWS_FOR_POOL", "POOL_METHOD", "analysis_pool", "analyse_rows"]

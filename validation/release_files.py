@@ -109,11 +109,11 @@ class DataPart:
         try:
             if self.fmt == "parquet":
                 table = pq.ParquetFile(self.path).read_row_group(index, columns=RELEASE_COLUMNS)
-            else:
-                with pa.OSFile(str(self.path)) as source:
+            else:  # mapped: the batches before ``index`` are skipped without reading their data
+                with pa.memory_map(str(self.path)) as source:
                     for i, b in enumerate(pa.ipc.open_stream(source)):
                         if i == index:
-                            table = pa.Table.from_batches([b]).select(RELEASE_COLUMNS)
+                            table = pa.Table.from_batches([b]).select(RELEASE_COLUMNS).combine_chunks()
                             break
             return table.cast(release_schema())
         except (OSError, pa.ArrowException, ValueError, TypeError) as exc:

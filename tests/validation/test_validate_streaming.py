@@ -78,6 +78,7 @@ def test_opening_reads_no_image_bytes_and_the_passes_hold_about_a_shard(sharded,
     before = pa.total_allocated_bytes()
     hashes = rel.row_hashes()
     assert hashes == {r["image_id"]: hashlib.sha256(r["image"]["bytes"]).hexdigest() for r in rows}
+    assert an.row_hashes == hashes  # the same figures, taken in the analysis pass
     assert pa.total_allocated_bytes() - before < shard / 4  # nothing kept
 
 
