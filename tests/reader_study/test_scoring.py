@@ -174,3 +174,35 @@ def test_score_without_answers_is_exit_2(tmp_path, capsys):
         main(["reader-study", "score", str(layout.root), "--out", str(tmp_path / "o")])
     assert done.value.code == 2
     assert "no answers" in capsys.readouterr().err
+
+
+def test_survey_answers_are_counted_not_quoted(tmp_path):
+    from mammosynth.validation.reader_study.scoring import write_scores
+    from mammosynth.validation.reader_study.store import Answer, AnswerStore
+
+    layout, cases = paper.write_study(tmp_path / "study")
+    store = AnswerStore(layout.answers_db)
+    store.insert_all([Answer("R1", c.case_id, c.truth, 3, 2, 1.0) for c in cases[:50]])
+    store.save_survey(
+        "R1",
+        {
+            "gender": "Female",
+            "years_practice": 12.0,
+            "setting": ["Private hospital"],
+            "strategy_change": "Dr X said so",
+        },
+    )
+    store.save_survey("R2", {"gender": "Female", "years_practice": 4.0, "setting.other": "mobile unit"})
+    scores = write_scores(layout.root, tmp_path / "out", replicates=10)
+    survey = scores["survey"]
+    assert survey["gender"]["counts"] == {"Male": 0, "Female": 2}
+    assert (survey["years_practice"]["min"], survey["years_practice"]["median"], survey["years_practice"]["max"]) == (
+        4.0,
+        8.0,
+        12.0,
+    )
+    assert survey["setting"]["counts"]["Private hospital"] == 1 and survey["setting"]["other"] == 1
+    assert survey["strategy_change"] == {"text": "If yes, describe", "kind": "text", "answered": 1}
+    md = (tmp_path / "out" / "scores.md").read_text()
+    assert "| Gender | Female: 2 |" in md
+    assert "Dr X" not in md and "Dr X" not in (tmp_path / "out" / "scores.json").read_text()

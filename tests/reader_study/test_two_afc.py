@@ -39,7 +39,9 @@ def test_two_afc_scores_are_proportions_correct(pairs, tmp_path):
     layout = StudyLayout(pairs)
     key = layout.key()
     trials = layout.trials("2afc", key)
-    right_side = {t.trial_id: ("left", "right")[[key[c].truth for c in t.cases].index("synthetic")] for t in trials.values()}
+    right_side = {
+        t.trial_id: ("left", "right")[[key[c].truth for c in t.cases].index("synthetic")] for t in trials.values()
+    }
     wrong = {"left": "right", "right": "left"}
     ids = sorted(trials)
     with open(tmp_path / "a.csv", "w", newline="") as fh:

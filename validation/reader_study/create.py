@@ -62,6 +62,9 @@ def create_study(
     echo: Callable[[str], None] = lambda _: None,
 ) -> CreatedStudy:
     _check_options(options)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError("the study folder exists and is not empty (a study is never overwritten)", file=out)
     survey = load_survey(options.survey) if options.survey else load_survey(DEFAULT_SURVEY)
     loaded = load_release(release)
     real_ds = open_prepared(real, field="--real")
@@ -123,9 +126,6 @@ def create_study(
     orders = {r: reader_order([t.trial_id for t in trials], options.seed, r) for r in readers}
     admin = secrets.token_urlsafe(18)
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError("the study folder exists and is not empty (a study is never overwritten)", file=out)
     echo(f"writing {len(sampled)} case images ({size} x {size}, 8-bit grey PNG)")
     with atomic_dir(out) as tmp:
         layout = StudyLayout(tmp)

@@ -35,10 +35,12 @@ from statsmodels.stats.proportion import proportion_confint
 
 from mammosynth.builders.core.atomic import atomic_dir, atomic_file, write_json, write_text
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.schema import METHODS
 from mammosynth.validation.reader_study.imrmc import write_imrmc
 from mammosynth.validation.reader_study.layout import Case, StudyLayout, Trial
 from mammosynth.validation.reader_study.store import Answer, AnswerStore
 from mammosynth.validation.reader_study.summary import scores_markdown
+from mammosynth.validation.reader_study.survey import load_survey
 
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
@@ -103,6 +105,12 @@ def reads_of(mode: str, key: dict[str, Case], trials: dict[str, Trial], answers:
 # --- tables ---------------------------------------------------------------------------------------
 
 
+def _method_order(name: str) -> tuple[int, str]:
+    """Real first, then the methods in the schema's order (the paper's), then anything else."""
+    order = ("real", *METHODS)
+    return (order.index(name) if name in order else len(order), name)
+
+
 def table1(reads: list[Read], mode: str) -> dict[str, Any]:
     out = {}
     for truth in ("real", "synthetic"):
@@ -124,7 +132,7 @@ def table2(reads: list[Read]) -> dict[str, Any]:
         if r.case.truth == "synthetic":
             by[r.case.method].append(r)
     out = {}
-    for method in sorted(by):
+    for method in sorted(by, key=_method_order):
         n, k = len(by[method]), sum(r.correct for r in by[method])
         out[method] = {"n": n, "correct": k, "accuracy": k / n, "ci95": wilson(k, n)}
     return out
@@ -140,7 +148,7 @@ def judged_real(reads: list[Read], mode: str) -> dict[str, Any]:
         for r in group:
             v = value(r)
             by["unknown" if v in (None, "") else str(v)].append(r)
-        return {k: proportion(sum(missed(r) for r in by[k]), len(by[k])) for k in sorted(by)}
+        return {k: proportion(sum(missed(r) for r in by[k]), len(by[k])) for k in sorted(by, key=_method_order)}
 
     out: dict[str, Any] = {"method": rates(reads, lambda r: r.case.method or "real")}
     for dim, value in (
@@ -296,6 +304,25 @@ def time_per_case(reads: list[Read]) -> dict[str, Any]:
     }
 
 
+def survey_summary(survey: Any, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per question: how many readers chose each option (single and multiple choice), the spread
+    of numbers, or how many wrote text (free text stays in answers.sqlite: it may name people)."""
+    out: dict[str, Any] = {}
+    for q in survey.questions:
+        given = [a[q.id] for a in answers.values() if q.id in a]
+        entry: dict[str, Any] = {"text": q.text, "kind": q.kind, "answered": len(given)}
+        if q.kind in ("single", "multi"):
+            chosen = [v for g in given for v in (g if isinstance(g, list) else [g])]
+            entry["counts"] = {o: chosen.count(o) for o in q.options}
+            if q.other:
+                entry["other"] = sum(1 for a in answers.values() if a.get(f"{q.id}.other"))
+        elif q.kind == "number" and given:
+            x = np.asarray(given, float)
+            entry.update(min=float(x.min()), median=float(np.median(x)), max=float(x.max()))
+        out[q.id] = entry
+    return out
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -311,7 +338,9 @@ def score(study: str | Path, *, replicates: int = BOOTSTRAP, seed: int = 0) -> t
     if not reads:
         raise InputError("the study has no answers yet (serve it, or import answers)", file=layout.answers_db)
     readers = sorted({r.reader_id for r in reads})
-    survey = AnswerStore(layout.answers_db).surveys()
+    store = AnswerStore(layout.answers_db)
+    survey = store.surveys()
+    imported = sum(1 for a in store.answers() if a.origin == "import")
     return {
         "version": SCORES_VERSION,
         "study": {
@@ -330,7 +359,7 @@ def score(study: str | Path, *, replicates: int = BOOTSTRAP, seed: int = 0) -> t
             "real_matching": info.get("real_matching"),
             "real_is_training_set": bool(info.get("real_is_training_set")),
             "notes": list(info.get("notes") or []),
-            "imported_reads": sum(1 for a in AnswerStore(layout.answers_db).answers() if a.origin == "import"),
+            "imported_reads": imported,
         },
         "table1": table1(reads, mode),
         "table2": table2(reads),
@@ -342,6 +371,7 @@ def score(study: str | Path, *, replicates: int = BOOTSTRAP, seed: int = 0) -> t
         },
         "judgement_agreement": {"fleiss_readers": fleiss(reads, lambda r: r.judged)},
         "time_per_case": time_per_case(reads),
+        "survey": survey_summary(load_survey(layout.survey_yaml), survey) if survey else None,
         "files": {"markdown": SCORES_MD, "roc": ROC_PNG, "imrmc": IMRMC_FILE if mode == "single" else None},
     }, reads
 

@@ -131,6 +131,21 @@ def scores_markdown(scores: dict[str, Any], *, level: int = 1) -> str:
             "",
             f"Time per case: median {t['median']:.1f} s (interquartile {t['q1']:.1f}–{t['q3']:.1f} s, mean {t['mean']:.1f} s, {t['n']} timed reads).",
         ]
+    survey = scores.get("survey")
+    if survey:
+        lines += ["", f"{h}# Reader survey", "", f"{s['surveys']} readers answered the survey.", ""]
+        lines += ["| Question | Answers |", "|---|---|"]
+        for q in survey.values():
+            if q.get("counts"):
+                shown = ", ".join(f"{o}: {n}" for o, n in q["counts"].items() if n)
+                if q.get("other"):
+                    shown += f"{', ' if shown else ''}other: {q['other']}"
+            elif "median" in q:
+                shown = f"median {q['median']:g} (range {q['min']:g}–{q['max']:g})"
+            else:
+                shown = f"{q['answered']} wrote an answer"
+            if q["answered"]:
+                lines.append(f"| {q['text'].replace('|', '/')} | {shown or '-'} |")
     lines += ["", f"{h}# Caveats", ""]
     lines += [f"- {c}" for c in caveats(scores)]
     return "\n".join(lines) + "\n"
@@ -140,20 +155,25 @@ def _how(scores: dict[str, Any]) -> list[str]:
     s = scores["study"]
     cases = s["cases"]
     image = s.get("image") or {}
+    imported = s.get("imported_reads") or 0
+    task = (
+        "one image at a time, deciding real or synthetic with a confidence (low, medium, high) and assigning a BI-RADS category"
+        if s["mode"] == "single"
+        else "two images at a time (one real, one synthetic, sides at random), picking the synthetic one with a confidence"
+    )
     how = (
         f"{s['readers']} readers read {cases['real']} real and {cases['synthetic']} synthetic images "
-        f"({s['reads']} {'pairs' if s['mode'] == '2afc' else 'reads'}), "
-        + (
-            "one image at a time, deciding real or synthetic with a confidence (low, medium, high) and assigning a BI-RADS category"
-            if s["mode"] == "single"
-            else "two images at a time (one real, one synthetic, sides at random), picking the synthetic one with a confidence"
-        )
-        + ". Each reader had their own random order and was not told the proportion of synthetic images. "
-        + f"Every image went through the same preparation ({image.get('size', '?')} x {image.get('size', '?')} pixels, "
-        f"{image.get('bit_depth', 8)}-bit grey PNG without metadata, opaque random names), read in a browser with zoom, pan and window/level."
+        f"({s['reads']} {'pairs' if s['mode'] == '2afc' else 'reads'}), {task}. "
+        f"Every image went through the same preparation ({image.get('size', '?')} x {image.get('size', '?')} pixels, "
+        f"{image.get('bit_depth', 8)}-bit grey PNG without metadata, opaque random names) and each reader had their own random order."
     )
-    if s.get("imported_reads"):
-        how += f" {s['imported_reads']} of the reads were collected with another tool and imported."
+    if imported < s["reads"]:
+        how += (
+            " Readers read in a browser (mammosynth reader-study serve) with zoom, pan and window/level; the page "
+            "never showed the proportion of synthetic images or any answer."
+        )
+    if imported:
+        how += f" {'All' if imported == s['reads'] else imported} of the reads were collected with another tool and imported."
     return [how, ""]
 
 
