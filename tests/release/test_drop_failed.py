@@ -242,3 +242,25 @@ def test_the_validator_itself_judges_the_rows_left(tmp_path: Path) -> None:
     assert shipped.row_hashes == release.row_hashes() and blank not in shipped.row_hashes
     assert shipped.gates["sanity"].status == "pass" and shipped.gates["counts"].status == "fail"
     assert shipped.n_rows == 7 == candidate.n_rows - 1
+
+
+def test_card_command_after_dropping_describes_the_shipped_report(tmp_path: Path) -> None:
+    from mammosynth.dataset_cards.commands import card_for_spec
+
+    spec = _spec(tmp_path)
+    generate_fake(spec)
+    _candidate(spec, spec.layout.validation)
+    with pytest.raises(InputError, match="no validation report describes the rows left"):
+        card_for_spec(tmp_path / "spec.yaml", drop_failed=True)
+    with pytest.raises(GateFailed):
+        build(
+            spec,
+            generate_fn=generate_fake,
+            validate_fn=_candidate,
+            validate_shipped_fn=validate_rows,
+            drop_failed=True,
+            **QUIET,
+        )
+    card = card_for_spec(tmp_path / "spec.yaml", drop_failed=True, out=tmp_path / "card-again").read_text()
+    assert card == (spec.layout.release / "README.md").read_text()  # the card `build` shipped
+    assert "Gates computed on the 18 rows" in card and "### Dropped rows" in card
