@@ -37,6 +37,7 @@ from mammosynth.builders.core.schema import DENSITIES
 from mammosynth.validation.feature_extractor import FIELD, FeatureExtractor, RealismConfig, load_extractor
 
 KERNEL = "(x.y/d + 1)^3"
+_FID_ZERO_TOL = 1e-6  # relative to the traces: negative FID within this is rounding
 _SQRTM_IMAG_TOL = 1e-3  # relative imaginary part of sqrtm(S1 S2) above which FID is flagged unreliable
 _BLOCK = 1 << 24  # distances per block in precision/recall (128 MB of float64)
 
@@ -86,10 +87,10 @@ def fid(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
         covmean = covmean.real
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
-    # FID is a squared distance: a negative value within rounding of the traces is zero; a larger
-    # one is left visible (it would mean an ill-conditioned product)
+    # FID is a squared distance: a negative value within sqrtm's rounding of the traces (about
+    # sqrt(eps) for the singular products of small samples) is zero; a larger one is left visible
     scale = float(diff @ diff + np.trace(s1) + np.trace(s2))
-    return (0.0 if -1e-9 * max(scale, 1e-300) <= value < 0 else value), reliable
+    return (0.0 if -_FID_ZERO_TOL * scale <= value < 0 else value), reliable
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -105,9 +106,12 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int, subset_size: int, rng: np.random.Generator) -> dict[str, Any]:
-    """KID as mean and std (ddof 0) of ``mmd2_unbiased`` over random subsets of both sets."""
+    """KID as mean and std (ddof 0) of ``mmd2_unbiased`` over random subsets of both sets (drawn
+    without replacement, ``a``'s subset then ``b``'s); one exact value when both sets fit whole."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     m = min(subset_size, len(a), len(b))
+    if m == len(a) == len(b):  # every "subset" is both whole sets: one exact value, no spread
+        return {"mean": mmd2_unbiased(a, b), "std": 0.0, "subsets": 1, "subset_size": m}
     vals = np.array(
         [
             mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])

@@ -162,6 +162,13 @@ def test_kid_over_subsets_is_mean_and_std_of_the_loop_on_the_same_subsets():
     assert got["mean"] == pytest.approx(np.mean(vals), rel=1e-10)
     assert got["std"] == pytest.approx(np.std(vals), rel=1e-8)
     assert got["std"] > 0 and got["subset_size"] == 20
+    whole = R.kid(a, b[:40], subsets=6, subset_size=100, rng=np.random.default_rng(9))
+    assert whole == {
+        "mean": pytest.approx(_mmd2_loop(a, b[:40]), rel=1e-10),
+        "std": 0.0,
+        "subsets": 1,
+        "subset_size": 40,
+    }
 
 
 # --- precision / recall -------------------------------------------------------------------------------
