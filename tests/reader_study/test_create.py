@@ -117,10 +117,9 @@ def test_refuses_a_release_that_contains_a_real_image(study_inputs, tmp_path):
     import datasets
 
     ds = datasets.load_from_disk(str(real))
-    leaked = ds[5]["image"]
+    leaked = np.asarray(ds[5]["image"])  # the same pixels, encoded again (other bytes)
     rows = release_rows(["ref0-0000-LCC"])
-    with open_bytes(leaked) as data:
-        rows["text2image"].append(release_row(data, "text2image-leak", "text2image", 2, "CC", "L"))
+    rows["text2image"].append(release_row(leaked, "text2image-leak", "text2image", 2, "CC", "L"))
     bad = write_generated(tmp_path / "run", rows)
     with pytest.raises(InputError, match="same pixels") as err:
         create_study(bad, real, tmp_path / "study", CreateOptions(4, 4, 2, workers=1))
@@ -192,26 +191,6 @@ def test_a_study_is_never_overwritten(study_inputs, made_study):
         create_study(release, real, made_study, CreateOptions(2, 2, 1, workers=1))
 
 
-class open_bytes:
-    """The stored bytes of a datasets image dict (decoded or not)."""
-
-    def __init__(self, image) -> None:
-        import io
-
-        if isinstance(image, dict):
-            self.data = image["bytes"]
-        else:
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            self.data = buf.getvalue()
-
-    def __enter__(self) -> bytes:
-        return self.data
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 def test_create_from_the_cli_prints_where_the_tokens_are(study_inputs, tmp_path):
     release, real = study_inputs
     out = tmp_path / "s"
@@ -250,3 +229,16 @@ def test_parallel_writers_write_the_same_study(study_inputs, tmp_path):
     assert len(files) == 32 and files == sorted(p.name for p in two.cases.iterdir())
     assert all((one.cases / f).read_bytes() == (two.cases / f).read_bytes() for f in files)
     assert one.readers() != two.readers()
+
+
+def test_fewer_real_cases_follow_a_random_subset_of_the_synthetic_cells():
+    from mammosynth.validation.reader_study.sampling import Candidate, matched
+
+    synthetic = [Candidate(i, f"s{i}", "m", 1, "", "CC" if i < 10 else "MLO", "L") for i in range(20)]
+    real = [Candidate(i, f"r{i}", "", 1, "", v, "L") for i, v in enumerate(["CC"] * 30 + ["MLO"] * 30)]
+    views = Counter()
+    for seed in range(40):
+        chosen, targets, levels = matched(real, synthetic, 4, np.random.default_rng(seed))
+        assert levels[0] == 4 and [c.view for c in chosen] == [t.view for t in targets]
+        views.update(c.view for c in chosen)
+    assert 0.35 < views["MLO"] / 160 < 0.65  # not the first cells of the list only

@@ -70,8 +70,14 @@ def matched(
     were matched at each level (0 = exact cell)."""
     if n > len(real):
         raise ValueError(f"the real set has {len(real)} eligible images, {n} asked for")
-    targets: list[Candidate | None] = [synthetic[i % len(synthetic)] for i in rng.permutation(n)] if synthetic else []
-    targets = targets[:n] + [None] * (n - len(targets))
+    # the synthetic sample's cells: each synthetic case once (a random subset when fewer real cases
+    # are asked for, repeated evenly when more), in random order
+    if synthetic:
+        reps = -(-n // len(synthetic))
+        picks = rng.permutation(np.tile(np.arange(len(synthetic)), reps))[:n]
+        targets: list[Candidate | None] = [synthetic[i] for i in picks]
+    else:
+        targets = [None] * n
     taken: set[int] = set()
     chosen: list[Candidate | None] = [None] * n
     levels: Counter = Counter()
