@@ -11,9 +11,11 @@ import pytest
 from helpers.release_helpers import spec_dict, write_report, write_spec
 from helpers.synthetic import generate_fake, write_reference_set
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.release_data import load_release_data
 from mammosynth.builders.core.spec import load_spec
 from mammosynth.builders.release.build import build
 from mammosynth.dataset_cards.reader_study_section import reader_study_section
+from mammosynth.dataset_cards.write import write_card
 from mammosynth.validation.reader_study.create import CreateOptions, create_study
 from mammosynth.validation.reader_study.importing import import_answers
 from mammosynth.validation.reader_study.layout import StudyLayout
@@ -51,6 +53,11 @@ def test_release_folder_to_card_section(tmp_path):
     for case in key.values():
         assert case.case_id not in section and case.source_id not in section
     assert reader_study_section(None) == ""
+
+    # the card takes it as one of its extra sections, and its lint passes
+    card = write_card(spec, load_release_data(spec), None, tmp_path / "card", extra_sections=[section])
+    text = card.read_text()
+    assert "## Reader study" in text and "### Real or synthetic (Table 1)" in text
 
 
 def test_card_section_names_a_broken_scores_file(tmp_path):
