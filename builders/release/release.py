@@ -61,8 +61,11 @@ class Release:
 
         out: dict[str, str] = {}
         for path in sorted((self.folder / "data").rglob("*.parquet")):
-            for row in pq.read_table(path, columns=["image_id", "image"]).to_pylist():
-                out[row["image_id"]] = hashlib.sha256(row["image"]["bytes"]).hexdigest()
+            # batch by batch: a file may hold up to a shard's worth (500 MB) of images
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=64, columns=["image_id", "image"]):
+                images = batch.column("image").field("bytes").to_pylist()
+                for image_id, data in zip(batch.column("image_id").to_pylist(), images):
+                    out[image_id] = hashlib.sha256(data).hexdigest()
         return out
 
     @property
