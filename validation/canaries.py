@@ -248,7 +248,7 @@ def score(
             densities=[str(index.density[r]) or "unknown" for r in held],
         )
         hflags: list[Flag] = []
-        hs = training_matches(hq, index, limits, dd, hflags, db_rows=db)
+        hs = training_matches(hq, index, limits, dd, hflags, db_rows=db, exact_inliers=True)
         exact_copies(hq, index, hflags, db_rows=db)
         fp = sorted({f.image_id.split(":", 1)[1] for f in hflags})
         held_fig.update(

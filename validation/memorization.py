@@ -99,7 +99,9 @@ class TrainingSearch:
     nearest: np.ndarray  # embedding distance to the nearest allowed training image (inf = none)
     nearest_row: np.ndarray  # its index row (-1 = none)
     matched_row: np.ndarray  # index row of the training image it was flagged against (-1 = none)
-    inliers: np.ndarray  # most RANSAC inliers of a verified candidate (-1 = none verified)
+    # most RANSAC inliers of a verified candidate (-1 = none verified); for a candidate not fitted
+    # (fewer matches than needed) its number of matches, an upper bound
+    inliers: np.ndarray
     verified: int  # candidate pairs geometrically verified
     reference_rows: int
     seconds: float
@@ -114,16 +116,15 @@ def _allowed(
     return cand, ok
 
 
-def _verify(query_kp: tuple[np.ndarray, np.ndarray] | None, rows: list[int], index: ReferenceIndex) -> tuple[int, int]:
+def _verify(
+    query_kp: tuple[np.ndarray, np.ndarray] | None, rows: list[int], index: ReferenceIndex, need: int
+) -> tuple[int, int]:
     """(most inliers, its index row) over the candidate ``rows``; (-1, -1) when nothing verified."""
-    best, best_row = -1, -1
-    if query_kp is None:
-        return best, best_row
-    for r in rows:
-        n = dedup.geometric_inliers(*query_kp, *index.keypoints(r))
-        if n > best:
-            best, best_row = n, r
-    return best, best_row
+    if query_kp is None or not rows:
+        return -1, -1
+    counts = dedup.geometric_inliers(*query_kp, [index.keypoints(r) for r in rows], need)
+    best = int(np.argmax(counts))
+    return counts[best], rows[best]
 
 
 def training_matches(
@@ -133,10 +134,12 @@ def training_matches(
     dd: DedupThresholds,
     flags: list[Flag],
     db_rows: np.ndarray | None = None,
+    exact_inliers: bool = False,
 ) -> TrainingSearch:
     """Queries closer to a training image (of ``db_rows``; default every image with a breast) than
     the limits: by embedding (shift-tolerant), by pHash, or, for near candidates, by geometric
-    verification (keypoints + RANSAC)."""
+    verification (keypoints + RANSAC). ``exact_inliers`` fits every verified pair (the same
+    findings; ``inliers`` then never holds the upper bound of a pair not fitted)."""
     t0 = time.perf_counter()
     if db_rows is None:
         db_rows = np.nonzero(index.side != "")[0]
@@ -176,7 +179,7 @@ def training_matches(
             if hi >= 0 and hd <= 2 * limits.phash_radius and hi not in near:
                 near.append(hi)
             verified += len(near)
-            inliers[j], r = _verify(queries.keypoints[j], near, index)
+            inliers[j], r = _verify(queries.keypoints[j], near, index, 0 if exact_inliers else dd.geometric_min_inliers)
             if inliers[j] >= dd.geometric_min_inliers:
                 dist = float(np.linalg.norm(queries.emb[j] - index.emb[r]))
                 hit = (
