@@ -324,19 +324,23 @@ def _three(v: Any) -> tuple[float, float, float]:
 
 
 def _load_timm(folder: Path, cfg: RealismConfig, device: str) -> Loaded:
+    import torch
+
     try:
         import timm
+        from timm.data import resolve_data_config
     except ImportError:
         raise InputError("this encoder needs timm, which is not installed (pip install timm)", field=FIELD) from None
     weights = next((folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file()), None)
     if weights is None:
         raise InputError(f"{folder.name} has no model.safetensors or pytorch_model.bin", field=FIELD)
     meta = _read_json(folder / "config.json")
+    # the local weights file in place of the download; num_classes=0 drops the head (pooled features)
     model = timm.create_model(
         meta["architecture"], pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)}
     )
-    model = model.to(device).eval()
-    data_cfg = timm.data.resolve_data_config({}, model=model)
+    model = model.to(device=device, dtype=torch.float32).eval()
+    data_cfg = resolve_data_config({}, model=model)
     size = data_cfg.get("input_size", (3, None, None))[1]
     return model, size, _three(data_cfg["mean"]), _three(data_cfg["std"]), "timm num_classes=0"
 
@@ -361,7 +365,7 @@ def _load_torchvision(folder: Path, cfg: RealismConfig, device: str) -> Loaded:
             break
     if hasattr(model, "aux_logits"):  # inception_v3: one output in eval mode
         model.aux_logits, model.AuxLogits = False, None
-    model = model.to(device).eval()
+    model = model.to(device=device, dtype=torch.float32).eval()
     return (
         model,
         meta.get("image_size"),
@@ -373,12 +377,13 @@ def _load_torchvision(folder: Path, cfg: RealismConfig, device: str) -> Loaded:
 
 def _load_export(folder: Path, cfg: RealismConfig, device: str) -> Loaded:
     import torch
+    from torch.export.passes import move_to_device_pass
 
     try:
-        module = torch.export.load(folder / EXPORT_FILE).module()
+        program = torch.export.load(folder / EXPORT_FILE)
     except (RuntimeError, ValueError, OSError) as exc:
         raise InputError(f"cannot load: {exc}".splitlines()[0], file=folder / EXPORT_FILE, field=FIELD) from None
-    module = module.to(device)
+    module = move_to_device_pass(program, device).module()  # an exported program is moved as a whole
     meta = _read_json(folder / EXPORT_META) if (folder / EXPORT_META).is_file() else {}
     return (
         module,

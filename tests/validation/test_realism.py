@@ -448,3 +448,26 @@ def test_a_damaged_feature_cache_is_recomputed(dino_dir, dino, tmp_path):
     cached.write_bytes(b"truncated")
     again = R.realism_figures(cfg, R.ImageSet(imgs), R.ImageSet(imgs, key="k1"), extractor=dino, cache_dir=tmp_path)
     assert again["strata"] == first["strata"] and np.load(cached)["features"].shape == (8, 16)
+
+
+def test_pooling_choices_read_the_right_tokens(dino_dir):
+    from transformers import AutoModel
+
+    imgs = _images(70, 6)
+    x = torch.tensor(np.stack([preprocess(i, 32, MEAN, STD) for i in imgs]))
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(dino_dir, local_files_only=True).eval()(pixel_values=x).last_hidden_state
+    cls = load_extractor(RealismConfig(extractor=str(dino_dir), pooling="cls")).extract(imgs)
+    mean = load_extractor(RealismConfig(extractor=str(dino_dir), pooling="mean")).extract(imgs)
+    assert np.allclose(cls, hidden[:, 0].double().numpy(), atol=1e-5)
+    assert np.allclose(mean, hidden.mean(1).double().numpy(), atol=1e-5)
+
+
+def test_a_grossly_negative_fid_is_not_hidden(monkeypatch):
+    """Rounding below zero reads as 0; a real defect (here a doubled matrix root) stays visible."""
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(50, 3))
+    assert 0.0 <= R.fid(a, a)[0] < 1e-9  # a set with itself: zero up to rounding, never below
+    sqrtm = R.scipy.linalg.sqrtm
+    monkeypatch.setattr(R.scipy.linalg, "sqrtm", lambda m: 2 * sqrtm(m))
+    assert R.fid(a, a)[0] < -1.0
