@@ -186,7 +186,7 @@ def resolve_source(cfg: RealismConfig) -> tuple[Path, str, str | None]:
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         raise InputError(
             f"{ref} is neither a local folder nor in the local Hugging Face cache; downloads are off, so "
-            f"fetch it first (huggingface-cli download {ref}) or name a local folder",
+            f"fetch it first (hf download {ref}) or name a local folder",
             field=FIELD,
         ) from None
     return snap, ref, snap.name
@@ -213,6 +213,8 @@ def detect_kind(folder: Path) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{path.name} not found (is realism.kind right?)", file=path.parent.name, field=FIELD)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -374,6 +374,10 @@ def test_a_folder_of_unknown_files_is_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot tell how to load") as err:
         load_extractor(RealismConfig(extractor=str(tmp_path)))
     assert err.value.field == "realism.extractor"
+    for kind in ("transformers", "torchvision", "torch_export"):  # a kind named that the files do not fit
+        with pytest.raises(InputError) as err:
+            load_extractor(RealismConfig(extractor=str(tmp_path), kind=kind))
+        assert err.value.field == "realism.extractor"
 
 
 def test_config_is_strict_with_field_errors():
