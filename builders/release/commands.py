@@ -74,7 +74,8 @@ def publish(
         force=force,
         reason=reason,
         allow_restricted=allow_restricted_source,
-        echo=click.echo if dry_run else progress.say,  # a dry run's plan is its result
+        # the plan, the URL and the load line are the result; --quiet keeps the last line only
+        echo=click.echo if dry_run or not progress.console().quiet else lambda line: None,
     )
-    if not dry_run:
+    if progress.console().quiet and not dry_run:
         progress.result(f"{done.url} at {done.tag}: {done.load_line}")

@@ -105,8 +105,12 @@ def _cli(hub: HubStandin, home: Path, *args: str) -> subprocess.CompletedProcess
 @pytest.mark.slow
 def test_a_hub_release_at_a_tag(release: Path, tmp_path: Path) -> None:
     with HubStandin(TOKEN) as hub:
-        pushed = _cli(hub, tmp_path / "hf", "publish", str(release), "--repo", "org/tiny-mammo")
+        pushed = _cli(hub, tmp_path / "hf", "publish", str(release), "--repo", "org/tiny-mammo", "--quiet")
         assert pushed.returncode == 0, pushed.stderr
+        # --quiet: the one result line, nothing else (no upload bar or summary line, no library noise)
+        assert pushed.stderr == "" and pushed.stdout.splitlines() == [
+            f'{hub.url}/datasets/org/tiny-mammo at v1.0: load_dataset("org/tiny-mammo", "all", revision="v1.0")'
+        ]
         proc = _cli(hub, tmp_path / "hf", "inspect", "org/tiny-mammo@v1.0", "--json")
         assert proc.returncode == 0, proc.stderr
         r = json.loads(proc.stdout)
