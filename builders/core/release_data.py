@@ -38,13 +38,25 @@ class MethodRows:
     formats: Counter = field(default_factory=Counter)  # (width, height, bits per sample) -> rows
 
     def iter_tables(self) -> Iterator[pa.Table]:
-        """The kept rows with every release column, one generated shard at a time."""
+        """The kept rows with every release column, a few rows at a time, in order."""
         for path in self.shards:
-            table = pq.read_table(path)
-            if self.drop:
-                table = pc.filter(table, pc.invert(_is_in(table, self.drop)))
-            if table.num_rows:
-                yield table
+            for table in read_batches(path):
+                if self.drop:
+                    table = pc.filter(table, pc.invert(_is_in(table, self.drop)))
+                if table.num_rows:
+                    yield table
+
+
+BATCH_ROWS = 1  # rows decoded at a time (see read_batches)
+READ_BUFFER = 1 << 22  # bytes: read column chunks through a buffer, not whole into memory
+
+
+def read_batches(path: Path) -> Iterator[pa.Table]:
+    """A generated shard as tables of ``BATCH_ROWS`` rows: memory is bounded by a few rows, not
+    by the shard (a 64-row shard of full-size 16-bit images is about a gigabyte)."""
+    reader = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
+    for batch in reader.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
+        yield pa.Table.from_batches([batch])
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -149,20 +161,25 @@ def _method_rows(writer: ShardWriter, drop: frozenset[str]) -> tuple[MethodRows,
     features = release_features()
     metas, hashes, sizes, nbytes, dropped, formats = [], {}, [], 0, [], Counter()
     for path in writer.shard_files():
-        table = pq.read_table(path)
-        if table.schema.names != list(features):
-            raise InputError(f"generated shards do not have the release columns: {table.schema.names}", file=path)
-        if drop:
-            mask = _is_in(table, drop)
-            dropped += pc.filter(table.column("image_id"), mask).to_pylist()
-            table = pc.filter(table, pc.invert(mask))
-        images = table.column("image").combine_chunks().field("bytes")
-        for image_id, data in zip(table.column("image_id").to_pylist(), images.to_pylist()):
-            hashes[image_id] = hashlib.sha256(data).hexdigest()
-            formats[png_format(data)] += 1
-        sizes += pc.binary_length(images).to_pylist()
-        nbytes += table.nbytes
-        metas.append(table.drop_columns(["image"]))
+        names = pq.read_schema(path).names
+        if names != list(features):
+            raise InputError(f"generated shards do not have the release columns: {names}", file=path)
+        for table in read_batches(path):
+            if drop:
+                mask = _is_in(table, drop)
+                dropped += pc.filter(table.column("image_id"), mask).to_pylist()
+                table = pc.filter(table, pc.invert(mask))
+            ids = table.column("image_id").to_pylist()
+            k = 0
+            for chunk in table.column("image").chunks:
+                for value in chunk.field("bytes"):  # one image's bytes in Python at a time
+                    data = value.as_py()
+                    hashes[ids[k]] = hashlib.sha256(data).hexdigest()
+                    formats[png_format(data)] += 1
+                    sizes.append(len(data))
+                    k += 1
+            nbytes += table.nbytes
+            metas.append(table.drop_columns(["image"]))
     meta = pa.concat_tables(metas).combine_chunks()
     return MethodRows(writer.shard_files(), drop, meta, hashes, sizes, nbytes, formats), dropped
 
