@@ -52,8 +52,10 @@ READ_BUFFER = 1 << 22  # bytes: read column chunks through a buffer, not whole i
 
 
 def read_batches(path: Path) -> Iterator[pa.Table]:
-    """A generated shard as tables of ``BATCH_ROWS`` rows: memory is bounded by a few rows, not
-    by the shard (a 64-row shard of full-size 16-bit images is about a gigabyte)."""
+    """A generated shard as tables of ``BATCH_ROWS`` rows, so that a shard's images are never all
+    in memory as Arrow arrays and Python bytes at once (a 64-row shard of full-size 16-bit images
+    is about a gigabyte). Measured on a 162 MB shard: 0.37 GB peak, against 1.5 GB for
+    ``read_table`` + ``to_pylist``; the rest comes from the shard's dictionary-encoded image column."""
     reader = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
     for batch in reader.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
         yield pa.Table.from_batches([batch])
