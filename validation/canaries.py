@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,14 @@ class CanaryRun:
     release is read; ``figures()`` searches them and returns the gate's figures."""
 
     def __init__(
-        self, index: ReferenceIndex, ref_ds: datasets.Dataset, th: Thresholds, pool: Executor | None = None
+        self,
+        index: ReferenceIndex,
+        ref_ds: datasets.Dataset,
+        th: Thresholds,
+        pool: Callable[[int], Executor | None] | None = None,
     ) -> None:
+        """``pool``: called with the number of copies to analyse, returns the executor to analyse
+        them on (or None: here); not called when the figures are cached."""
         self.index, self.th = index, th
         self.names = perturbation_names(th)
         self.cache = _cache_file(index, th)
@@ -139,6 +146,7 @@ class CanaryRun:
         self.futures: list[Future | list] = []
         if self.cached is not None:
             return
+        executor = pool(len(self.rows) * len(self.names)) if pool is not None else None
         for r in self.rows:  # index rows are the reference's rows, in order
             row = ref_ds[int(r)] if r < ref_ds.num_rows else None
             if row is None or str(row["image_id"]) != str(index.image_ids[r]):
@@ -150,7 +158,7 @@ class CanaryRun:
                 th.dedup.embed_size,
                 th.stats.histogram_bins,
             )
-            self.futures.append(pool.submit(plant, *args) if pool is not None else plant(*args))
+            self.futures.append(executor.submit(plant, *args) if executor is not None else plant(*args))
 
     def figures(self) -> dict[str, Any]:
         if self.cached is not None:

@@ -183,7 +183,7 @@ def _validate(
     timings["reference_index"] = time.perf_counter() - t
     # the planted copies are analysed on the pool ahead of the release rows (cached per reference)
     t = time.perf_counter()
-    canaries = CanaryRun(index, ref_ds, th, analysis_pool(th.canaries.images * len(perturbation_names(th))))
+    canaries = CanaryRun(index, ref_ds, th, analysis_pool)
     canary_s = time.perf_counter() - t
 
     t = time.perf_counter()

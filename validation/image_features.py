@@ -27,10 +27,10 @@ PHASH_BYTES = PHASH_BITS // 8
 PIXEL_HASH = "xxh3_128"
 # Keypoints for the geometric verification of near candidates: ORB on the breast crop (chest wall
 # left) at a fixed height, so that half-size, cropped or stretched copies are described at the
-# same scale as their originals. 192 keypoints at 320 px separate copies (>= 40 RANSAC inliers for
-# every canary perturbation, phantom and CBIS-DDSM) from other patients (<= 20).
+# same scale as their originals. 192 keypoints at 256 px separate copies (>= 46 RANSAC inliers for
+# every canary perturbation, phantom and CBIS-DDSM, 256-px references) from other patients (<= 8).
 KP_COUNT = 192
-KP_HEIGHT = 320
+KP_HEIGHT = 256
 _ORB = None
 
 
@@ -132,7 +132,7 @@ def crop_keypoints(crop: np.ndarray, crop_mask: np.ndarray) -> tuple[np.ndarray,
     global _ORB
     if _ORB is None:  # one per process; ORB objects are not picklable
         _ORB = cv2.ORB_create(
-            nfeatures=KP_COUNT, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5
+            nfeatures=KP_COUNT, scaleFactor=1.2, nlevels=4, edgeThreshold=15, patchSize=15, fastThreshold=10
         )
     crop = np.ascontiguousarray(crop, np.float32)
     mean, std = cv2.meanStdDev(crop, mask=np.ascontiguousarray(crop_mask, np.uint8))

@@ -25,7 +25,7 @@ from mammosynth.builders.core.schema import prepared_features
 from mammosynth.validation.dedup import tolerant_distance
 from mammosynth.validation.image_features import KP_COUNT, PHASH_BYTES, PIXEL_HASH, analyse
 
-INDEX_VERSION = 4  # bump when the features change: stale cached indexes rebuild
+INDEX_VERSION = 5  # bump when the features change: stale cached indexes rebuild
 CACHE_DIR_NAME = ".validation-cache"
 _K = 64  # neighbours fetched when looking for the nearest image of another patient
 _RESCORE = 4  # nearest other-patient neighbours re-scored with the gate's shift-tolerant distance
