@@ -81,14 +81,14 @@ def _prepare_sources(out: Path, sizes: DemoSizes, echo: Callable[[str], None]) -
         return prepared
     phantom = out / "sources" / "phantom"
     if not (phantom / "metadata.csv").is_file():
-        write_phantom(phantom, sizes.studies, seed=0, size_scale=sizes.phantom_scale, progress=progress.bars_shown())
+        write_phantom(phantom, sizes.studies, seed=0, size_scale=sizes.phantom_scale, progress=False)
+    # seconds each here, and their bars would stay on screen: the step line says what runs
     options = IngestOptions(size=sizes.prepared_size, bit_depth=8)
-    bars = progress.bars_shown()
     parts = [
-        ingest_vindr(phantom, out / "sources" / "prepared-phantom", options, progress=bars),
-        ingest_dicom(sample_dicom_dir(), out / "sources" / "prepared-cbis-ddsm", options, progress=bars),
+        ingest_vindr(phantom, out / "sources" / "prepared-phantom", options, progress=False),
+        ingest_dicom(sample_dicom_dir(), out / "sources" / "prepared-cbis-ddsm", options, progress=False),
     ]
-    return merge_prepared(parts, prepared, progress=bars)
+    return merge_prepared(parts, prepared, progress=False)
 
 
 def _train(out: Path, prepared: Path, sizes: DemoSizes, echo: Callable[[str], None]) -> None:
@@ -192,11 +192,10 @@ def run_demo(
         _train(out, prepared, sizes, echo)
         _step(echo, 3, total, "build: generate -> validate -> card -> package -> load_dataset round trip")
         spec = load_spec(spec_path)
-        # the step line names build's stages; their bars (on a terminal) show which one runs
+        # the step line names build's stages; generation shows a transient bar per method on a
+        # terminal, the short stages (validation and packaging of a few rows) none
         try:
-            release = build(
-                spec, drop_failed=True, validate_fn=_validate, progress=progress.bars_shown(), echo=lambda s: None
-            ).release
+            release = build(spec, drop_failed=True, validate_fn=_validate, progress=False, echo=lambda s: None).release
         except GateFailed:  # expected: a few rows of untrained models fail the distribution gates
             release = spec.layout.release
             if not (release / "README.md").is_file():
@@ -228,7 +227,7 @@ def _validate(spec, report_dir: Path):
     from mammosynth.validation.gate import validate_release
 
     return validate_release(
-        spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir, progress=progress.bars_shown()
+        spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir, progress=False
     )
 
 
