@@ -63,7 +63,8 @@ def test_two_processes_make_the_rows_of_one_byte_for_byte(tmp_path, tiny_sd3, ti
     # both ranks ran, each its own half of the shards
     for method in ("text2image", "inpainting"):
         assert proc.stdout.count(f"{method}: 2 images in 2 new shards (0 already done)") == 2, proc.stdout
-        assert f"{method} [1/2]" in proc.stderr and f"{method} [2/2]" in proc.stderr
+        for rank in (0, 1):  # each rank's summary line, labelled
+            assert f"[rank {rank}/2] generate {method}: 2 img in " in proc.stderr, proc.stderr
     generate(one, progress=False)
     for method in ("text2image", "inpainting"):
         a = _image_bytes(tmp_path / "out-two" / "generated" / method)
