@@ -150,7 +150,11 @@ class CanaryRun:
         for r in self.rows:  # index rows are the reference's rows, in order
             row = ref_ds[int(r)] if r < ref_ds.num_rows else None
             if row is None or str(row["image_id"]) != str(index.image_ids[r]):
-                raise InputError("the cached reference index does not describe this reference", field="image_id")
+                raise InputError(
+                    "the cached reference index does not describe this reference",
+                    file=index.meta.get("reference"),
+                    field="image_id",
+                )
             args = (
                 row["image"],
                 self.names,

@@ -271,6 +271,9 @@ def _validate(
         timings_s={k: round(v, 3) for k, v in timings.items()},
         row_hashes=row_hashes,
         patients=audit,
+        # realism: validation.realism.realism_figures(th.realism, release images, reference images,
+        # previous=baseline images) goes here; report.md renders it with render_realism_markdown
+        realism=None,
     )
     # names only: no machine paths in a report that ships (the sources above are names already)
     report = ValidationReport.model_validate(strip_local_paths(report.model_dump(mode="json")))

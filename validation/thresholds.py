@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from mammosynth.builders.core.config_io import StrictModel, load_model, validate_model
+from mammosynth.validation.feature_extractor import RealismConfig
 
 
 class EffectLimits(StrictModel):
@@ -162,6 +163,7 @@ class Thresholds(StrictModel):
     dedup: DedupThresholds = DedupThresholds()
     stats: StatsThresholds = StatsThresholds()
     canaries: CanaryThresholds = CanaryThresholds()
+    realism: RealismConfig = RealismConfig()  # the realism metrics' encoder (validation.realism)
     max_flagged_fraction: float = Field(
         0.0, ge=0, le=1, description="share of rows that may be flagged before the per-image gates fail"
     )
