@@ -230,6 +230,18 @@ def _canary_lines(report: ValidationReport) -> list[str]:
     lines.append(
         f"| **all** | **{fig['caught']}/{fig['planted']}** | **{(fig['recall'] or 0):.1%}** (minimum {fig['min_recall']:.0%}) |"
     )
+    missed = fig.get("missed", [])
+    if missed:
+        lines += [
+            "",
+            "Missed: "
+            + "; ".join(
+                f"{m['perturbation']} of {m['image_id']} (nearest distance {m['nearest_distance']}, inliers {m['inliers']})"
+                for m in missed[:5]
+            )
+            + (f"; {len(missed) - 5} more in {REPORT_JSON}" if len(missed) > 5 else "")
+            + ".",
+        ]
     held = fig.get("held_out", {})
     if held.get("images"):
         lines += [

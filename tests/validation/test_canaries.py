@@ -212,6 +212,28 @@ def test_gate_fails_when_the_detector_does(prepared_set, clean_release, override
         )
     else:
         assert gate.held_out["false_positives"] > 0
+    if reason == "recall":
+        md = render_markdown(rep)
+        assert "Missed: " in md and gate.missed[0]["perturbation"] in md
+
+
+def test_geometric_inliers_fit_only_what_can_reach_the_minimum(prepared_set):
+    """A copy's keypoints fit one affine transform to its original's; another patient's do not.
+    A pair with fewer matches than needed is not fitted, and its count bounds its inliers."""
+    from mammosynth.validation.dedup import geometric_inliers
+    from mammosynth.validation.image_features import analyse
+
+    ds = _rows(prepared_set)
+    img, other = decode(ds[0]["image"]), decode(ds[-1]["image"])
+    assert ds[0]["study_id"] != ds[-1]["study_id"]
+    orig, copy, stranger = (
+        analyse(x) for x in (img, PERTURBATIONS["rotate_+3deg"](img, np.random.default_rng(0)), other)
+    )
+    cands = [(orig.kp_xy, orig.kp_desc), (stranger.kp_xy, stranger.kp_desc)]
+    fitted = geometric_inliers(copy.kp_xy, copy.kp_desc, cands, 0)
+    assert fitted[0] >= 46 > 25 > 8 >= fitted[1], fitted
+    bounded = geometric_inliers(copy.kp_xy, copy.kp_desc, cands, 25)
+    assert bounded[0] == fitted[0] and fitted[1] <= bounded[1] < 25
 
 
 def test_verified_read_rederives_the_canary_figures(prepared_set, clean_release, tmp_path):
