@@ -197,9 +197,7 @@ def _validate(
     pool = analysis_pool(len(rows.ids))
     if out is not None and plots and pool is not None:
         started = DataPlots(rows, an, index, spec, out, pool)
-    t = time.perf_counter()
-    row_hashes = rel.row_hashes()
-    timings["row_hashes"] = time.perf_counter() - t
+    row_hashes = an.row_hashes  # taken by the analysis pass as it read the bytes
 
     t = time.perf_counter()
     sanity = sanity_flags(rows, an, index, th, spec)
