@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from mammosynth.builders.core import progress
+
 
 def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | None = None) -> Path:
     """The card of SPEC's generated rows (less the failed ones with ``drop_failed``), written into
@@ -16,7 +18,7 @@ def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | Non
     from mammosynth.builders.core.run_layout import REPORT_JSON
     from mammosynth.builders.core.spec import load_spec
     from mammosynth.dataset_cards.card import previous_release_info
-    from mammosynth.dataset_cards.write import shipped_report_dir, write_card
+    from mammosynth.dataset_cards.write import write_card
     from mammosynth.validation.report import ValidationReport
 
     spec = load_spec(spec_path)
@@ -26,7 +28,7 @@ def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | Non
     data = load_release_data(spec, drop)
     candidate = None
     if any(data.dropped.values()):
-        shipped = shipped_report_dir(spec.layout) / REPORT_JSON
+        shipped = spec.layout.shipped_validation / REPORT_JSON
         hashes = {i: h for m in data.methods for i, h in data.image_hashes(m).items()}
         kept = ValidationReport.read_verified(shipped) if shipped.is_file() else None
         if kept is None or kept.rows_not_validated(hashes) or set(kept.row_hashes) != set(hashes):
@@ -45,7 +47,8 @@ def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | Non
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--drop-failed", is_flag=True, help="Describe the release without rows that failed validation.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default <output_dir>/card).")
+@progress.console_options
 def card(spec: Path, drop_failed: bool, out: Path | None) -> None:
     """Render the dataset card (README.md) and croissant.json for SPEC."""
     path = card_for_spec(spec, drop_failed=drop_failed, out=out)
-    click.echo(f"card written: {path} (+ croissant.json)")
+    progress.result(f"card written: {path} (+ croissant.json)")

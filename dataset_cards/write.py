@@ -10,20 +10,12 @@ from typing import Any
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.release_data import ReleaseData
-from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, RunLayout
+from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.dataset_cards.card import Override, lint_card, render_card
 from mammosynth.dataset_cards.croissant import write_croissant
+from mammosynth.dataset_cards.reader_study_section import reader_study_section
 from mammosynth.validation.report import ValidationReport
-
-SHIPPED_ROWS = "shipped"  # under a run's root: the rows left after dropping, while they are validated
-SHIPPED_VALIDATION = "validation-shipped"  # under a run's root: the report of exactly those rows
-CANDIDATE_DIR = "candidate"  # in a release's validation/: the report the dropped rows were dropped on
-
-
-def shipped_report_dir(layout: RunLayout) -> Path:
-    """Where ``build --drop-failed`` keeps the validation report of the rows it ships."""
-    return layout.root / SHIPPED_VALIDATION
 
 
 def write_card(
@@ -39,7 +31,10 @@ def write_card(
 ) -> Path:
     """Render, lint and write ``README.md`` + ``croissant.json`` into the folder ``out``. Both are
     checked before either replaces its old version (lint, Croissant validation), so a failure
-    leaves the previous card; other files in ``out`` are left alone."""
+    leaves the previous card; other files in ``out`` are left alone. A reader study the spec
+    attaches (``reader_study``) becomes a section of its own."""
+    study = reader_study_section(spec.reader_study)
+    extra_sections = [*extra_sections, study] if study else list(extra_sections)
     text = render_card(
         spec,
         data,
@@ -60,4 +55,4 @@ def write_card(
     return out / CARD_FILE
 
 
-__all__ = ["write_card", "shipped_report_dir", "SHIPPED_ROWS", "SHIPPED_VALIDATION", "CANDIDATE_DIR"]
+__all__ = ["write_card"]

@@ -31,7 +31,6 @@ from mammosynth.builders.core.run_layout import CARD_FILE, REPORT_JSON
 from mammosynth.builders.core.shard_writer import ShardWriter
 from mammosynth.builders.core.spec import REPO_ID, ReleaseSpec, load_spec
 from mammosynth.builders.release.package import CHECKSUMS, package, spec_yaml, write_parquet_shards
-from mammosynth.dataset_cards.write import SHIPPED_ROWS, shipped_report_dir
 from mammosynth.generators.engine import shard_slices
 from mammosynth.validation.report import ValidationReport
 
@@ -110,10 +109,12 @@ def _default_generate(spec: ReleaseSpec) -> Any:
     return generate(spec)
 
 
-def _default_validate(spec: ReleaseSpec, report_dir: Path) -> Any:
+def _default_validate(spec: ReleaseSpec, report_dir: Path, *, progress: bool = True) -> Any:
     from mammosynth.validation.gate import validate_release
 
-    return validate_release(spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir)
+    return validate_release(
+        spec.layout.generated(), spec.source.prepared, spec=spec, report_dir=report_dir, progress=progress
+    )
 
 
 def _default_validate_shipped(spec: ReleaseSpec, rows: Path, report_dir: Path, *, progress: bool = True) -> Any:
@@ -131,12 +132,12 @@ def _validate_shipped(
 ) -> Path:
     """Validate exactly the rows ``data`` holds (the candidate less the dropped rows); returns the
     report folder. The rows are written as the release will hold them, validated, then removed."""
-    report_dir = shipped_report_dir(spec.layout)
+    report_dir = spec.layout.shipped_validation
     report = report_dir / REPORT_JSON
     if _up_to_date(spec, "validate-shipped", key, report):
         result.skipped.append("validate-shipped")
         return report_dir
-    rows = spec.layout.root / SHIPPED_ROWS
+    rows = spec.layout.shipped_rows
     shutil.rmtree(rows, ignore_errors=True)
     try:
         max_bytes = int(spec.output.max_shard_mb * 1_000_000)
@@ -263,7 +264,7 @@ def _run_stages(
         result.skipped.append("validate")
     else:
         echo("validate ...")
-        (validate_fn or _default_validate)(spec, report_dir)
+        (validate_fn or functools.partial(_default_validate, progress=progress))(spec, report_dir)
         if not layout.report_json.is_file():
             raise RuntimeError(f"validation wrote no {layout.report_json.name} in {report_dir}")
         _stamp(spec, "validate", gen_key, layout.report_json)
@@ -302,6 +303,7 @@ def _run_stages(
         candidate.model_dump(mode="json") if candidate else None,
         [o.__dict__ for o in overrides],
         previous,
+        _files_key(spec.reader_study) if spec.reader_study and spec.reader_study.is_dir() else None,  # rescored study
     )
     if _up_to_date(spec, "card", card_key, card_dir / CARD_FILE):
         result.skipped.append("card")

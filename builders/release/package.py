@@ -16,23 +16,23 @@ import random
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
 import yaml
-from tqdm.auto import tqdm
 
 from mammosynth.builders.core import atomic
 from mammosynth.builders.core.errors import GateFailed, InputError
 from mammosynth.builders.core.hashing import sha256_file
 from mammosynth.builders.core.licensing import SOURCES_FILE, source_uses, write_sources
+from mammosynth.builders.core.progress import bar as progress_bar
 from mammosynth.builders.core.provenance import strip_local_paths
 from mammosynth.builders.core.release_data import ReleaseData
-from mammosynth.builders.core.run_layout import CARD_FILE, CROISSANT_FILE, REPORT_JSON, REPORT_MD
+from mammosynth.builders.core.run_layout import CANDIDATE_DIR, CARD_FILE, CROISSANT_FILE, REPORT_JSON, REPORT_MD
 from mammosynth.builders.core.schema import release_features
 from mammosynth.builders.core.spec import ReleaseSpec
 from mammosynth.builders.release.parquet_io import shard_bounds, write_shards
-from mammosynth.dataset_cards.write import CANDIDATE_DIR
 
 CHECKSUMS = "checksums.sha256"
 
@@ -53,9 +53,17 @@ def release_files(folder: Path) -> list[Path]:
     )
 
 
+def _hashed(folder: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
+    """(file, sha256) with a byte-counting bar: hashing a release of many GB takes a while."""
+    with progress_bar(desc="checksums", total=sum(p.stat().st_size for p in files), unit="B") as bar:
+        for p in files:
+            yield p, sha256_file(p)
+            bar.update(p.stat().st_size)
+
+
 def write_checksums(folder: Path) -> Path:
     """`sha256sum -c` compatible manifest of every file in the release."""
-    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in release_files(folder)]
+    lines = [f"{digest}  {p.relative_to(folder).as_posix()}" for p, digest in _hashed(folder, release_files(folder))]
     path = folder / CHECKSUMS
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -72,9 +80,9 @@ def verify_checksums(folder: Path) -> None:
     actual = {p.relative_to(folder).as_posix(): p for p in release_files(folder)}
     if set(listed) != set(actual):
         raise InputError(f"files differ from the manifest: {sorted(set(listed) ^ set(actual))[:5]}", file=manifest)
-    for rel, digest in listed.items():
-        if sha256_file(actual[rel]) != digest:
-            raise InputError("checksum mismatch (file changed after packaging)", file=folder / rel)
+    for p, digest in _hashed(folder, [actual[rel] for rel in listed]):
+        if listed[p.relative_to(folder).as_posix()] != digest:
+            raise InputError("checksum mismatch (file changed after packaging)", file=p)
 
 
 def git(folder: Path, *args: str) -> str:
@@ -116,7 +124,7 @@ def check_images(data: ReleaseData, *, progress: bool = True) -> int:
     n = 0
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         for m in data.methods:
-            bar = tqdm(total=data.num_examples(m), desc=f"check {m} images", unit="img", disable=not progress)
+            bar = progress_bar(total=data.num_examples(m), desc=f"check {m} images", unit="img", enabled=progress)
             for table in data.iter_tables(m):  # one generated shard in memory at a time
                 ids = table.column("image_id").to_pylist()
                 images = table.column("image").combine_chunks().field("bytes").to_pylist()
@@ -200,7 +208,7 @@ def package(
     # a failure anywhere (including the load_dataset round trip) leaves the previous release intact
     with atomic.atomic_dir(out) as tmp:
         max_bytes = int(spec.output.max_shard_mb * 1_000_000)
-        for m in tqdm(data.methods, desc="package", unit="config", disable=not progress):
+        for m in progress_bar(data.methods, desc="package", unit="config", enabled=progress):
             write_parquet_shards(data, m, tmp / "data" / m, max_bytes)
         for name in (CARD_FILE, CROISSANT_FILE):
             shutil.copy2(card_dir / name, tmp / name)

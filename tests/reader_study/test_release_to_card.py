@@ -24,10 +24,11 @@ from mammosynth.validation.reader_study.scoring import write_scores
 
 def test_release_folder_to_card_section(tmp_path):
     write_reference_set(tmp_path / "prepared", n_studies=3, seed=2)
-    spec = load_spec(write_spec(tmp_path, spec_dict(tmp_path, reader_study="scored")))
+    spec = load_spec(write_spec(tmp_path, spec_dict(tmp_path)))
     release = build(
         spec, generate_fn=generate_fake, validate_fn=lambda s, d: write_report(d), progress=False, echo=lambda s: None
     ).release
+    spec.reader_study = tmp_path / "scored"  # attached once the study is scored
     assert (release / "spec.yaml").is_file() and list(release.glob("data/*/*.parquet"))
 
     made = create_study(release, tmp_path / "prepared", tmp_path / "study", CreateOptions(6, 6, 2, seed=1, workers=1))
@@ -54,10 +55,12 @@ def test_release_folder_to_card_section(tmp_path):
         assert case.case_id not in section and case.source_id not in section
     assert reader_study_section(None) == ""
 
-    # the card takes it as one of its extra sections, and its lint passes
-    card = write_card(spec, load_release_data(spec), None, tmp_path / "card", extra_sections=[section])
+    # the spec's reader_study becomes a card section (once), and the card's lint passes
+    card = write_card(spec, load_release_data(spec), None, tmp_path / "card")
     text = card.read_text()
-    assert "## Reader study" in text and "### Real or synthetic (Table 1)" in text
+    assert text.count("## Reader study") == 1 and "### Real or synthetic (Table 1)" in text
+    spec.reader_study = None
+    assert "## Reader study" not in write_card(spec, load_release_data(spec), None, tmp_path / "card2").read_text()
 
 
 def test_card_section_names_a_broken_scores_file(tmp_path):
