@@ -27,7 +27,7 @@ from mammosynth.builders.core.schema import BIRADS_NAMES, LATERALITIES, METHODS,
 from mammosynth.builders.core.spec import REPO_ID, PoissonParams, ReleaseSpec
 from mammosynth.dataset_cards.citations import SOURCE_PAPERS, release_bibtex
 from mammosynth.validation.checks import MEMORIZATION_CHECKS
-from mammosynth.validation.report import ValidationReport
+from mammosynth.validation.report import ValidationReport, canary_sentence
 
 TEMPLATES = Path(__file__).parent / "templates"
 OVERRIDES_RE = re.compile(r"(<!-- mammosynth:overrides -->\n)(.*?)(\n<!-- /mammosynth:overrides -->)", re.S)
@@ -163,11 +163,28 @@ def _validation_summary(report: ValidationReport | None, shipped_rows: int, drop
     memo = (
         "Every image was compared with every training image of the prepared source set (exact pixel hash, "
         "perceptual hash and nearest-neighbour distance inside the breast, thresholds calibrated on real "
-        f"held-out images). {len(memo_flags)} shipped row(s) are flagged as possible copies"
+        "held-out images; near candidates re-checked by keypoint matching, so cropped, zoomed, rotated and "
+        f"stretched copies are caught). {len(memo_flags)} shipped row(s) are flagged as possible copies"
         + (" (listed in `validation/report.json`)." if memo_flags else ".")
-        + " For inpainting and Poisson rows the background is, by construction, a real training image."
+        + " For inpainting and Poisson rows the background is, by construction, a real training image. "
+        + canary_sentence(report)
     )
     return "\n".join(lines), memo
+
+
+def realism_text(report: ValidationReport | None) -> str:
+    """The realism metrics of the shipped rows (FID, KID, precision/recall), or why there are none."""
+    if report is None or report.realism is None:
+        return "No realism metrics were computed for this release."
+    if not report.realism.get("configured"):
+        return (
+            "Not configured: no feature encoder was named in the validation thresholds (`realism.extractor`), "
+            "so no FID, KID or precision/recall is reported."
+        )
+    from mammosynth.validation.realism import render_realism_markdown  # scipy, faiss: only when needed
+
+    text = render_realism_markdown(report.realism, heading="####")
+    return text.split("\n", 1)[1].strip()  # the card's own heading stands above it
 
 
 def dropped_rows(data: ReleaseData, candidate: ValidationReport | None) -> list[tuple[str, str, int, str]]:
@@ -385,6 +402,7 @@ def render_card(
         count_table=_count_table(data),
         validation_summary=summary,
         memorization=memorization,
+        realism=realism_text(report),
         dropped_total=dropped_total,
         dropped_rows=dropped_rows(data, candidate),
         density_text=density_text,

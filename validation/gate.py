@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.config_io import read_mapping
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.imageio import UnreadableImage, decode_grey
 from mammosynth.builders.core.provenance import package_version, strip_local_paths
 from mammosynth.builders.core.run_layout import REPORT_JSON
 from mammosynth.builders.core.spec import ReleaseSpec, load_spec
@@ -36,7 +38,8 @@ from mammosynth.validation.distribution import distribution_gates, diversity_gat
 from mammosynth.validation.image_features import KP_COUNT, KP_HEIGHT, PIXEL_HASH
 from mammosynth.validation.memorization import memorization_flags, memorization_gate
 from mammosynth.validation.patients import patient_audit, per_density
-from mammosynth.validation.reference import ReferenceIndex, reference_index
+from mammosynth.validation.realism import ImageSet, dataset_images, realism_figures
+from mammosynth.validation.reference import ReferenceIndex, cache_dir_for, reference_index
 from mammosynth.validation.release_io import LoadedRelease, load_release, shipped_name
 from mammosynth.validation.report import (
     LOCAL_MARKER,
@@ -153,6 +156,17 @@ def validate_release(
         return _validate(release, reference, baseline, spec, config, out, local, progress, plots)
 
 
+def release_images(rel: LoadedRelease) -> Iterator[np.ndarray | None]:
+    """The release's images as grey arrays, read one batch at a time (16-bit kept); None for bytes
+    that do not decode (the sanity gate reports those)."""
+    for batch in rel.iter_batches(["image"]):
+        for image in batch.column("image").to_pylist():
+            try:
+                yield decode_grey(image["bytes"])
+            except UnreadableImage:
+                yield None
+
+
 def _validate(
     release: str | Path | LoadedRelease,
     reference: str | Path,
@@ -245,6 +259,26 @@ def _validate(
         base_info = {"source": base_rel.name, "kind": base_rel.kind, "n": len(base_rows.ids), "files": base_rel.files}
     timings["statistics"] = stats_s + time.perf_counter() - t
 
+    t = time.perf_counter()
+    realism = realism_figures(  # {"configured": False} at no cost without an encoder
+        th.realism,
+        ImageSet(release_images(rel), method=rows.method, density=rows.density, birads=rows.birads),
+        ImageSet(
+            dataset_images(ref_ds),
+            density=list(index.density),
+            birads=list(index.birads),
+            key=index.meta.get("content_hash"),
+        ),
+        previous=ImageSet(
+            release_images(base_rel), method=base_rows.method, density=base_rows.density, birads=base_rows.birads
+        )
+        if base_rel is not None and base_rows is not None
+        else None,
+        seed=th.seed,
+        cache_dir=cache_dir_for(Path(reference)),
+    )
+    timings["realism"] = time.perf_counter() - t
+
     flags = sanity + memo
     report = ValidationReport(
         passed=rules.overall(g.status for g in gates.values()),
@@ -269,9 +303,7 @@ def _validate(
         timings_s={k: round(v, 3) for k, v in timings.items()},
         row_hashes=row_hashes,
         patients=audit,
-        # realism: validation.realism.realism_figures(th.realism, release images, reference images,
-        # previous=baseline images) goes here; report.md renders it with render_realism_markdown
-        realism=None,
+        realism=realism,
     )
     # names only: no machine paths in a report that ships (the sources above are names already)
     report = ValidationReport.model_validate(strip_local_paths(report.model_dump(mode="json")))

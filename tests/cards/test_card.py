@@ -127,3 +127,54 @@ def test_bad_outputs_and_previous_releases_are_exit_2(release_inputs, tmp_path, 
         main(["card", str(spec_path)])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "previous release's card metadata is malformed" in err and "Traceback" not in err
+
+
+def test_memorization_statement_and_realism_come_from_the_report(release_inputs) -> None:
+    """The card quotes the canary figures and the realism metrics of the report it describes: an
+    edit of the figures changes the card, and no encoder means "Not configured", never a number."""
+    spec, spec_path = release_inputs
+    body = parse_card(write_card(spec_path).read_text())[1]
+    assert "This check caught 17/17 planted copies of 1 training images" in body
+    assert "Not configured" in body.split("### Realism metrics", 1)[1].split("##", 1)[0]
+
+    path = Path(spec.output_dir) / "validation" / "report.json"
+    raw = json.loads(path.read_text())
+    gate = raw["gates"]["canaries"]
+    gate.update(caught=15, recall=round(15 / 17, 4))
+    gate["per_perturbation"]["exact"].update(caught=15, recall=round(15 / 17, 4))
+    gate["status"] = "fail"  # the verified read re-derives it; the card follows the figures
+    raw["passed"] = False
+    raw["realism"] = {
+        "configured": True,
+        "extractor": {
+            "name": "tiny-dinov2",
+            "kind": "transformers",
+            "content_hash": "ab" * 32,
+            "feature_dim": 16,
+            "image_size": 32,
+        },
+        "k": 3,
+        "min_images": 5,
+        "n_release": 20,
+        "n_reference": 40,
+        "unreadable": {"release": 0, "reference": 0},
+        "strata": {
+            "overall": {
+                "n_release": 20,
+                "n_reference": 40,
+                "fid": 12.3456,
+                "kid": 0.0123,
+                "kid_std": 0.001,
+                "kid_subset_size": 20,
+                "precision": 0.75,
+                "recall": 0.5,
+                "warnings": [],
+            }
+        },
+        "drift": None,
+    }
+    path.write_text(json.dumps(raw))
+    body = parse_card(write_card(spec_path).read_text())[1]
+    assert "This check caught 15/17 planted copies" in body and "| canaries | fail |" in body
+    realism = body.split("### Realism metrics", 1)[1].split("\n## ", 1)[0]
+    assert "tiny-dinov2" in realism and "12.3" in realism and "0.75" in realism

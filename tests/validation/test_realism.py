@@ -475,3 +475,47 @@ def test_a_grossly_negative_fid_is_not_hidden(monkeypatch):
     sqrtm = R.scipy.linalg.sqrtm
     monkeypatch.setattr(R.scipy.linalg, "sqrtm", lambda m: 2 * sqrtm(m))
     assert R.fid(a, a)[0] < -1.0
+
+
+# --- through `validate` ----------------------------------------------------------------------------
+
+
+def test_validate_reports_the_realism_section_with_a_configured_encoder(dino_dir, tmp_path):
+    """The gate's wiring: release images against the reference, through the thresholds file's
+    encoder; the figures equal a direct call on the same images, and report.md renders them."""
+    from mammosynth.validation.gate import validate_release
+
+    ref = S.write_reference_set(tmp_path / "ref", n_studies=4, seed=0)
+    rows = [
+        S.release_row(r["image"]["bytes"], f"t-{k}", "text2image", r["birads"], r["view"], r["laterality"])
+        for k, r in enumerate(S.reference_rows(3, 55))
+    ]
+    rel = S.write_generated(tmp_path / "rel", {"text2image": rows})
+    config = tmp_path / "thresholds.yaml"
+    config.write_text(f"realism: {{extractor: {dino_dir}, min_images: 5, kid_subsets: 10}}\n")
+    rep = validate_release(rel, ref, config=config, report_dir=tmp_path / "report", progress=False, plots=False)
+    assert rep.realism["configured"] and rep.realism["n_release"] == len(rows)
+    overall = rep.realism["strata"]["overall"]
+
+    loaded = load_release(rel)
+    direct = R.realism_figures(
+        _cfg(dino_dir, kid_subsets=10),
+        R.ImageSet(R.dataset_images(_as_dataset(loaded)), method=Rows.of(loaded).method),
+        R.ImageSet(R.dataset_images(open_prepared(ref))),
+        seed=0,
+    )
+    assert overall["fid"] == pytest.approx(direct["strata"]["overall"]["fid"], rel=1e-6)
+    assert overall["precision"] == direct["strata"]["overall"]["precision"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Realism metrics" in md and f"{overall['fid']:.2f}"[:3] in md
+
+    plain = validate_release(rel, ref, report_dir=tmp_path / "report2", progress=False, plots=False)
+    assert plain.realism == {"configured": False, "reason": R.not_configured()["reason"]}
+    assert "not configured" in (tmp_path / "report2" / "report.md").read_text().lower()
+
+
+def _as_dataset(loaded):
+    import datasets
+
+    table = loaded.dataset.table(["image"])
+    return datasets.Dataset(table).cast_column("image", datasets.Image(decode=False))
