@@ -19,11 +19,14 @@ def card_for_spec(spec_path: Path, *, drop_failed: bool = False, out: Path | Non
     from mammosynth.builders.core.spec import load_spec
     from mammosynth.dataset_cards.card import previous_release_info
     from mammosynth.dataset_cards.write import write_card
+    from mammosynth.validation.gate import require_spec_thresholds
     from mammosynth.validation.report import ValidationReport
 
     spec = load_spec(spec_path)
     report_path = spec.layout.report_json
     report = ValidationReport.read_verified(report_path) if report_path.is_file() else None
+    if report is not None:
+        require_spec_thresholds(report, spec, report_path)
     drop = report.failed_ids() if drop_failed and report else set()
     data = load_release_data(spec, drop)
     candidate = None

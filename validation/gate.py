@@ -72,6 +72,18 @@ def resolve_thresholds(
     return validate_overrides(data, source=config or spec_path)
 
 
+def require_spec_thresholds(report: ValidationReport, spec: ReleaseSpec, path: str | Path) -> None:
+    """The report was judged with the thresholds ``spec`` asks for. Its statuses are re-derived from
+    its figures with the thresholds it records; this check closes the other door (figures and
+    thresholds edited together, or a laxer ``--config`` than the spec's)."""
+    if report.thresholds != resolve_thresholds(None, spec).model_dump(mode="json"):
+        raise InputError(
+            "the validation report was judged with other thresholds than the spec's; validate again",
+            file=path,
+            field="thresholds",
+        )
+
+
 def _implementations(th: Thresholds) -> dict[str, str]:
     """What computed each figure, with versions: named in the report."""
     v = partial(package_version, missing="unknown")
@@ -324,4 +336,4 @@ def _validate(
     return report
 
 
-__all__ = ["resolve_thresholds", "validate_release"]
+__all__ = ["require_spec_thresholds", "resolve_thresholds", "validate_release"]

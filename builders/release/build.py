@@ -153,19 +153,6 @@ def _validate_shipped(
     return report_dir
 
 
-def _check_thresholds(report: ValidationReport, spec: ReleaseSpec, path: Path) -> None:
-    """The report was judged with the thresholds this spec asks for (an edit of both figures and
-    thresholds is caught)."""
-    from mammosynth.validation.gate import resolve_thresholds
-
-    if report.thresholds != resolve_thresholds(None, spec).model_dump(mode="json"):
-        raise InputError(
-            "the validation report was judged with other thresholds than the spec's; validate again",
-            file=path,
-            field="thresholds",
-        )
-
-
 def _check_describes(report: ValidationReport, data: ReleaseData, path: Path) -> None:
     """The report validated exactly the rows to be released, byte for byte, and no others."""
     hashes = {i: h for m in data.methods for i, h in data.image_hashes(m).items()}
@@ -243,6 +230,7 @@ def _run_stages(
 ) -> BuildResult:
     from mammosynth.dataset_cards.card import Override, previous_release_info
     from mammosynth.dataset_cards.write import write_card
+    from mammosynth.validation.gate import require_spec_thresholds
 
     layout = spec.layout
     result = BuildResult(release=layout.release)
@@ -270,7 +258,7 @@ def _run_stages(
         _stamp(spec, "validate", gen_key, layout.report_json)
         result.ran.append("validate")
     report = ValidationReport.read_verified(layout.report_json)  # statuses re-derived from its figures
-    _check_thresholds(report, spec, layout.report_json)
+    require_spec_thresholds(report, spec, layout.report_json)
     if not report.passed and not (drop_failed or force):
         raise GateFailed(
             f"validation failed (see {report_dir / 'report.md'}); use --drop-failed to package "
@@ -288,7 +276,7 @@ def _run_stages(
         shipped_fn = validate_shipped_fn or functools.partial(_default_validate_shipped, progress=progress)
         report_dir = _validate_shipped(spec, data, sha256_json(gen_key, data.fingerprint()), shipped_fn, result)
         report = ValidationReport.read_verified(report_dir / REPORT_JSON)
-        _check_thresholds(report, spec, report_dir / REPORT_JSON)
+        require_spec_thresholds(report, spec, report_dir / REPORT_JSON)
     _check_describes(report, data, report_dir / REPORT_JSON)
     overrides: list[Override] = []
     if not report.passed and force:

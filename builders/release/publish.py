@@ -126,6 +126,9 @@ def plan_publish(
     overrides: list[tuple[str, str]] = []
     report = rel.report  # read verified: every status re-derived from its figures
     if report is not None:
+        from mammosynth.validation.gate import require_spec_thresholds
+
+        require_spec_thresholds(report, spec, rel.report_path)  # ... judged with the release spec's thresholds
         unvalidated = report.rows_not_validated(rel.row_hashes())
         if unvalidated:
             raise InputError(

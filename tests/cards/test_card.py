@@ -178,3 +178,14 @@ def test_memorization_statement_and_realism_come_from_the_report(release_inputs)
     assert "This check caught 15/17 planted copies" in body and "| canaries | fail |" in body
     realism = body.split("### Realism metrics", 1)[1].split("\n## ", 1)[0]
     assert "tiny-dinov2" in realism and "12.3" in realism and "0.75" in realism
+
+
+def test_card_refuses_a_report_judged_with_other_thresholds(release_inputs) -> None:
+    spec, spec_path = release_inputs
+    path = Path(spec.output_dir) / "validation" / "report.json"
+    raw = json.loads(path.read_text())
+    raw["thresholds"]["max_flagged_fraction"] = 0.99
+    path.write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="other thresholds than the spec's") as err:
+        write_card(spec_path)
+    assert err.value.field == "thresholds"

@@ -271,3 +271,21 @@ def test_a_hand_edited_report_does_not_publish(tmp_path: Path) -> None:
     write_checksums(release)
     with pytest.raises(InputError, match="does not describe 1 released row"):
         publish(release, "org/x", dry_run=True, force=True, reason="test", echo=lambda s: None)
+
+
+def test_a_report_judged_with_laxer_thresholds_does_not_publish(tmp_path: Path) -> None:
+    """Figures and thresholds edited together re-derive consistently; the release spec's
+    thresholds are what the report must have been judged with."""
+    import json
+
+    from mammosynth.builders.release.package import write_checksums
+
+    release = _build(tmp_path)
+    publish(release, "org/x", dry_run=True, echo=lambda s: None)  # as built: accepted
+    path = release / "validation" / "report.json"
+    report = json.loads(path.read_text())
+    report["thresholds"]["max_flagged_fraction"] = 0.99  # a laxer gate, consistent with every status
+    path.write_text(json.dumps(report))
+    write_checksums(release)
+    with pytest.raises(InputError, match="report.json: field 'thresholds'"):
+        publish(release, "org/x", dry_run=True, echo=lambda s: None)
