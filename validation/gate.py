@@ -194,7 +194,7 @@ def _validate(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     rel = release if isinstance(release, LoadedRelease) else load_release(release)
-    analysis_pool(rel.dataset.num_rows)  # the workers start while the reference index loads
+    analysis_pool(rel.num_rows)  # the workers start while the reference index loads
     spec_path: Path | None = None
     if spec is None and rel.spec_path is not None:
         spec = rel.spec_path

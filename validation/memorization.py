@@ -258,7 +258,7 @@ def background_checks(
             )
             continue
         try:
-            img = decode(rel.dataset[int(k)]["image"])
+            img = decode(rel.image(int(k)))
             mad = dedup.background_difference(
                 img, reference_image(ref_ds, row_of[src]), rows.bbox[k], dd.background_box_margin
             )

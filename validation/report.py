@@ -460,7 +460,7 @@ def _flagged_pairs(
             continue
         seen.add(f.image_id)
         try:
-            img = grey_channel(decode(rel.dataset[pos[f.image_id]]["image"]))
+            img = grey_channel(decode(rel.image(pos[f.image_id])))
         except (UnreadableImage, ValueError):
             continue
         ref = None

@@ -216,6 +216,19 @@ def test_create_from_the_cli_prints_where_the_tokens_are(study_inputs, tmp_path)
     assert Path(out / "key.csv").is_file()
 
 
+def test_create_streams_the_release_never_loading_it_whole(study_inputs, tmp_path, monkeypatch):
+    """A release of 48k images does not fit in memory: create reads rows from their files."""
+    from mammosynth.validation.release_files import ReleaseRows
+
+    def whole(self):
+        raise AssertionError("the whole release was loaded into memory")
+
+    monkeypatch.setattr(ReleaseRows, "_materialised", property(whole))
+    release, real = study_inputs
+    made = create_study(release, real, tmp_path / "s", CreateOptions(4, 4, 2, seed=3, workers=2))
+    assert len(list(StudyLayout(made.root).cases.iterdir())) == 8
+
+
 def test_parallel_writers_write_the_same_study(study_inputs, tmp_path):
     """Two worker processes (forked, reading the shared datasets) write byte for byte what one
     process writes for the same seed; tokens are the only difference (they are never seeded)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.errors import InputError
@@ -27,6 +28,7 @@ from mammosynth.validation.reader_study.caseimage import prepare_case
 from mammosynth.validation.reader_study.layout import Case, Mode, StudyLayout, Trial
 from mammosynth.validation.reader_study.sampling import STRATA, Candidate, matched, stratified
 from mammosynth.validation.reader_study.survey import DEFAULT_SURVEY, load_survey
+from mammosynth.validation.release_files import ReleaseRows
 from mammosynth.validation.release_io import LoadedRelease, load_release
 
 
@@ -193,8 +195,7 @@ def _label(names: Sequence[str], value: int | None) -> str:
 
 
 def _release_candidates(loaded: LoadedRelease) -> list[Candidate]:
-    cols = loaded.dataset.select_columns(["image_id", "method", "birads", "density", "view", "laterality"])
-    table = cols.with_format("arrow")[:].to_pydict()
+    table = loaded.dataset.table(["image_id", "method", "birads", "density", "view", "laterality"]).to_pydict()
     out = []
     for i in range(len(table["image_id"])):
         birads = _label(BIRADS_NAMES, table["birads"][i])
@@ -233,17 +234,25 @@ def _real_candidates(ds: Any) -> list[Candidate]:
 
 
 def _image(ds: Any, row: int) -> bytes:
-    data = ds.select_columns(["image"]).with_format("arrow")[row : row + 1].column("image")[0].as_py()
+    """One row's stored image bytes: a release row read from its file's chunk, a prepared row by index."""
+    if isinstance(ds, ReleaseRows):
+        data = ds.row(row)["image"]
+    else:
+        data = ds.select_columns(["image"]).with_format("arrow")[row : row + 1].column("image")[0].as_py()
     if data.get("bytes"):
         return data["bytes"]
     return Path(data["path"]).read_bytes()
 
 
 def _images(ds: Any) -> Any:
-    """(image id, stored image bytes) of every row, in batches."""
-    table = ds.select_columns(["image_id", "image"]).with_format("arrow")
-    for batch in table.iter(batch_size=256):
-        column = batch.column("image").combine_chunks()
+    """(image id, stored image bytes) of every row, in batches (a release streamed from its files)."""
+    if isinstance(ds, ReleaseRows):
+        batches = ds.iter_batches(("image_id", "image"), 256)
+    else:
+        batches = ds.select_columns(["image_id", "image"]).with_format("arrow").iter(batch_size=256)
+    for batch in batches:
+        column = batch.column("image")
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         for image_id, data, path in zip(
             batch.column("image_id").to_pylist(), column.field("bytes").to_pylist(), column.field("path").to_pylist()
         ):
@@ -311,7 +320,7 @@ def _refuse_identical(layout: StudyLayout, key: list[Case]) -> None:
 
 def _source_ids(loaded: LoadedRelease) -> set[str]:
     """Real image ids whose pixels release rows embed: backgrounds and lesion donors."""
-    t = loaded.dataset.select_columns(["source_image", "lesion_source"]).with_format("arrow")[:].to_pydict()
+    t = loaded.dataset.table(["source_image", "lesion_source"]).to_pydict()
     ids = {s for s in t["source_image"] if s}
     ids |= {lesion_image_id(s) for s in t["lesion_source"] if s}
     return ids
