@@ -62,6 +62,9 @@ def test_every_long_command_has_quiet_and_no_progress() -> None:
         "publish": [],
         "build": [],
         "demo": [],
+        "validate": [],
+        "card": [],
+        "reader-study": ["create", "score"],
     }
     for name, subs in long_commands.items():
         command = cli.get_command(ctx, name)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mammosynth.builders.core import progress
 from mammosynth.builders.core.errors import InputError
 
 
@@ -32,6 +33,7 @@ def reader_study() -> None:
 @click.option(
     "--survey", type=click.Path(path_type=Path), default=None, help="survey YAML (default: the paper's Appendix A)"
 )
+@progress.console_options
 def create_cmd(release, real, out, n_real, n_synthetic, readers, stratify, seed, mode, size, survey) -> None:
     """Sample blinded cases from RELEASE and the real set into a study folder."""
     from mammosynth.validation.reader_study.create import CreateOptions, create_study
@@ -40,9 +42,9 @@ def create_cmd(release, real, out, n_real, n_synthetic, readers, stratify, seed,
     if not strata:
         raise InputError("name at least one of method,birads,view", field="--stratify")
     options = CreateOptions(n_real, n_synthetic, readers, strata, seed, mode, size, survey)
-    made = create_study(release, real, out, options, echo=click.echo)
-    click.echo(f"study: {made.root} ({made.cases} cases, {made.trials} trials, {len(made.readers)} readers)")
-    click.echo(f"reader tokens: {made.root / 'readers.csv'}; admin token in study.json")
+    made = create_study(release, real, out, options, echo=progress.say)
+    progress.say(f"reader tokens: {made.root / 'readers.csv'}; admin token in study.json")
+    progress.result(f"study: {made.root} ({made.cases} cases, {made.trials} trials, {len(made.readers)} readers)")
 
 
 @reader_study.command("serve")
@@ -74,14 +76,15 @@ def import_cmd(study, answers) -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path))
 @click.option("--bootstrap", type=int, default=2000, show_default=True, help="bootstrap replicates for AUROC intervals")
 @click.option("--seed", type=int, default=0, show_default=True)
+@progress.console_options
 def score_cmd(study, out, bootstrap, seed) -> None:
     """Score STUDY into OUT: scores.json, scores.md, roc.png, iMRMC input."""
     from mammosynth.validation.reader_study.scoring import write_scores
 
     scores = write_scores(study, out, replicates=bootstrap, seed=seed)
     t1 = scores["table1"]
-    click.echo(
+    progress.say(
         f"real correct {t1['real']['correct']}/{t1['real']['n']}, synthetic correct "
         f"{t1['synthetic']['correct']}/{t1['synthetic']['n']}, mean AUROC {scores['auroc']['mean']}"
     )
-    click.echo(f"scores: {Path(out) / 'scores.json'}")
+    progress.result(f"scores: {Path(out) / 'scores.json'}")
