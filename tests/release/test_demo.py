@@ -41,6 +41,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
 
     summary = format_summary(result)
     assert "text2image" in summary and "README.md" in summary and "report.md" in summary
+    # the gates it prints are those of the rows that ship (the card's), not the candidate's
+    shipped = {name: g["status"] for name, g in report["gates"].items()}
+    assert result.gates == shipped
+    assert "gates of the packaged rows: " + ", ".join(f"{k}={v}" for k, v in shipped.items()) in summary
 
     # A second run finds every stage complete and produces the same release.
     head = subprocess.run(
