@@ -18,7 +18,7 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import tree_hash
 from mammosynth.builders.core.imageio import rgb_to_grey
 from mammosynth.builders.core.progress import no_loading_bars
-from mammosynth.builders.core.provenance import checkpoint_identity
+from mammosynth.builders.core.provenance import TRAINING_METADATA, checkpoint_identity
 from mammosynth.builders.core.spec import ReleaseSpec, Text2ImageParams
 from mammosynth.generators.engine import SampleTask, Skip
 from mammosynth.generators.pipelines import (
@@ -36,7 +36,6 @@ from mammosynth.generators.speed import Speed, check_speed
 FIELD = "methods.text2image.text2image"
 # diffusers-format LoRA first (what load_lora_weights reads), then a bare PEFT state dict
 LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
-METADATA_FILE = "training_metadata.json"  # written by mammosynth.training beside the adapter
 _PREFIXES = ("base_model.model.", "transformer.")
 
 
@@ -89,7 +88,7 @@ def _lora_modules(weights: Path) -> dict[str, tuple[int, int]]:
 
 
 def _metadata(folder: Path) -> dict[str, Any]:
-    path = folder / METADATA_FILE
+    path = folder / TRAINING_METADATA
     if not path.is_file():
         return {}
     try:
@@ -99,10 +98,13 @@ def _metadata(folder: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def check_adapter(lora: Path, base: Path, *, spec_file: str | Path | None = None) -> None:
-    """InputError unless the base hash recorded by training (if any) matches ``base`` and every
-    adapted layer exists in the base transformer with the same shape. The transformer is built on
-    the meta device: no weights are read."""
+def check_adapter(
+    lora: Path, base: Path, *, max_sequence_length: int | None = None, spec_file: str | Path | None = None
+) -> None:
+    """InputError unless the base hash recorded by training (if any) matches ``base``, the T5 prompt
+    length it recorded (if any) is ``max_sequence_length``, and every adapted layer exists in the
+    base transformer with the same shape. The transformer is built on the meta device: no weights
+    are read."""
     import torch
     from diffusers import SD3Transformer2DModel
 
@@ -117,6 +119,15 @@ def check_adapter(lora: Path, base: Path, *, spec_file: str | Path | None = None
             f"(sha256 {meta['base_sha256'][:12]}), not {base} (sha256 {tree_hash(base)[:12]})",
             file=spec_file,
             field=field,
+        )
+    # prompts tokenised to another length condition the transformer on embeddings it never saw
+    trained = meta.get("max_sequence_length")
+    if max_sequence_length is not None and trained is not None and trained != max_sequence_length:
+        raise InputError(
+            f"adapter {lora} was trained with {trained} T5 prompt tokens, the spec asks for {max_sequence_length}; "
+            "set them equal",
+            file=spec_file,
+            field=f"{FIELD}.max_sequence_length",
         )
     modules = _lora_modules(adapter_weights(lora, spec_file=spec_file))
     if not modules:
@@ -222,7 +233,7 @@ class Text2ImageSampler:
         check_resolution(p.resolution, factor, field=f"{FIELD}.resolution", spec_file=spec_file)
         self.lora = Path(p.lora) if p.lora else None
         if self.lora is not None:
-            check_adapter(self.lora, self.base, spec_file=spec_file)
+            check_adapter(self.lora, self.base, max_sequence_length=p.max_sequence_length, spec_file=spec_file)
         names = [checkpoint_identity(self.base)] + ([checkpoint_identity(self.lora)] if self.lora else [])
         self.generator_name = "+".join(names)
         self.speed = Speed(fuse_qkv=p.fuse_qkv, compile_blocks=p.compile_blocks, fp8=p.fp8)

@@ -21,11 +21,11 @@ from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import hash_tree
 from mammosynth.builders.core.progress import Rank
 from mammosynth.builders.core.progress import bar as progress_bar
+from mammosynth.builders.core.provenance import TRAINING_METADATA
 from mammosynth.builders.core.workers import cpu_count
 from mammosynth.training import checkpoints
 from mammosynth.training.config import TrainingConfig
 
-METADATA_FILE = "training_metadata.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT layout: beside adapter_config.json
 PEFT_PREFIX = "base_model.model."
 
@@ -450,7 +450,7 @@ def run_steps(
 
 
 def write_metadata(folder: Path, data: dict[str, Any]) -> None:
-    write_json(folder / METADATA_FILE, data, indent=2, default=str)
+    write_json(folder / TRAINING_METADATA, data, indent=2, default=str)
 
 
 def free_memory() -> None:

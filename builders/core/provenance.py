@@ -12,6 +12,9 @@ from mammosynth.builders.core.hashing import content_hash
 GENERIC_RUN_NAMES = re.compile(r"^(final|checkpoint-\d+|unet|transformer|[0-9a-f]{40})$")
 
 
+TRAINING_METADATA = "training_metadata.json"  # beside a trained adapter or pipeline; generation reads it
+
+
 def package_version(name: str = "mammosynth", missing: str = "0+unknown") -> str:
     """Installed version of a distribution; ``missing`` when it is not installed (a source tree)."""
     try:
@@ -46,4 +49,11 @@ def strip_local_paths(value: Any) -> Any:
     return checkpoint_name(value) if isinstance(value, str) and value.startswith("/") else value
 
 
-__all__ = ["GENERIC_RUN_NAMES", "package_version", "checkpoint_name", "checkpoint_identity", "strip_local_paths"]
+__all__ = [
+    "GENERIC_RUN_NAMES",
+    "TRAINING_METADATA",
+    "package_version",
+    "checkpoint_name",
+    "checkpoint_identity",
+    "strip_local_paths",
+]

@@ -25,7 +25,7 @@ PROMPT = re.compile(
 )
 
 
-def _lora(tmp_path, base, transformer=None, *, metadata=True):
+def _lora(tmp_path, base, transformer=None, *, metadata=True, **recorded):
     """An adapter laid out as `mammosynth train sd35-lora` writes it: diffusers LoRA file plus
     training_metadata.json with the base model's identity."""
     import torch
@@ -45,7 +45,8 @@ def _lora(tmp_path, base, transformer=None, *, metadata=True):
     folder.mkdir()
     StableDiffusion3Pipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
     if metadata:
-        runtime.write_metadata(folder, {"kind": "sd35-lora", **runtime.base_identity(str(base), None, base)})
+        identity = runtime.base_identity(str(base), None, base)
+        runtime.write_metadata(folder, {"kind": "sd35-lora", **identity, **recorded})
     return folder
 
 
@@ -133,6 +134,19 @@ def test_adapter_of_another_base_is_refused(tmp_path, tiny_sd3, prepared):
     spec = make_spec(tmp_path, {"text2image": text2image_method(tiny_sd3, COUNTS, lora=str(lora))}, prepared=prepared)
     with pytest.raises(InputError, match="trained on another base model.*other_sd3"):
         make_sampler(spec, "text2image")
+
+
+def test_adapter_trained_with_another_prompt_length_is_refused(tmp_path, tiny_sd3, prepared):
+    lora = _lora(tmp_path, tiny_sd3, max_sequence_length=77)
+    for length in (77, 128):
+        method = text2image_method(tiny_sd3, COUNTS, lora=str(lora), max_sequence_length=length)
+        spec = make_spec(tmp_path / str(length), {"text2image": method}, prepared=prepared)
+        if length == 77:
+            make_sampler(spec, "text2image")  # as trained: accepted
+            continue
+        with pytest.raises(InputError, match="trained with 77 T5 prompt tokens, the spec asks for 128") as err:
+            make_sampler(spec, "text2image")
+        assert err.value.field == "methods.text2image.text2image.max_sequence_length"
 
 
 def test_adapter_of_another_architecture_is_refused(tmp_path, tiny_sd3, prepared):

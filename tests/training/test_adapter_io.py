@@ -15,6 +15,8 @@ from safetensors.torch import load_file, save_file
 from helpers.gen_helpers import spec_dict, text2image_method
 from helpers.synthetic import write_generator_set, write_trainer_set
 from mammosynth.builders.cli import main as cli_main
+from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.provenance import TRAINING_METADATA
 from mammosynth.builders.core.spec import Text2ImageParams
 from mammosynth.generators.text2image import apply_adapter
 from mammosynth.training import runtime
@@ -99,7 +101,7 @@ def test_prompt_length_is_one_field_from_training_to_generation(trained, tiny_sd
         == SD35LoraConfig(prepared="p", output_dir="o").max_sequence_length
         == 77
     )
-    assert json.loads((result.final_dir / runtime.METADATA_FILE).read_text())["max_sequence_length"] == 77
+    assert json.loads((result.final_dir / TRAINING_METADATA).read_text())["max_sequence_length"] == 77
     from diffusers import StableDiffusion3Pipeline
 
     from helpers.gen_helpers import make_spec
@@ -115,11 +117,16 @@ def test_prompt_length_is_one_field_from_training_to_generation(trained, tiny_sd
 
     monkeypatch.setattr(StableDiffusion3Pipeline, "__call__", spy)
     prepared = write_generator_set(tmp_path / "prepared", n_backgrounds=1)
-    method = text2image_method(tiny_sd3, [{"birads": 2, "n": 1}], lora=str(result.final_dir), max_sequence_length=96)
-    sampler = Text2ImageSampler(make_spec(tmp_path, {"text2image": method}, prepared=prepared))
+    # the spec's field reaches the pipeline ...
+    method = text2image_method(tiny_sd3, [{"birads": 2, "n": 1}], max_sequence_length=96)
+    sampler = Text2ImageSampler(make_spec(tmp_path / "plain", {"text2image": method}, prepared=prepared))
     task = SampleTask(method="text2image", birads=2, view="CC", laterality="L", index=0)
     sampler.generate([task])
     assert seen["max_sequence_length"] == 96
+    # ... and must equal what the adapter was trained with
+    method = text2image_method(tiny_sd3, [{"birads": 2, "n": 1}], lora=str(result.final_dir), max_sequence_length=96)
+    with pytest.raises(InputError, match="trained with 77 T5 prompt tokens"):
+        Text2ImageSampler(make_spec(tmp_path / "lora", {"text2image": method}, prepared=prepared))
 
 
 def test_adapter_folder_without_lora_weights_is_exit_2_nothing_written(tmp_path, tiny_sd3, capsys):

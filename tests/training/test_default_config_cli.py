@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from helpers.synthetic import write_trainer_set
 from mammosynth.builders.cli import main as cli_main
+from mammosynth.builders.core.provenance import TRAINING_METADATA
 from mammosynth.training import runtime
 from mammosynth.training.config import InpaintConfig, SD35LoraConfig
 
@@ -81,7 +82,7 @@ def test_sd35_default_config_cli_bf16_resume_is_exact_with_dropout(prepared, tin
             "prompt0-seed0.png",
             "prompt1-seed0.png",
         ]
-    meta = json.loads((whole / "final" / runtime.METADATA_FILE).read_text())
+    meta = json.loads((whole / "final" / TRAINING_METADATA).read_text())
     assert meta["config"]["mixed_precision"] == "bf16" and meta["max_sequence_length"] == 77
     # the same command again after the end: finishes (no crash at the validation images)
     assert _cli(["train", "sd35-lora", str(tmp_path / "whole.yaml"), "--resume", "latest"]) == 0

@@ -12,7 +12,7 @@ from helpers.synthetic import write_trainer_set
 from mammosynth.builders.cli import main as cli_main
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import hash_tree
-from mammosynth.training import runtime
+from mammosynth.builders.core.provenance import TRAINING_METADATA
 from mammosynth.training.config import InpaintConfig
 from mammosynth.training.inpaint import train_inpaint
 
@@ -71,7 +71,7 @@ def test_overfits_and_final_pipeline_loads_and_differs(full_run, tiny_sd2_inpain
     config, result = full_run
     first, last = result.probe_losses[0][1], result.probe_losses[-1][1]
     assert last < first * 0.95, result.probe_losses
-    meta = json.loads((result.final_dir / runtime.METADATA_FILE).read_text())
+    meta = json.loads((result.final_dir / TRAINING_METADATA).read_text())
     assert meta["birads"] == 4 and meta["steps"] == 8 and meta["num_images"] == 2
     assert meta["prompt"] == "A mammogram with BI-RADS 4 lesion."
     assert meta["base_sha256"] == hash_tree(tiny_sd2_inpaint)
@@ -162,7 +162,7 @@ def test_cli_on_phantom_prepared_set(prepared_set, tiny_sd2_inpaint, tmp_path):
     with pytest.raises(SystemExit) as ex:
         cli_main(["train", "inpaint", str(cfg), "--birads", str(birads)])
     assert ex.value.code == 0
-    assert json.loads((tmp_path / "out" / "final" / runtime.METADATA_FILE).read_text())["birads"] == birads
+    assert json.loads((tmp_path / "out" / "final" / TRAINING_METADATA).read_text())["birads"] == birads
 
 
 def test_cached_latents_are_the_vae_distributions_of_the_fixed_samples(tiny_prepared, tiny_sd2_inpaint, tmp_path):

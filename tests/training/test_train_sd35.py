@@ -12,6 +12,7 @@ import torch
 from helpers.synthetic import write_trainer_set
 from mammosynth.builders.cli import main as cli_main
 from mammosynth.builders.core.errors import InputError
+from mammosynth.builders.core.provenance import TRAINING_METADATA
 from mammosynth.training import checkpoints, runtime
 from mammosynth.training.config import SD35LoraConfig
 from mammosynth.training.sd35_lora import LORA_WEIGHTS, train_sd35_lora
@@ -57,7 +58,7 @@ def test_overfits_fixed_batch_and_writes_final_adapter(full_run):
     assert last < first * 0.97, result.probe_losses
     final = result.final_dir
     assert (final / LORA_WEIGHTS).is_file() and (final / "adapter_model.safetensors").is_file()
-    meta = json.loads((final / runtime.METADATA_FILE).read_text())
+    meta = json.loads((final / TRAINING_METADATA).read_text())
     assert meta["steps"] == 12 and meta["num_images"] == 2 and len(meta["base_sha256"]) == 64
     assert meta["config"]["lora"]["rank"] == 8
     log = runtime.read_log(config.output_dir / "logs" / "train.jsonl")
