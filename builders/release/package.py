@@ -140,7 +140,9 @@ def check_images(data: ReleaseData, *, progress: bool = True) -> int:
     return n
 
 
-def verify_release(folder: Path, data: ReleaseData, *, sample: int = 8, seed: int = 0) -> dict[str, int]:
+def verify_release(
+    folder: Path, data: ReleaseData, *, sample: int = 8, seed: int = 0, progress: bool = True
+) -> dict[str, int]:
     """Load every config with ``load_dataset`` from a fresh cache and compare with ``data``.
 
     Checks row counts (the card's split sizes are checked by datasets itself), features and label
@@ -150,7 +152,7 @@ def verify_release(folder: Path, data: ReleaseData, *, sample: int = 8, seed: in
     rng = random.Random(seed)
     counts = {}
     with tempfile.TemporaryDirectory(prefix="mammosynth-roundtrip-") as cache:
-        for cfg in data.configs:
+        for cfg in progress_bar(data.configs, desc="load round trip", unit="config", enabled=progress):
             try:
                 ds = datasets.load_dataset(str(folder), cfg, split="train", cache_dir=cache)
             except Exception as exc:  # any loader error means consumers cannot load it either
@@ -224,7 +226,7 @@ def package(
         (tmp / ".gitattributes").write_text("*.parquet binary\n*.png binary\n")
         write_checksums(tmp)
         if verify:
-            verify_release(tmp, data)
+            verify_release(tmp, data, progress=progress)
         git_commit_release(tmp, spec.tag(), f"Release {spec.tag()}: {spec.pretty_name}")
     return out
 
