@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -26,7 +25,6 @@ import numpy as np
 from mammosynth.builders.core.atomic import atomic_dir
 from mammosynth.builders.core.config_io import read_mapping
 from mammosynth.builders.core.errors import InputError
-from mammosynth.builders.core.imageio import UnreadableImage, decode_grey
 from mammosynth.builders.core.provenance import package_version, strip_local_paths
 from mammosynth.builders.core.run_layout import REPORT_JSON
 from mammosynth.builders.core.spec import ReleaseSpec, load_spec
@@ -168,17 +166,6 @@ def validate_release(
         return _validate(release, reference, baseline, spec, config, out, local, progress, plots)
 
 
-def release_images(rel: LoadedRelease) -> Iterator[np.ndarray | None]:
-    """The release's images as grey arrays, read one batch at a time (16-bit kept); None for bytes
-    that do not decode (the sanity gate reports those)."""
-    for batch in rel.iter_batches(["image"]):
-        for image in batch.column("image").to_pylist():
-            try:
-                yield decode_grey(image["bytes"])
-            except UnreadableImage:
-                yield None
-
-
 def _validate(
     release: str | Path | LoadedRelease,
     reference: str | Path,
@@ -274,7 +261,7 @@ def _validate(
     t = time.perf_counter()
     realism = realism_figures(  # {"configured": False} at no cost without an encoder
         th.realism,
-        ImageSet(release_images(rel), method=rows.method, density=rows.density, birads=rows.birads),
+        ImageSet(rel.grey_images(), method=rows.method, density=rows.density, birads=rows.birads),
         ImageSet(
             dataset_images(ref_ds),
             density=list(index.density),
@@ -282,7 +269,7 @@ def _validate(
             key=index.meta.get("content_hash"),
         ),
         previous=ImageSet(
-            release_images(base_rel), method=base_rows.method, density=base_rows.density, birads=base_rows.birads
+            base_rel.grey_images(), method=base_rows.method, density=base_rows.density, birads=base_rows.birads
         )
         if base_rel is not None and base_rows is not None
         else None,

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mammosynth.builders.core.errors import InputError
 from mammosynth.builders.core.hashing import sha256_bytes, sha256_file
+from mammosynth.builders.core.imageio import UnreadableImage, decode_grey
 from mammosynth.builders.core.run_layout import RunLayout
 from mammosynth.builders.core.schema import METHODS, RELEASE_COLUMNS, release_features
 from mammosynth.builders.core.shard_writer import SHARD_GLOB
@@ -68,6 +70,16 @@ class LoadedRelease:
     def image(self, k: int) -> dict[str, Any]:
         """Row ``k``'s undecoded image ({"bytes", "path"})."""
         return self.dataset.row(k)["image"]
+
+    def grey_images(self) -> Iterator[np.ndarray | None]:
+        """Every row's image as a grey array, in order, a batch at a time (16-bit kept); None for
+        bytes that do not decode (the sanity gate reports those)."""
+        for batch in self.iter_batches(["image"]):
+            for image in batch.column("image").to_pylist():
+                try:
+                    yield decode_grey(image["bytes"])
+                except UnreadableImage:
+                    yield None
 
     def row_hashes(self) -> dict[str, str]:
         """image_id -> sha256 of the row's image bytes ("" for a row without bytes), streamed."""

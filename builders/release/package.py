@@ -53,7 +53,7 @@ def release_files(folder: Path) -> list[Path]:
     )
 
 
-def _hashed(folder: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
+def _hashed(files: list[Path]) -> Iterator[tuple[Path, str]]:
     """(file, sha256) with a byte-counting bar: hashing a release of many GB takes a while."""
     with progress_bar(desc="checksums", total=sum(p.stat().st_size for p in files), unit="B") as bar:
         for p in files:
@@ -63,7 +63,7 @@ def _hashed(folder: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
 
 def write_checksums(folder: Path) -> Path:
     """`sha256sum -c` compatible manifest of every file in the release."""
-    lines = [f"{digest}  {p.relative_to(folder).as_posix()}" for p, digest in _hashed(folder, release_files(folder))]
+    lines = [f"{digest}  {p.relative_to(folder).as_posix()}" for p, digest in _hashed(release_files(folder))]
     path = folder / CHECKSUMS
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -80,7 +80,7 @@ def verify_checksums(folder: Path) -> None:
     actual = {p.relative_to(folder).as_posix(): p for p in release_files(folder)}
     if set(listed) != set(actual):
         raise InputError(f"files differ from the manifest: {sorted(set(listed) ^ set(actual))[:5]}", file=manifest)
-    for p, digest in _hashed(folder, [actual[rel] for rel in listed]):
+    for p, digest in _hashed([actual[rel] for rel in listed]):
         if listed[p.relative_to(folder).as_posix()] != digest:
             raise InputError("checksum mismatch (file changed after packaging)", file=p)
 

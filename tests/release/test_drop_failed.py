@@ -80,6 +80,19 @@ def _spec(tmp: Path):
     return load_spec(write_spec(tmp, spec_dict(tmp)))
 
 
+def _build_dropping(spec, **kw):
+    """``build --drop-failed`` with the fake candidate report and the real re-validation of the rows left."""
+    return build(
+        spec,
+        generate_fn=generate_fake,
+        validate_fn=_candidate,
+        validate_shipped_fn=validate_rows,
+        drop_failed=True,
+        **QUIET,
+        **kw,
+    )
+
+
 def _candidate(spec, d: Path) -> None:
     write_report(d, passed=False, failed=FAILED)
 
@@ -87,14 +100,7 @@ def _candidate(spec, d: Path) -> None:
 def test_dropping_is_not_passing_and_the_card_describes_the_shipped_rows(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     with pytest.raises(GateFailed, match="shipped row"):
-        build(
-            spec,
-            generate_fn=generate_fake,
-            validate_fn=_candidate,
-            validate_shipped_fn=validate_rows,
-            drop_failed=True,
-            **QUIET,
-        )
+        _build_dropping(spec)
     release = Release(spec.layout.release)  # packaged for inspection, not published
     shipped = release.report
     assert shipped is not None and not shipped.passed
@@ -120,14 +126,7 @@ def test_dropping_is_not_passing_and_the_card_describes_the_shipped_rows(tmp_pat
 
     # a rerun is up to date and still says no
     with pytest.raises(GateFailed):
-        build(
-            spec,
-            generate_fn=generate_fake,
-            validate_fn=_candidate,
-            validate_shipped_fn=validate_rows,
-            drop_failed=True,
-            **QUIET,
-        )
+        _build_dropping(spec)
 
 
 def test_forced_drop_records_the_override_and_a_passing_shipped_set_exits_0(tmp_path: Path) -> None:
@@ -253,14 +252,7 @@ def test_card_command_after_dropping_describes_the_shipped_report(tmp_path: Path
     with pytest.raises(InputError, match="no validation report describes the rows left"):
         card_for_spec(tmp_path / "spec.yaml", drop_failed=True)
     with pytest.raises(GateFailed):
-        build(
-            spec,
-            generate_fn=generate_fake,
-            validate_fn=_candidate,
-            validate_shipped_fn=validate_rows,
-            drop_failed=True,
-            **QUIET,
-        )
+        _build_dropping(spec)
     card = card_for_spec(tmp_path / "spec.yaml", drop_failed=True, out=tmp_path / "card-again").read_text()
     assert card == (spec.layout.release / "README.md").read_text()  # the card `build` shipped
     assert "Gates computed on the 18 rows" in card and "### Dropped rows" in card
